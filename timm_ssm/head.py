@@ -1,0 +1,170 @@
+""" Split-and-Share Module (SSM) classifier head
+
+Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
+(Lee et al., Electronics 2022)
+
+The pooled feature of C channels is cut into n equal groups and sub-classifier i sees the first i groups.
+The first n - 1 prefixes pass BatchNorm1d + ReLU (paper text, Figure 1 and the 28.63 M parameters of
+Table 4; `norm_all=True` normalizes all n as in Algorithm 1), each sub-classifier is one Linear, and the
+output is the mean of the n logits.
+
+All prefixes go through one BatchNorm1d over their concatenation and the mean of the n sub-classifiers is
+one matmul over the concatenated features, so a training step costs a handful of kernels, not 3n.
+"""
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.layers import get_device_dtype
+
+__all__ = ['SplitShareHead', 'IndividualLoss']
+
+
+class SplitShareHead(nn.Module):
+    """Split-and-Share classifier head on pooled (pre-logits) features."""
+
+    def __init__(
+            self,
+            in_features: int,
+            num_classes: int,
+            num_splits: int = 4,
+            norm_all: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            in_features: Channels C of the pooled feature, must be divisible by num_splits.
+            num_classes: Classes of every sub-classifier, 0 for a pass-through (pooled features out).
+            num_splits: Number of channel groups and sub-classifiers n.
+            norm_all: BatchNorm1d + ReLU on all n prefixes (Algorithm 1) instead of the first n - 1.
+        """
+        super().__init__()
+        if num_splits < 1:
+            raise ValueError(f'SplitShareHead needs num_splits >= 1, got {num_splits}.')
+        if in_features % num_splits:
+            divisors = [d for d in range(2, min(in_features, 16) + 1) if in_features % d == 0]
+            raise ValueError(
+                f'SplitShareHead cannot split C={in_features} channels into n={num_splits} equal groups: '
+                f'{in_features} is not divisible by {num_splits}. Use a num_splits that divides {in_features}'
+                f' (for example {divisors}).' if divisors else
+                f'SplitShareHead cannot split C={in_features} channels into n={num_splits} equal groups: '
+                f'{in_features} is not divisible by {num_splits}.'
+            )
+        self.in_features = in_features
+        self.num_features = in_features
+        self.num_splits = num_splits
+        self.norm_all = norm_all
+        group = in_features // num_splits
+        self.widths: List[int] = [group * (i + 1) for i in range(num_splits)]
+        self.num_norm = num_splits if norm_all else num_splits - 1
+        self.num_classes = 0
+        self.norm = nn.Identity()
+        self.act = nn.ReLU()
+        self.fc = nn.ModuleList()
+        self.reset(num_classes, device=device, dtype=dtype)
+
+    @property
+    def classifier_names(self) -> List[str]:
+        """Names of the final Linear layers relative to the head (for a pretrained cfg's `classifier`)."""
+        return [f'fc.{i}' for i in range(len(self.fc))]
+
+    def reset(self, num_classes: int, device=None, dtype=None):
+        """Replace the sub-classifiers, keeping the BatchNorm of the prefixes when there is one.
+
+        Args:
+            num_classes: Classes of the new sub-classifiers, 0 for a pass-through.
+        """
+        dd = get_device_dtype(self, device=device, dtype=dtype)
+        self.num_classes = num_classes
+        if num_classes <= 0:
+            self.norm = nn.Identity()  # pass-through (no classifier)
+            self.fc = nn.ModuleList()
+            return
+        if not isinstance(self.norm, nn.BatchNorm1d):
+            self.norm = nn.BatchNorm1d(sum(self.widths[:self.num_norm]), **dd)
+        self.fc = nn.ModuleList([nn.Linear(w, num_classes, **dd) for w in self.widths])
+        self.norm.train(self.training)
+        self.fc.train(self.training)
+
+    @torch.no_grad()
+    def init_from_classifier(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
+        """Start from a plain Linear classifier so that the averaged logits equal its logits.
+
+        The last sub-classifier (all C channels, no normalization unless `norm_all`) becomes n times the
+        classifier and the others start at zero.
+        """
+        if self.norm_all:
+            raise ValueError(
+                'A plain classifier cannot be converted exactly into a head with norm_all=True: the last '
+                'sub-classifier sees normalized features. Convert with norm_all=False.')
+        if self.num_classes <= 0 or tuple(weight.shape) != (self.num_classes, self.in_features):
+            raise ValueError(
+                f'Classifier weight of shape {tuple(weight.shape)} does not fit a head of '
+                f'{self.num_classes} classes on {self.in_features} features.')
+        for fc in self.fc[:-1]:
+            fc.weight.zero_()
+            fc.bias.zero_()
+        self.fc[-1].weight.copy_(weight * self.num_splits)
+        if bias is None:
+            self.fc[-1].bias.zero_()
+        else:
+            self.fc[-1].bias.copy_(bias * self.num_splits)
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenated inputs of the sub-classifiers: BatchNorm1d + ReLU of the normalized prefixes, then the
+        plain feature for the last one unless `norm_all`."""
+        if self.training:
+            torch._assert(
+                x.shape[0] > 1,
+                'SplitShareHead got a training batch of 1 sample: its BatchNorm1d needs more than one sample per '
+                'batch. Use a batch size of 2 or more and drop the last incomplete batch '
+                '(DataLoader(..., drop_last=True)), or call model.eval() for inference.',
+            )
+        z = self.act(self.norm(torch.cat([x[:, :w] for w in self.widths[:self.num_norm]], 1)))
+        if self.norm_all:
+            return z
+        return torch.cat([z, x], 1)
+
+    def forward_splits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every sub-classifier, shape (B, n, num_classes); their mean is `forward(x)`."""
+        z = self._shared(x)
+        logits = []
+        start = 0
+        for i, fc in enumerate(self.fc):
+            width = self.widths[i]
+            logits.append(fc(z[:, start:start + width]))
+            start += width
+        return torch.stack(logits, 1)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if pre_logits or self.num_classes <= 0:
+            return x
+        z = self._shared(x)
+        weight = torch.cat([fc.weight for fc in self.fc], 1)
+        bias = torch.stack([fc.bias for fc in self.fc]).sum(0)
+        return torch.addmm(bias, z, weight.t(), beta=1. / self.num_splits, alpha=1. / self.num_splits)
+
+
+class IndividualLoss(nn.Module):
+    """The individual training scheme of the paper's Table 2: each sub-classifier gets its own loss.
+
+    Takes the (B, n, num_classes) logits of `forward_splits` and returns the sum of the n losses.
+    """
+
+    def __init__(self, criterion: Optional[Callable] = None):
+        """
+        Args:
+            criterion: Loss of one sub-classifier's logits and the target, cross-entropy by default.
+        """
+        super().__init__()
+        self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+
+    def forward(self, split_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if split_logits.ndim != 3:
+            raise ValueError(
+                f'IndividualLoss expects (batch, num_splits, num_classes) logits from forward_splits(), '
+                f'got shape {tuple(split_logits.shape)}.')
+        return sum(self.criterion(split_logits[:, i], target) for i in range(split_logits.shape[1]))
