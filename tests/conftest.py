@@ -1,0 +1,81 @@
+"""Test set-up: the whole suite runs offline against a temporary Hugging Face Hub cache.
+
+huggingface_hub reads HF_HUB_OFFLINE and HF_HUB_CACHE when it is imported, so they are set here, before
+anything imports it. Tests put real checkpoints into that cache under real repo ids (`hub_cache` fixture)
+and timm's own loaders then read them unchanged, as they would after a download.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_HUB_CACHE = Path(tempfile.mkdtemp(prefix='timm_ssm_hub_'))
+os.environ['HF_HUB_OFFLINE'] = '1'
+os.environ['HF_HUB_CACHE'] = str(_HUB_CACHE)
+os.environ['HF_HUB_DISABLE_TELEMETRY'] = '1'
+os.environ['TORCH_HOME'] = str(_HUB_CACHE / 'torch')
+
+import hashlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def put_in_hub_cache(repo_id: str, files, cache_dir=None) -> Path:
+    """Place files in a huggingface_hub cache as `hf_hub_download(repo_id, name)` leaves them.
+
+    Layout (huggingface_hub's cache): `models--ORG--NAME/blobs/<sha256>`, `snapshots/<commit>/<name>` linking to
+    the blob, and `refs/main` naming the commit.
+
+    Args:
+        repo_id: `ORG/NAME` as on the Hub.
+        files: A folder to copy whole, or a dict of file name to source path.
+        cache_dir: The cache, HF_HUB_CACHE of this test session if None.
+
+    Returns:
+        The snapshot folder.
+    """
+    if not isinstance(files, dict):
+        files = {p.name: p for p in Path(files).iterdir() if p.is_file()}
+    repo_dir = Path(cache_dir or _HUB_CACHE) / ('models--' + repo_id.replace('/', '--'))
+    digest = hashlib.sha1()
+    for name in sorted(files):
+        digest.update(name.encode() + Path(files[name]).read_bytes())
+    commit = digest.hexdigest()
+    snapshot = repo_dir / 'snapshots' / commit
+    (repo_dir / 'blobs').mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name, src in files.items():
+        data = Path(src).read_bytes()
+        blob = repo_dir / 'blobs' / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / name
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, snapshot))
+    (repo_dir / 'refs').mkdir(exist_ok=True)
+    (repo_dir / 'refs' / 'main').write_text(commit)
+    return snapshot
+
+
+@pytest.fixture
+def hub_cache():
+    """The session's offline Hub cache: `hub_cache.put(repo_id, files)`; repos put here are removed after."""
+    added = []
+
+    class _Cache:
+        path = _HUB_CACHE
+
+        @staticmethod
+        def put(repo_id, files):
+            added.append(repo_id)
+            return put_in_hub_cache(repo_id, files)
+
+    yield _Cache
+    for repo_id in added:
+        shutil.rmtree(_HUB_CACHE / ('models--' + repo_id.replace('/', '--')), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,149 @@
+"""Pretrained weights: timm's weights converted for `<arch>_ssm.<tag>`, and SSM weights through hf-hub:/local-dir:."""
+import logging
+
+import pytest
+import safetensors.torch
+import torch
+
+import timm
+import timm_ssm  # noqa: F401
+from timm.models import get_pretrained_cfg, save_for_hf
+
+# tiny architectures with a timm pretrained tag, and their input sizes
+CONVERT_MODELS = [
+    'test_resnet.r160_in1k',
+    'test_convnext.r160_in1k',
+    'test_efficientnet.r160_in1k',
+    'test_vit.r160_in1k',
+    'test_byobnet.r160_in1k',
+    'test_nfnet.r160_in1k',
+    'dla46_c.in1k',  # 1x1 Conv2d classifier
+]
+
+
+def _random_base_weights(hub_cache, name, tmp_path):
+    """A random checkpoint of timm model `name` placed in the Hub cache where timm downloads its weights from."""
+    base = timm.create_model(name).eval()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.normal_(0, 0.2)  # distinct from a fresh init, so loading is visible
+    path = tmp_path / 'model.safetensors'
+    safetensors.torch.save_file(base.state_dict(), path)
+    hub_cache.put(get_pretrained_cfg(name).hf_hub_id, {'model.safetensors': path})
+    return base
+
+
+def _input(model, batch_size=2, size=64):
+    in_chans = model.pretrained_cfg['input_size'][0]
+    if model.pretrained_cfg.get('fixed_input_size'):
+        return torch.randn(batch_size, *model.pretrained_cfg['input_size'])
+    return torch.randn(batch_size, in_chans, size, size)
+
+
+@pytest.mark.parametrize('name', CONVERT_MODELS)
+def test_converted_logits_equal_original(name, hub_cache, tmp_path):
+    base = _random_base_weights(hub_cache, name, tmp_path)
+    arch, tag = name.split('.')
+    model = timm.create_model(f'{arch}_ssm.{tag}', pretrained=True).eval()
+    x = _input(model)
+    with torch.no_grad():
+        expected = base(x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+        # the last sub-classifier carries the original classifier, n times
+        splits = model.forward_splits(x)
+        torch.testing.assert_close(splits[:, -1], expected * model.head.num_splits, rtol=1e-4, atol=1e-3)
+    assert model.pretrained_cfg['architecture'] == f'{arch}_ssm'
+    assert model.pretrained_cfg['hf_hub_id'] == get_pretrained_cfg(name).hf_hub_id
+
+
+def test_default_tag_is_the_base_default(hub_cache, tmp_path):
+    base = _random_base_weights(hub_cache, 'test_resnet.r160_in1k', tmp_path)
+    model = timm.create_model('test_resnet_ssm', pretrained=True).eval()
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), rtol=1e-4, atol=1e-4)
+
+
+def test_other_num_classes_loads_trunk_and_starts_head_fresh(hub_cache, tmp_path):
+    base = _random_base_weights(hub_cache, 'test_resnet.r160_in1k', tmp_path)
+    model = timm.create_model('test_resnet_ssm.r160_in1k', pretrained=True, num_classes=7).eval()
+    base_sd = base.state_dict()
+    for k, v in model.trunk.state_dict().items():
+        torch.testing.assert_close(v, base_sd[k])
+    assert model.num_classes == 7 and model.head.fc[0].out_features == 7
+    assert model.head.fc[0].weight.abs().sum() > 0  # a fresh init, not the zeros of a conversion
+
+
+def test_unconvertible_classifier_warns_and_starts_fresh(hub_cache, tmp_path, caplog):
+    # DeiT distilled has two classifiers on two tokens: no single Linear on the pooled feature
+    name = 'deit_tiny_distilled_patch16_224.fb_in1k'
+    base = _random_base_weights(hub_cache, name, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        model = timm.create_model('deit_tiny_distilled_patch16_224_ssm.fb_in1k', pretrained=True)
+    assert 'cannot start the Split-and-Share head' in caplog.text
+    torch.testing.assert_close(model.trunk.cls_token, base.cls_token)
+
+
+def test_pretrained_in_chans_adapts_the_trunk_stem(hub_cache, tmp_path):
+    base = _random_base_weights(hub_cache, 'test_resnet.r160_in1k', tmp_path)
+    model = timm.create_model('test_resnet_ssm.r160_in1k', pretrained=True, in_chans=1).eval()
+    first_conv = base.pretrained_cfg['first_conv']
+    expected = base.state_dict()[first_conv + '.weight'].sum(1, keepdim=True)
+    torch.testing.assert_close(model.state_dict()['trunk.' + first_conv + '.weight'], expected)
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1000)
+
+
+def _trained_ssm(name='test_resnet_ssm', **kwargs):
+    model = timm.create_model(name, num_classes=5, **kwargs)
+    model.train()
+    for _ in range(2):
+        model(torch.randn(4, 3, 64, 64)).sum().backward()  # moves the head's BatchNorm statistics
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def test_hf_hub_ssm_weights_round_trip(hub_cache, tmp_path):
+    model = _trained_ssm(num_splits=8)
+    save_for_hf(model, tmp_path / 'export', safe_serialization=True)
+    hub_cache.put('someone/test-resnet-ssm', tmp_path / 'export')
+
+    loaded = timm.create_model('hf-hub:someone/test-resnet-ssm', pretrained=True).eval()
+    assert isinstance(loaded, timm_ssm.SplitShareNet) and loaded.head.num_splits == 8
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+
+    local = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(local(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_hf_hub_fine_tune_drops_only_final_linears(hub_cache, tmp_path):
+    model = _trained_ssm()
+    save_for_hf(model, tmp_path / 'export', safe_serialization=True)
+    hub_cache.put('someone/test-resnet-ssm-ft', tmp_path / 'export')
+
+    tuned = timm.create_model('hf-hub:someone/test-resnet-ssm-ft', pretrained=True, num_classes=3)
+    source = model.state_dict()
+    for k, v in tuned.state_dict().items():
+        if k.startswith('head.fc.'):
+            assert v.shape[0] == 3
+        else:
+            torch.testing.assert_close(v, source[k], msg=k)  # trunk and the head's BatchNorm
+
+
+def test_features_only_from_ssm_weights(hub_cache, tmp_path):
+    model = _trained_ssm()
+    save_for_hf(model, tmp_path / 'export', safe_serialization=True)
+    hub_cache.put('someone/test-resnet-ssm-feat', tmp_path / 'export')
+
+    features = timm.create_model('hf-hub:someone/test-resnet-ssm-feat', pretrained=True, features_only=True).eval()
+    reference = timm.create_model('test_resnet', features_only=True).eval()
+    reference.load_state_dict(
+        {k: v for k, v in model.trunk.state_dict().items() if k in reference.state_dict()}, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(features(x), reference(x)):
+            torch.testing.assert_close(a, b)
