@@ -1,0 +1,234 @@
+"""`python -m timm_ssm.evaluate` against an independent computation on a tiny model and a generated data set."""
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import timm
+import timm_ssm  # noqa: F401  (registers the *_ssm models)
+from timm.data import create_transform, resolve_data_config
+from timm_ssm.evaluate import main
+
+NUM_CLASSES = 6
+IMG_SIZE = 32
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+    """An ImageFolder data set: val/<class>/<n>.png, 4 images of 40x40 per class."""
+    root = tmp_path_factory.mktemp('images')
+    rng = np.random.default_rng(0)
+    for c in range(NUM_CLASSES):
+        folder = root / 'val' / f'class{c}'
+        folder.mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            pixels[..., c % 3] //= 4  # a little class structure
+            Image.fromarray(pixels).save(folder / f'{i}.png')
+    return root
+
+
+def _train_checkpoint(model: nn.Module, model_name: str, path):
+    """A checkpoint as timm's train.py writes it: state dict and the argparse Namespace of the run."""
+    args = argparse.Namespace(model=model_name, num_classes=NUM_CLASSES, in_chans=3, model_kwargs={})
+    torch.save({'epoch': 1, 'arch': model_name, 'state_dict': model.state_dict(), 'args': args}, path)
+
+
+def _random_model(name: str, images: torch.Tensor, **kwargs) -> nn.Module:
+    """A randomly initialized model whose BatchNorm statistics are those of the images, so that its eval-mode
+    outputs vary between samples and sub-classifiers as a trained model's do."""
+    model = timm.create_model(name, num_classes=NUM_CLASSES, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.momentum = None  # cumulative average over the batch below
+            elif isinstance(m, nn.Linear):
+                m.weight.normal_(0, 1)
+        model.train()(images)
+    return model.eval()
+
+
+def _reference_inputs(root):
+    """Images and labels read with PIL in ImageFolder order and transformed with the models' eval transform."""
+    config = resolve_data_config(dict(img_size=IMG_SIZE), model=timm.create_model('test_resnet_ssm'))
+    transform = create_transform(**config)
+    images, labels = [], []
+    for c in range(NUM_CLASSES):
+        for path in sorted((root / 'val' / f'class{c}').iterdir()):
+            images.append(transform(Image.open(path).convert('RGB')))
+            labels.append(c)
+    return torch.stack(images), np.array(labels)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _reference_metrics(splits: np.ndarray, labels: np.ndarray):
+    """Accuracies of the averaged output, each head, the oracle and the selection rules, sample by sample."""
+    n_samples, n, k = splits.shape
+    hits = {name: np.zeros(2) for name in ['avg', 'oracle', 'max_prob', 'min_entropy', 'max_margin', 'vote',
+                                          'prob_avg'] + [f'FC{j + 1}' for j in range(n)]}
+    chosen = {r: np.zeros(n) for r in ('max_prob', 'min_entropy', 'max_margin')}
+
+    def score(name, scores, label):
+        ranking = sorted(range(k), key=lambda c: -scores[c])
+        hits[name] += [ranking[0] == label, label in ranking[:5]]
+
+    for s, y in zip(splits, labels):
+        avg = s.mean(0)
+        score('avg', avg, y)
+        for j in range(n):
+            score(f'FC{j + 1}', s[j], y)
+        hits['oracle'][0] += any(np.argmax(s[j]) == y for j in range(n))
+        prob = _softmax(s)
+        entropy = [-(p * np.log(p)).sum() for p in prob]
+        margin = [np.sort(p)[-1] - np.sort(p)[-2] for p in prob]
+        for rule, j in (('max_prob', np.argmax(prob.max(-1))), ('min_entropy', np.argmin(entropy)),
+                        ('max_margin', np.argmax(margin))):
+            score(rule, s[j], y)
+            chosen[rule][j] += 1
+        votes = np.bincount([np.argmax(s[j]) for j in range(n)], minlength=k)
+        ranking = sorted(range(k), key=lambda c: (-votes[c], -avg[c]))
+        hits['vote'] += [ranking[0] == y, y in ranking[:5]]
+        score('prob_avg', prob.mean(0), y)
+    pct = {name: 100 * h / n_samples for name, h in hits.items()}
+    return pct, {r: c / n_samples for r, c in chosen.items()}
+
+
+def _reference_macs(model, images):
+    """Multiply-adds of the Conv2d and Linear layers of one image, counted with forward hooks."""
+    total = [0]
+
+    def conv_hook(m, inputs, out):
+        total[0] += out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m, inputs, out):
+        total[0] += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.forward_splits(images[:1]) if hasattr(model, 'forward_splits') else model(images[:1])
+    for h in handles:
+        h.remove()
+    return total[0]
+
+
+def test_evaluate_against_reference(image_folder, tmp_path):
+    images, labels = _reference_inputs(image_folder)
+    names = ['test_resnet_ssm', 'test_resnet_ssm', 'test_resnet']
+    models = [_random_model(name, images) for name in names]
+    checkpoints = []
+    for i, (model, name) in enumerate(zip(models, names)):
+        checkpoints.append(str(tmp_path / f'run{i}' / 'model_best.pth.tar'))
+        (tmp_path / f'run{i}').mkdir()
+        _train_checkpoint(model, name, checkpoints[-1])
+
+    out = tmp_path / 'out'
+    # the model names come from the checkpoints' train.py args; a folder stands for its model_best.pth.tar
+    result = main([
+        '--checkpoint', checkpoints[0], str(tmp_path / 'run1'), checkpoints[2],
+        '--data-dir', str(image_folder), '--img-size', str(IMG_SIZE), '-b', '5', '-j', '0', '--device', 'cpu',
+        '--json', str(out / 'r.json'), '--csv', str(out / 'r.csv'), '--plot', str(out / 'r.png'), '--no-progress',
+    ])
+    assert json.loads((out / 'r.json').read_text()) == json.loads(json.dumps(result))
+    assert result['data']['num_samples'] == 4 * NUM_CLASSES
+    assert result['data']['input_size'] == [3, IMG_SIZE, IMG_SIZE]
+
+    averaged = []
+    with torch.no_grad():
+        for model, name, entry in zip(models, names, result['models']):
+            assert entry['model'] == name and entry['num_classes'] == NUM_CLASSES
+            assert entry['param_count'] == sum(p.numel() for p in model.parameters())
+            assert entry['macs'] == _reference_macs(model, images)
+            if name == 'test_resnet':
+                logits = model(images).numpy()
+                ref, _ = _reference_metrics(logits[:, None], labels)
+                assert entry['num_splits'] is None and entry['heads'] == [] and entry['oracle'] is None
+                assert entry['selection'] == {}
+                assert entry['head_macs'] == model.num_features * NUM_CLASSES
+                averaged.append(logits)
+            else:
+                splits = model.forward_splits(images).numpy()
+                ref, chosen = _reference_metrics(splits, labels)
+                averaged.append(splits.mean(1))
+                widths = model.head.widths
+                assert entry['num_splits'] == 4
+                assert entry['head_macs'] == sum(widths) * NUM_CLASSES
+                assert entry['head_param_count'] == sum(p.numel() for p in model.head.parameters())
+                for j, head in enumerate(entry['heads']):
+                    assert head['name'] == f'FC{j + 1}' and head['width'] == widths[j]
+                    assert head['group'] == [widths[0] * j, widths[0] * (j + 1) - 1]
+                    assert [head['top1'], head['top5']] == pytest.approx(ref[f'FC{j + 1}'], abs=1e-3)
+                assert entry['oracle']['top1'] == pytest.approx(ref['oracle'][0], abs=1e-3)
+                assert entry['oracle']['top1'] >= max(h['top1'] for h in entry['heads'])
+                for rule, r in entry['selection'].items():
+                    assert [r['top1'], r['top5']] == pytest.approx(ref[rule], abs=1e-3), rule
+                    if rule in chosen:
+                        assert r['chosen'] == pytest.approx(list(chosen[rule]), abs=1e-4)
+                    else:
+                        assert r['chosen'] is None
+            assert [entry['top1'], entry['top5']] == pytest.approx(ref['avg'], abs=1e-3)
+            assert entry['top1_err'] == pytest.approx(100 - entry['top1'])
+
+    ensemble, _ = _reference_metrics(np.mean(averaged, 0)[:, None], labels)
+    assert result['ensemble']['members'] == 3
+    assert [result['ensemble']['top1'], result['ensemble']['top5']] == pytest.approx(ensemble['avg'], abs=1e-3)
+    assert result['ensemble']['gain_over_best'] == pytest.approx(
+        result['ensemble']['top1'] - max(m['top1'] for m in result['models']), abs=1e-3)
+
+    rows = list(csv.DictReader((out / 'r.csv').open()))
+    # per SSM model: 4 heads, averaged, oracle, 5 rules; the baseline: averaged; then the ensemble
+    assert len(rows) == 2 * 11 + 1 + 1
+    assert rows[4]['output'] == 'averaged' and float(rows[4]['top1']) == result['models'][0]['top1']
+    assert rows[-1]['output'] == 'ensemble'
+    assert (out / 'r.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_evaluate_local_dir(image_folder, tmp_path):
+    """Weights published in timm's Hub format (`local-dir:`), with 2 sub-classifiers from its config."""
+    images, labels = _reference_inputs(image_folder)
+    model = _random_model('test_resnet_ssm', images, num_splits=2)
+    timm.models.save_for_hf(model, str(tmp_path / 'hub'), safe_serialization=True)
+    result = main([
+        '--model', f'local-dir:{tmp_path / "hub"}', '--data-dir', str(image_folder), '--img-size', str(IMG_SIZE),
+        '-b', '8', '-j', '0', '--device', 'cpu', '--no-progress', '--no-prefetcher',
+    ])
+    with torch.no_grad():
+        ref, _ = _reference_metrics(model.forward_splits(images).numpy(), labels)
+    entry = result['models'][0]
+    assert entry['num_splits'] == 2 and len(entry['heads']) == 2 and result['ensemble'] is None
+    assert [entry['top1'], entry['heads'][0]['top1'], entry['heads'][1]['top1']] == pytest.approx(
+        [ref['avg'][0], ref['FC1'][0], ref['FC2'][0]], abs=1e-3)
+
+
+def test_evaluate_errors(image_folder, tmp_path, capsys):
+    model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES)
+    ckpt = tmp_path / 'a.pth.tar'
+    _train_checkpoint(model, 'test_resnet_ssm', ckpt)
+    data = ['--data-dir', str(image_folder), '--device', 'cpu', '-j', '0']
+
+    with pytest.raises(SystemExit) as e:
+        main(['--model', 'test_resnet_ssm', 'test_resnet', '--checkpoint', str(ckpt)] + data)
+    assert e.value.code == 2 and '2 model names for 1 checkpoints' in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(['--checkpoint', str(tmp_path / 'missing.pth.tar')] + data)
+    assert 'missing.pth.tar does not exist' in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(['--checkpoint', str(ckpt), '--num-classes', '3'] + data)
+    assert 'give the --model, --num-classes' in capsys.readouterr().err
+
+    before = (tmp_path / 'keep.json')
+    before.write_text('{"kept": true}')
+    with pytest.raises(SystemExit):
+        main(['--checkpoint', str(ckpt), '--num-classes', '3', '--json', str(before)] + data)
+    assert json.loads(before.read_text()) == {'kept': True}

@@ -1,0 +1,708 @@
+""" Evaluation of Split-and-Share models: every sub-classifier, the oracle, head selection and ensembles
+
+Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
+(Lee et al., Electronics 2022)
+
+`python -m timm_ssm.evaluate` takes the data options of timm's `validate.py` and, in one pass over the data,
+measures what the paper reports: the averaged output (Table 1), each sub-classifier FC1..FCn from one call of
+`forward_splits` (Table 2), the oracle that counts a sample when any sub-classifier is right (Discussion),
+label-free rules that pick or combine sub-classifiers per sample, measured against averaging and the oracle,
+parameters and multiply-adds (Table 4), and the ensemble of several checkpoints (mean of logits, Table 3).
+Plain timm models are evaluated too (averaged output, parameters, ensembles), so a baseline and its SSM twin
+go through the same code.
+
+Examples:
+    python -m timm_ssm.evaluate --model resnet50_ssm --checkpoint output/train/run/model_best.pth.tar \
+        --data-dir /data/imagenet --split validation --json results.json --plot heads.png
+    python -m timm_ssm.evaluate --checkpoint run1/ run2/ --data-dir /data/imagenet   # ensemble of two runs
+
+Label-free rules (per sample, without labels):
+    max_prob: the sub-classifier with the highest maximum softmax probability.
+    min_entropy: the sub-classifier with the lowest entropy of its softmax.
+    max_margin: the sub-classifier with the largest gap between its two highest probabilities.
+    vote: the class most sub-classifiers predict, ties broken by the averaged output.
+    prob_avg: the mean of the sub-classifiers' softmax probabilities (instead of their logits).
+
+JSON schema (`--json FILE`); accuracies are percentages rounded to 4 decimals, as in `validate.py`:
+    {
+      "data": {"data_dir", "dataset", "split", "num_samples", "input_size", "interpolation", "crop_pct",
+               "crop_mode", "mean", "std"},
+      "models": [{
+          "model": name as given, "checkpoint": path or null, "num_classes": K,
+          "num_splits": n (null for a model without Split-and-Share head),
+          "param_count": parameters, "head_param_count": parameters of the classifier head (null if unknown),
+          "macs": multiply-adds of one image (torch.utils.flop_counter), "head_macs": exact multiply-adds of
+          the head's Linear layers (sum over sub-classifiers of width_j * K; null if unknown),
+          "top1", "top1_err", "top5", "top5_err": the model's output (the average of the sub-classifiers),
+          "heads": [{"name": "FC1", "width": w, "group": [first, last], "top1", "top5"}, ...]
+                   (sub-classifier j sees channels 0..w-1 of the pooled feature, [first, last] is its own group
+                   of C/n channels, both ends included; [] without Split-and-Share head),
+          "oracle": {"top1"} (a sample counts when any sub-classifier's top-1 is right; null without head),
+          "selection": {rule: {"top1", "top5", "chosen": fraction of samples per sub-classifier or null}}
+                       ({} without head),
+      }, ...],
+      "ensemble": {"members", "top1", "top1_err", "top5", "top5_err", "gain_over_best"} or null
+                  (mean of the members' logits; only with two or more models),
+      "throughput": images per second over the timed pass, "seconds": seconds of that pass
+    }
+top5 is top-k with k = min(5, K).
+
+CSV (`--csv FILE`): one row per model and output: model, checkpoint, output (FC1.., averaged, oracle,
+select:<rule>, ensemble), top1, top5.
+"""
+import argparse
+import csv
+import json
+import logging
+import os
+import time
+from contextlib import suppress
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from timm.data import create_dataset, create_loader, resolve_data_config
+from timm.models import create_model, load_checkpoint
+from timm.utils import ParseKwargs, setup_default_logging
+
+from .head import SplitShareHead
+
+__all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'model_complexity', 'main']
+
+_logger = logging.getLogger(__name__)
+
+SELECTION_RULES = ('max_prob', 'min_entropy', 'max_margin', 'vote', 'prob_avg')
+_HEAD_RULES = ('max_prob', 'min_entropy', 'max_margin')  # rules that pick one sub-classifier per sample
+
+
+def _pct(count: torch.Tensor, total: int) -> float:
+    return round(100. * float(count) / max(total, 1), 4)
+
+
+def _hits(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """Whether the target is in each row's top-k, as (..., k) booleans for every rank."""
+    return logits.topk(k, dim=-1).indices == target.view(target.shape + (1,) * (logits.ndim - target.ndim))
+
+
+class SplitMetrics:
+    """Counts of one model's outputs over a data set, updated batch by batch on the model's device."""
+
+    def __init__(self, num_classes: int, num_splits: Optional[int] = None, device=None):
+        """
+        Args:
+            num_classes: Classes K of the model.
+            num_splits: Sub-classifiers n, None for a model that gives only one output.
+        """
+        self.num_classes = num_classes
+        self.num_splits = num_splits
+        self.topk = min(5, num_classes)
+        self.count = 0
+        zeros = partial(torch.zeros, dtype=torch.long, device=device)
+        self.top1 = zeros(())
+        self.top5 = zeros(())
+        if num_splits is not None:
+            self.head_top1 = zeros(num_splits)
+            self.head_top5 = zeros(num_splits)
+            self.oracle = zeros(())
+            self.rule_top1 = {r: zeros(()) for r in SELECTION_RULES}
+            self.rule_top5 = {r: zeros(()) for r in SELECTION_RULES}
+            self.chosen = {r: zeros(num_splits) for r in _HEAD_RULES}
+
+    @torch.no_grad()
+    def update(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add one batch.
+
+        Args:
+            output: Logits (B, K), or the sub-classifiers' logits (B, n, K) when the model has n.
+            target: Class indices (B,).
+
+        Returns:
+            The model's output logits (B, K): the mean over sub-classifiers when there are several.
+        """
+        output = output.float()
+        k = self.topk
+        self.count += target.shape[0]
+        if self.num_splits is None:
+            hits = _hits(output, target, k)
+            self.top1 += hits[:, 0].sum()
+            self.top5 += hits.any(-1).sum()
+            return output
+
+        logits = output.mean(1)
+        hits = _hits(logits, target, k)
+        self.top1 += hits[:, 0].sum()
+        self.top5 += hits.any(-1).sum()
+
+        log_prob = output.log_softmax(-1)
+        top = log_prob.topk(max(k, 2), dim=-1)
+        head_hits = (top.indices[..., :k] == target[:, None, None])  # (B, n, k)
+        self.head_top1 += head_hits[..., 0].sum(0)
+        self.head_top5 += head_hits.any(-1).sum(0)
+        self.oracle += head_hits[..., 0].any(1).sum()
+
+        prob = log_prob.exp()
+        choice = {
+            'max_prob': top.values[..., 0].argmax(1),
+            'min_entropy': (prob * log_prob).sum(-1).argmax(1),  # the maximum of minus the entropy
+            'max_margin': (top.values[..., 0].exp() - top.values[..., 1].exp()).argmax(1),
+        }
+        rows = torch.arange(target.shape[0], device=target.device)
+        for rule, index in choice.items():
+            chosen_hits = head_hits[rows, index]
+            self.rule_top1[rule] += chosen_hits[:, 0].sum()
+            self.rule_top5[rule] += chosen_hits.any(-1).sum()
+            self.chosen[rule] += torch.bincount(index, minlength=self.num_splits)
+        # the averaged output's probabilities are below 1 and so only order classes with equal votes
+        votes = F.one_hot(top.indices[..., 0], self.num_classes).sum(1) + logits.softmax(-1)
+        combined = {'vote': votes, 'prob_avg': prob.mean(1)}
+        for rule, scores in combined.items():
+            rule_hits = _hits(scores, target, k)
+            self.rule_top1[rule] += rule_hits[:, 0].sum()
+            self.rule_top5[rule] += rule_hits.any(-1).sum()
+        return logits
+
+    def compute(self, widths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+        """Accuracies in percent, with the keys of the `models` entries of the JSON schema (module docstring).
+
+        Args:
+            widths: Channels seen by each sub-classifier (`SplitShareHead.widths`), to name their groups.
+        """
+        n = self.count
+        out = dict(
+            top1=_pct(self.top1, n), top1_err=round(100 - _pct(self.top1, n), 4),
+            top5=_pct(self.top5, n), top5_err=round(100 - _pct(self.top5, n), 4),
+            heads=[], oracle=None, selection={},
+        )
+        if self.num_splits is None:
+            return out
+        for j in range(self.num_splits):
+            head = dict(name=f'FC{j + 1}', top1=_pct(self.head_top1[j], n), top5=_pct(self.head_top5[j], n))
+            if widths is not None:
+                head = dict(head, width=widths[j], group=[widths[j - 1] if j else 0, widths[j] - 1])
+            out['heads'].append(head)
+        out['oracle'] = dict(top1=_pct(self.oracle, n))
+        for rule in SELECTION_RULES:
+            chosen = None
+            if rule in self.chosen:
+                chosen = [round(float(c) / max(n, 1), 4) for c in self.chosen[rule]]
+            out['selection'][rule] = dict(
+                top1=_pct(self.rule_top1[rule], n), top5=_pct(self.rule_top5[rule], n), chosen=chosen)
+        return out
+
+
+def _split_head(model: nn.Module) -> Optional[SplitShareHead]:
+    head = getattr(model, 'head', None)
+    if hasattr(model, 'forward_splits') and isinstance(head, SplitShareHead) and head.num_classes > 0:
+        return head
+    return None
+
+
+def model_complexity(model: nn.Module, input_size: Sequence[int], device=None) -> Dict[str, Optional[int]]:
+    """Parameters and multiply-adds of one image (Table 4).
+
+    Args:
+        model: A timm model, with or without a Split-and-Share head.
+        input_size: (C, H, W) of one image.
+        device: Where to run the counting pass, the model's device if None.
+
+    Returns:
+        `param_count`, `head_param_count`, `macs` (counted by torch.utils.flop_counter in one forward pass) and
+        `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of a Linear classifier).
+    """
+    param = next(model.parameters(), None)
+    device = device or (param.device if param is not None else 'cpu')
+    dtype = param.dtype if param is not None else torch.float32
+    head = _split_head(model)
+    classifier = head if head is not None else model.get_classifier() if hasattr(model, 'get_classifier') else None
+    head_macs = None
+    if head is not None:
+        head_macs = sum(head.widths) * head.num_classes
+    elif isinstance(classifier, nn.Linear):
+        head_macs = classifier.in_features * classifier.out_features
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros((1,) + tuple(input_size), device=device, dtype=dtype))
+    model.train(was_training)
+    return dict(
+        param_count=sum(p.numel() for p in model.parameters()),
+        head_param_count=sum(p.numel() for p in classifier.parameters()) if classifier is not None else None,
+        macs=counter.get_total_flops() // 2,
+        head_macs=head_macs,
+    )
+
+
+@torch.inference_mode()
+def evaluate(
+        models: Sequence[nn.Module],
+        loader,
+        device=None,
+        amp_autocast=suppress,
+        channels_last: bool = False,
+        progress: Optional[bool] = None,
+) -> Dict[str, Any]:
+    """One pass of a loader through one or more models.
+
+    Args:
+        models: Models in eval mode on `device`; with several, their ensemble (mean of logits) is measured too.
+        loader: Batches of (images, class indices), as timm's `create_loader` gives them.
+        device: Device of the models, where the batches go; the first model's if None.
+        amp_autocast: Context manager of the forward passes.
+        channels_last: Feed channels-last images.
+        progress: Show a progress bar; None shows one only on a terminal.
+
+    Returns:
+        `models`: the accuracy part of each model's entry of the JSON schema (module docstring), `ensemble`,
+        `num_samples`, `throughput` and `seconds`.
+    """
+    from tqdm import tqdm
+
+    param = next(models[0].parameters(), None)
+    device = device or (param.device if param is not None else 'cpu')
+    metrics = []
+    for model in models:
+        head = _split_head(model)
+        metrics.append(SplitMetrics(model.num_classes, head.num_splits if head is not None else None, device))
+    ensemble = SplitMetrics(models[0].num_classes, None, device) if len(models) > 1 else None
+
+    start = time.perf_counter()
+    for images, target in tqdm(loader, desc='eval', unit='batch', disable=None if progress is None else not progress):
+        images = images.to(device, non_blocking=True)  # no-op when timm's prefetcher has moved the batch
+        target = target.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        outputs = []
+        for model, metric in zip(models, metrics):
+            with amp_autocast():
+                output = model.forward_splits(images) if metric.num_splits is not None else model(images)
+            outputs.append(metric.update(output, target))
+        if ensemble is not None:
+            ensemble.update(torch.stack(outputs).mean(0), target)
+    seconds = time.perf_counter() - start
+
+    results = dict(
+        models=[
+            m.compute(_split_head(model).widths if m.num_splits is not None else None)
+            for model, m in zip(models, metrics)
+        ],
+        ensemble=None,
+        num_samples=metrics[0].count,
+        throughput=round(metrics[0].count / max(seconds, 1e-9), 2),
+        seconds=round(seconds, 3),
+    )
+    if ensemble is not None:
+        ens = ensemble.compute()
+        best = max(r['top1'] for r in results['models'])
+        results['ensemble'] = dict(
+            members=len(models),
+            top1=ens['top1'], top1_err=ens['top1_err'], top5=ens['top5'], top5_err=ens['top5_err'],
+            gain_over_best=round(ens['top1'] - best, 4),
+        )
+    return results
+
+
+parser = argparse.ArgumentParser(
+    prog='python -m timm_ssm.evaluate',
+    description='Evaluate timm models with Split-and-Share heads: every sub-classifier, the oracle, label-free '
+                'head selection, parameters and multiply-adds, and ensembles of several checkpoints.',
+)
+group = parser.add_argument_group('Data (as timm validate.py)')
+group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
+group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
+group.add_argument('--dataset', metavar='NAME', default='',
+                   help='dataset type + name ("<type>/<name>") (default: ImageFolder or ImageTar if empty)')
+group.add_argument('--split', metavar='NAME', default='validation', help='dataset split (default: validation)')
+group.add_argument('--num-samples', default=None, type=int, metavar='N',
+                   help='number of samples of the split, for iterable datasets')
+group.add_argument('--dataset-download', action='store_true', default=False,
+                   help='allow download of dataset for torch/ and tfds/ datasets that support it')
+group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
+                   help='path to class to idx mapping file (default: "")')
+group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
+group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
+group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
+group.add_argument('--img-size', default=None, type=int, metavar='N',
+                   help='input image dimension, uses model default if empty')
+group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels (default: 3)')
+group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N',
+                   help='input all image dimensions (d h w, e.g. --input-size 3 224 224)')
+group.add_argument('--use-train-size', action='store_true', default=False,
+                   help='force use of train input size, even when test size is specified in pretrained cfg')
+group.add_argument('--crop-pct', default=None, type=float, metavar='N', help='input image center crop pct')
+group.add_argument('--crop-mode', default=None, type=str, metavar='N',
+                   help='input image crop mode (squash, border, center), model default if None')
+group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='override mean pixel value')
+group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='override std deviation')
+group.add_argument('--interpolation', default='', type=str, metavar='NAME',
+                   help='image resize interpolation type (overrides model)')
+group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N', help='mini-batch size (default: 256)')
+group.add_argument('-j', '--workers', default=4, type=int, metavar='N',
+                   help='number of data loading workers (default: 4)')
+group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
+group.add_argument('--pin-mem', action='store_true', default=False, help='pin CPU memory in DataLoader')
+
+group = parser.add_argument_group('Models')
+group.add_argument('--model', '-m', metavar='NAME', nargs='+', default=None,
+                   help='model name(s): a registered name (resnet50_ssm, resnet50_ssm.a1_in1k), hf-hub:ORG/NAME or '
+                        'local-dir:DIR; one name for all checkpoints, or one per checkpoint. Default: the model '
+                        'named in each train.py checkpoint')
+group.add_argument('--checkpoint', nargs='+', default=[], metavar='PATH',
+                   help='train.py checkpoint(s) or output folder(s) (model_best.pth.tar in the folder); several '
+                        'form an ensemble')
+group.add_argument('--pretrained', action='store_true', default=False,
+                   help='use pretrained weights (default when no checkpoint is given)')
+group.add_argument('--use-ema', action='store_true', default=False, help='use EMA weights of the checkpoint')
+group.add_argument('--num-classes', type=int, default=None,
+                   help='number of classes (default: from the checkpoint, else the model)')
+group.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type, model default if None')
+group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                   help='other model arguments (num_splits=2 ...), default: from the checkpoint')
+group.add_argument('--device', default=None, type=str, help='device (default: cuda when available, else cpu)')
+group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
+group.add_argument('--amp-dtype', default='float16', type=str, help='AMP dtype (float16, bfloat16)')
+group.add_argument('--channels-last', action='store_true', default=False, help='use channels_last memory layout')
+group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
+
+group = parser.add_argument_group('Output')
+group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON (schema: module docstring)')
+group.add_argument('--csv', default='', metavar='FILE', help='write one row per model and output as CSV')
+group.add_argument('--plot', default='', metavar='FILE',
+                   help='PNG bar chart of the sub-classifiers, averaged output and oracle (needs matplotlib)')
+group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
+
+
+def _resolve_checkpoint(path: str) -> str:
+    if os.path.isdir(path):
+        for name in ('model_best.pth.tar', 'last.pth.tar'):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise FileNotFoundError(
+            f'{path} is a folder without model_best.pth.tar or last.pth.tar: pass a checkpoint file or the output '
+            f'folder of a train.py run.')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Checkpoint {path} does not exist.')
+    return path
+
+
+def _checkpoint_args(path: str) -> Dict[str, Any]:
+    """The `args` a train.py checkpoint was trained with, {} for other files."""
+    if path.endswith('.safetensors'):
+        return {}
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except Exception as e:
+            raise RuntimeError(
+                f'Cannot read checkpoint {path} with weights_only=True ({e}). Pass a checkpoint written by timm '
+                f'train.py, a state dict, or a .safetensors file.') from e
+    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if isinstance(args, argparse.Namespace):
+        return vars(args)
+    return args if isinstance(args, dict) else {}
+
+
+def _model_specs(args) -> List[Dict[str, Any]]:
+    """(model name, checkpoint, creation arguments) of every model to evaluate."""
+    names = list(args.model or [])
+    checkpoints = [_resolve_checkpoint(c) for c in args.checkpoint]
+    if not names and not checkpoints:
+        raise ValueError('Give --model NAME (with --pretrained, hf-hub:ORG/NAME or local-dir:DIR) or --checkpoint.')
+    if checkpoints and len(names) > 1 and len(names) != len(checkpoints):
+        raise ValueError(
+            f'{len(names)} model names for {len(checkpoints)} checkpoints: give one model name for all checkpoints, '
+            f'or one per checkpoint in the same order.')
+    specs = []
+    if not checkpoints:
+        return [dict(model=n, checkpoint=None, num_classes=args.num_classes, in_chans=args.in_chans,
+                     model_kwargs=dict(args.model_kwargs)) for n in names]
+    for i, path in enumerate(checkpoints):
+        ckpt_args = _checkpoint_args(path)
+        name = names[i] if len(names) > 1 else names[0] if names else ckpt_args.get('model')
+        if not name:
+            raise ValueError(f'{path} does not name its model (no train.py args): give --model NAME.')
+        spec = dict(
+            model=name,
+            checkpoint=path,
+            num_classes=args.num_classes if args.num_classes is not None else ckpt_args.get('num_classes'),
+            in_chans=args.in_chans if args.in_chans is not None else ckpt_args.get('in_chans'),
+            model_kwargs=dict(args.model_kwargs or ckpt_args.get('model_kwargs') or {}),
+        )
+        specs.append(spec)
+    return specs
+
+
+def _create(spec: Dict[str, Any], args, device) -> nn.Module:
+    in_chans = spec['in_chans']
+    if in_chans is None and args.input_size is not None:
+        in_chans = args.input_size[0]
+    model = create_model(
+        spec['model'],
+        pretrained=args.pretrained or spec['checkpoint'] is None,
+        num_classes=spec['num_classes'],
+        in_chans=in_chans or 3,
+        global_pool=args.gp,
+        **spec['model_kwargs'],
+    )
+    if spec['checkpoint']:
+        try:
+            load_checkpoint(model, spec['checkpoint'], use_ema=args.use_ema)
+        except RuntimeError as e:
+            raise ValueError(
+                f'The weights in {spec["checkpoint"]} do not fit {spec["model"]} with num_classes='
+                f'{model.num_classes}, in_chans={in_chans or 3} and model arguments {spec["model_kwargs"]}: give '
+                f'the --model, --num-classes, --in-chans and --model-kwargs it was trained with.\n{e}') from e
+    return model.to(device).eval()
+
+
+def _output_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    rows = []
+    for m in result['models']:
+        base = dict(model=m['model'], checkpoint=m['checkpoint'] or '')
+        for head in m['heads']:
+            rows.append(dict(base, output=head['name'], top1=head['top1'], top5=head['top5']))
+        rows.append(dict(base, output='averaged', top1=m['top1'], top5=m['top5']))
+        if m['oracle'] is not None:
+            rows.append(dict(base, output='oracle', top1=m['oracle']['top1'], top5=''))
+        for rule, r in m['selection'].items():
+            rows.append(dict(base, output=f'select:{rule}', top1=r['top1'], top5=r['top5']))
+    if result['ensemble'] is not None:
+        e = result['ensemble']
+        rows.append(dict(model='+'.join(m['model'] for m in result['models']), checkpoint='', output='ensemble',
+                         top1=e['top1'], top5=e['top5']))
+    return rows
+
+
+def _count(value: Optional[int]) -> str:
+    if value is None:
+        return '-'
+    for unit, scale in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
+        if value >= scale:
+            return f'{value / scale:.2f} {unit}'
+    return str(value)
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """The results as the printed text table."""
+    lines = []
+    for m in result['models']:
+        title = m['model'] + (f'  ({m["checkpoint"]})' if m['checkpoint'] else '')
+        lines += [
+            title,
+            f'  params {_count(m["param_count"])} (head {_count(m["head_param_count"])})   '
+            f'multiply-adds {_count(m["macs"])} (head {_count(m["head_macs"])})',
+            f'  {"output":<22}{"sees channels":>14}{"top1":>10}{"top5":>10}{"vs avg":>9}',
+        ]
+        for head in m['heads']:
+            channels = f'0-{head["width"] - 1}'
+            lines.append(f'  {head["name"]:<22}{channels:>14}{head["top1"]:>10.3f}{head["top5"]:>10.3f}'
+                         f'{head["top1"] - m["top1"]:>+9.2f}')
+        lines.append(f'  {"averaged":<22}{"":>14}{m["top1"]:>10.3f}{m["top5"]:>10.3f}')
+        if m['oracle'] is not None:
+            lines.append(f'  {"oracle (any FC right)":<22}{"":>14}{m["oracle"]["top1"]:>10.3f}{"":>10}'
+                         f'{m["oracle"]["top1"] - m["top1"]:>+9.2f}')
+        for rule, r in m['selection'].items():
+            chosen = ''
+            if r['chosen'] is not None:
+                chosen = '  picks ' + ' '.join(f'{100 * c:.0f}%' for c in r['chosen'])
+            lines.append(f'  {"select " + rule:<22}{"":>14}{r["top1"]:>10.3f}{r["top5"]:>10.3f}'
+                         f'{r["top1"] - m["top1"]:>+9.2f}{chosen}')
+        lines.append('')
+    if result['ensemble'] is not None:
+        e = result['ensemble']
+        lines.append(f'Ensemble of {e["members"]} (mean of logits): top1 {e["top1"]:.3f}  top5 {e["top5"]:.3f}  '
+                     f'({e["gain_over_best"]:+.2f} over the best member)')
+    lines.append(f'{result["data"]["num_samples"]} images, {result["throughput"]:.1f} images/s')
+    return '\n'.join(lines)
+
+
+def plot_results(result: Dict[str, Any], path: str):
+    """PNG bar chart: per model, the sub-classifiers' top-1, the averaged output's and the oracle's."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(
+            "--plot needs matplotlib: pip install 'timm-ssm[analysis]' (or pip install matplotlib).") from e
+
+    models = result['models']
+    fig, axes = plt.subplots(1, len(models), figsize=(1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)
+                                                      * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        names = [h['name'] for h in m['heads']] + ['avg']
+        values = [h['top1'] for h in m['heads']] + [m['top1']]
+        colors = ['tab:blue'] * len(m['heads']) + ['tab:orange']
+        if m['oracle'] is not None:
+            names.append('oracle')
+            values.append(m['oracle']['top1'])
+            colors.append('tab:green')
+        bars = ax.bar(names, values, color=colors)
+        ax.bar_label(bars, fmt='%.1f', fontsize=8)
+        ax.set_ylim(0, min(100, max(values) * 1.12 + 1))
+        ax.set_ylabel('top-1 accuracy (%)')
+        ax.set_title(m['model'] if not m['checkpoint'] else f'{m["model"]}\n{os.path.basename(m["checkpoint"])}',
+                     fontsize=9)
+    fig.tight_layout()
+    _atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    plt.close(fig)
+
+
+def _atomic_write(path: str, write, mode: str = 'wb'):
+    """Write through a temporary file in the same folder, so a failure leaves any existing file as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, mode, **({} if 'b' in mode else dict(newline=''))) as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(result: Dict[str, Any], path: str):
+    _atomic_write(path, lambda f: json.dump(result, f, indent=2), mode='w')
+
+
+def write_csv(result: Dict[str, Any], path: str):
+    def _write(f):
+        writer = csv.DictWriter(f, fieldnames=['model', 'checkpoint', 'output', 'top1', 'top5'])
+        writer.writeheader()
+        writer.writerows(_output_rows(result))
+    _atomic_write(path, _write, mode='w')
+
+
+def run(args) -> Dict[str, Any]:
+    """Evaluate as the command line asks and return the results (JSON schema: module docstring)."""
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (fail before the pass, not after it)
+        except ImportError as e:
+            raise ImportError(
+                "--plot needs matplotlib: pip install 'timm-ssm[analysis]' (or pip install matplotlib).") from e
+    amp_autocast = suppress
+    if args.amp:
+        if args.amp_dtype not in ('float16', 'bfloat16'):
+            raise ValueError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype}.')
+        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype))
+    torch.manual_seed(args.seed)
+
+    specs = _model_specs(args)
+    models = [_create(spec, args, device) for spec in specs]
+    num_classes = {m.num_classes for m in models}
+    if len(num_classes) > 1:
+        raise ValueError(f'An ensemble needs models with the same classes, got num_classes {sorted(num_classes)}.')
+    if min(num_classes) < 2:
+        raise ValueError(f'Evaluation needs a classifier of two or more classes, the model has num_classes='
+                         f'{min(num_classes)}: give --num-classes.')
+
+    data_args = dict(vars(args), in_chans=specs[0]['in_chans'] if args.in_chans is None else args.in_chans)
+    data_config = resolve_data_config(data_args, model=models[0], use_test_size=not args.use_train_size, verbose=True)
+    for spec, model in zip(specs[1:], models[1:]):
+        other = resolve_data_config(data_args, model=model, use_test_size=not args.use_train_size)
+        if other != data_config:
+            _logger.warning(f'{spec["model"]} has another data config ({other}): all models see the data of the '
+                            f'first one ({data_config}).')
+    complexity = [model_complexity(m, data_config['input_size'], device) for m in models]
+
+    root = args.data or args.data_dir
+    dataset = create_dataset(
+        root=root,
+        name=args.dataset,
+        split=args.split,
+        download=args.dataset_download,
+        class_map=args.class_map,
+        num_samples=args.num_samples,
+        input_key=args.input_key,
+        input_img_mode=args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L'),
+        target_key=args.target_key,
+        seed=args.seed,
+    )
+    loader = create_loader(
+        dataset,
+        input_size=data_config['input_size'],
+        batch_size=args.batch_size,
+        use_prefetcher=not args.no_prefetcher,
+        interpolation=data_config['interpolation'],
+        mean=data_config['mean'],
+        std=data_config['std'],
+        num_workers=args.workers,
+        crop_pct=data_config['crop_pct'],
+        crop_mode=data_config['crop_mode'],
+        pin_memory=args.pin_mem,
+        device=device,
+    )
+    if args.channels_last:
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    with torch.inference_mode(), amp_autocast():
+        # warm-up, as validate.py, so that the timed pass does not include one-time set-up
+        warm = torch.randn((args.batch_size,) + tuple(data_config['input_size']), device=device)
+        for m in models:
+            m(warm)
+    results = evaluate(
+        models,
+        loader,
+        device=device,
+        amp_autocast=amp_autocast,
+        channels_last=args.channels_last,
+        progress=False if args.no_progress else None,
+    )
+
+    out = dict(
+        data=dict(
+            data_dir=root, dataset=args.dataset, split=args.split, num_samples=results['num_samples'],
+            input_size=list(data_config['input_size']), interpolation=data_config['interpolation'],
+            crop_pct=data_config['crop_pct'], crop_mode=data_config['crop_mode'],
+            mean=list(data_config['mean']), std=list(data_config['std']),
+        ),
+        models=[],
+        ensemble=results['ensemble'],
+        throughput=results['throughput'],
+        seconds=results['seconds'],
+    )
+    for spec, model, cost, accuracy in zip(specs, models, complexity, results['models']):
+        head = _split_head(model)
+        out['models'].append(dict(
+            model=spec['model'],
+            checkpoint=spec['checkpoint'],
+            num_classes=model.num_classes,
+            num_splits=head.num_splits if head is not None else None,
+            **cost,
+            **accuracy,
+        ))
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run the command line `python -m timm_ssm.evaluate ARGS`, print the table and write the files asked for.
+
+    Args:
+        argv: The arguments, sys.argv[1:] if None.
+
+    Returns:
+        The results (JSON schema: module docstring).
+    """
+    args = parser.parse_args(argv)
+    try:
+        result = run(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        parser.exit(2, f'{parser.prog}: error: {e}\n')
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+    if args.csv:
+        write_csv(result, args.csv)
+    if args.plot:
+        plot_results(result, args.plot)
+    return result
+
+
+if __name__ == '__main__':
+    setup_default_logging()
+    main()
