@@ -8,14 +8,13 @@ The first n - 1 prefixes pass BatchNorm1d + ReLU (paper text, Figure 1 and the 2
 Table 4; `norm_all=True` normalizes all n as in Algorithm 1), each sub-classifier is one Linear, and the
 output is the mean of the n logits.
 
-All prefixes go through one BatchNorm1d over their concatenation and the mean of the n sub-classifiers is
-one matmul over the concatenated features, so a training step costs a handful of kernels, not 3n.
+All normalized prefixes go through one BatchNorm1d over their concatenation, and the mean of the n
+sub-classifiers accumulates into one output, without materializing the n logits.
 """
 from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from timm.layers import get_device_dtype
 
@@ -66,11 +65,6 @@ class SplitShareHead(nn.Module):
         self.fc = nn.ModuleList()
         self.reset(num_classes, device=device, dtype=dtype)
 
-    @property
-    def classifier_names(self) -> List[str]:
-        """Names of the final Linear layers relative to the head (for a pretrained cfg's `classifier`)."""
-        return [f'fc.{i}' for i in range(len(self.fc))]
-
     def reset(self, num_classes: int, device=None, dtype=None):
         """Replace the sub-classifiers, keeping the BatchNorm of the prefixes when there is one.
 
@@ -113,9 +107,8 @@ class SplitShareHead(nn.Module):
         else:
             self.fc[-1].bias.copy_(bias * self.num_splits)
 
-    def _shared(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenated inputs of the sub-classifiers: BatchNorm1d + ReLU of the normalized prefixes, then the
-        plain feature for the last one unless `norm_all`."""
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm1d + ReLU of the normalized prefixes, concatenated."""
         if self.training:
             torch._assert(
                 x.shape[0] > 1,
@@ -123,29 +116,37 @@ class SplitShareHead(nn.Module):
                 'batch. Use a batch size of 2 or more and drop the last incomplete batch '
                 '(DataLoader(..., drop_last=True)), or call model.eval() for inference.',
             )
-        z = self.act(self.norm(torch.cat([x[:, :w] for w in self.widths[:self.num_norm]], 1)))
-        if self.norm_all:
-            return z
-        return torch.cat([z, x], 1)
+        return self.act(self.norm(torch.cat([x[:, :w] for w in self.widths[:self.num_norm]], 1)))
 
     def forward_splits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every sub-classifier, shape (B, n, num_classes); their mean is `forward(x)`."""
-        z = self._shared(x)
+        z = self._normalized(x)
         logits = []
         start = 0
         for i, fc in enumerate(self.fc):
             width = self.widths[i]
-            logits.append(fc(z[:, start:start + width]))
-            start += width
+            if i < self.num_norm:
+                logits.append(fc(z[:, start:start + width]))
+                start += width
+            else:
+                logits.append(fc(x))
         return torch.stack(logits, 1)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if pre_logits or self.num_classes <= 0:
             return x
-        z = self._shared(x)
-        weight = torch.cat([fc.weight for fc in self.fc], 1)
-        bias = torch.stack([fc.bias for fc in self.fc]).sum(0)
-        return torch.addmm(bias, z, weight.t(), beta=1. / self.num_splits, alpha=1. / self.num_splits)
+        z = self._normalized(x)
+        # the mean of the sub-classifiers accumulates into one output, without materializing n logits
+        out = torch.stack([fc.bias for fc in self.fc]).mean(0)
+        start = 0
+        for i, fc in enumerate(self.fc):
+            width = self.widths[i]
+            if i < self.num_norm:
+                out = torch.addmm(out, z[:, start:start + width], fc.weight.t(), alpha=1. / self.num_splits)
+                start += width
+            else:
+                out = torch.addmm(out, x, fc.weight.t(), alpha=1. / self.num_splits)
+        return out
 
 
 class IndividualLoss(nn.Module):

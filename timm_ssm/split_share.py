@@ -118,6 +118,10 @@ class SplitShareNet(nn.Module):
             dtype=dtype,
             **trunk_kwargs,
         )
+        if not hasattr(trunk, 'reset_classifier'):
+            raise ValueError(
+                f'{model_name} ({type(trunk).__name__}) has no classifier to replace (no reset_classifier()): '
+                f'the Split-and-Share head needs a timm classification model.')
         classifier = trunk.get_classifier() if pretrained_trunk else None
         pretrained_classes = trunk.pretrained_cfg.get('num_classes') if pretrained_trunk else None
         trunk.reset_classifier(0)
@@ -151,10 +155,6 @@ class SplitShareNet(nn.Module):
                 f'not one Linear on the pooled features): the trunk is pretrained, the head starts fresh.')
             return
         self.head.init_from_classifier(*linear)
-
-    @property
-    def classifier_names(self):
-        return tuple('head.' + n for n in self.head.classifier_names)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Union[Dict[str, Any], Callable]:

@@ -1,0 +1,294 @@
+"""The timm model contract for `<arch>_ssm` models, as timm's own tests/test_models.py checks it."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import timm
+import timm_ssm
+from timm.layers import set_layer_config
+from timm.models import create_feature_extractor, get_graph_node_names
+from timm.optim import param_groups_layer_decay
+
+# tiny timm models covering CNNs, a ViT, NHWC features and a head with a hidden MLP (mambaout)
+TINY_MODELS = [
+    'test_resnet_ssm',
+    'test_convnext_ssm',
+    'test_efficientnet_ssm',
+    'test_vit_ssm',
+    'test_mambaout_ssm',
+    'test_byobnet_ssm',
+    'test_nfnet_ssm',
+]
+SIZE = 64
+
+
+def _input(model, batch_size=2):
+    cfg = model.pretrained_cfg
+    if cfg.get('fixed_input_size'):
+        return torch.randn(batch_size, *cfg['input_size'])
+    return torch.randn(batch_size, cfg['input_size'][0], SIZE, SIZE)
+
+
+def _spatial(model, features):
+    fmt = getattr(model.trunk, 'output_fmt', 'NCHW')
+    if features.ndim == 3:  # tokens
+        return None, -1
+    return ((2, 3), 1) if fmt == 'NCHW' else ((1, 2), 3)
+
+
+def test_registry():
+    names = timm.list_models('*_ssm')
+    for arch in timm_ssm.PAPER_MODELS:
+        assert f'{arch}_ssm' in names
+    assert set(TINY_MODELS) <= set(names)
+    assert 'convnext_tiny_ssm' in names and 'vit_base_patch16_224_ssm' in names
+    assert len(names) > 1000
+    assert names == timm.list_models(module='split_share')
+    # one pretrained SSM tag for each pretrained tag of the base architecture
+    assert [n.replace('_ssm', '') for n in timm.list_pretrained('resnet50_ssm.*')] == timm.list_pretrained('resnet50.*')
+    assert timm.is_model_pretrained('convnext_tiny_ssm.in12k_ft_in1k')
+
+
+@pytest.mark.parametrize('model_name', TINY_MODELS)
+def test_model_contract(model_name):
+    """timm's test_model_default_cfgs, for the SSM model."""
+    model = timm.create_model(model_name).eval()
+    assert model.num_classes == 1000 and model.num_features > 0 and model.head_hidden_size > 0
+    cfg = model.default_cfg
+    assert cfg is model.pretrained_cfg and cfg['architecture'] == model_name
+    x = _input(model)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        spatial, channel = _spatial(model, features)
+        assert features.shape[channel] == model.num_features
+        assert pre_logits.shape == (2, model.head_hidden_size)
+        assert model(x).shape == (2, 1000)
+        torch.testing.assert_close(model.forward_head(features), model(x))
+
+        model.reset_classifier(0)
+        assert model.num_classes == 0
+        assert model(x).shape == pre_logits.shape
+        if spatial is not None:
+            # unpooled, as timm checks it: the spatial size of the features (a head MLP may change channels)
+            model.reset_classifier(0, '')
+            out = model(x)
+            assert out.ndim == 4 and [out.shape[i] for i in spatial] == [features.shape[i] for i in spatial]
+            model = timm.create_model(model_name, num_classes=0, global_pool='').eval()
+            torch.testing.assert_close(model(x).shape, out.shape)
+
+    state_dict = model.state_dict() if model.num_classes else timm.create_model(model_name).state_dict()
+    classifier = cfg['classifier']
+    assert isinstance(classifier, tuple) and len(classifier) == 4
+    for name in classifier:
+        assert name + '.weight' in state_dict and name.startswith('head.fc.')
+    first_conv = (cfg['first_conv'],) if isinstance(cfg['first_conv'], str) else cfg['first_conv']
+    for name in first_conv:
+        assert name + '.weight' in state_dict
+
+
+@pytest.mark.parametrize('model_name', TINY_MODELS)
+def test_forward_backward_every_parameter_gets_a_gradient(model_name):
+    model = timm.create_model(model_name, num_classes=10).train()
+    x = _input(model, batch_size=4)
+    out = model(x)
+    splits = model.forward_splits(x)
+    assert splits.shape == (4, 4, 10)
+    out.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f'parameters without gradient (DDP would fail): {missing}'
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_splits(x).mean(1), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_num_splits_and_norm_all_options():
+    model = timm.create_model('test_resnet_ssm', num_splits=8, norm_all=True, num_classes=5)
+    assert model.head.num_splits == 8 and model.head.norm_all
+    assert model.pretrained_cfg['classifier'] == tuple(f'head.fc.{i}' for i in range(8))
+    assert model.forward_splits(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 8, 5)
+    with pytest.raises(ValueError, match=r'C=96 .* n=5'):
+        timm.create_model('test_resnet_ssm', num_splits=5)
+
+
+def test_parameter_counts_match_paper_table_4():
+    with torch.device('meta'):
+        base = timm.create_model('resnet50')
+        ssm = timm.create_model('resnet50_ssm')
+        ssm_all = timm.create_model('resnet50_ssm', norm_all=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert round(count(base) / 1e6, 2) == 25.56
+    assert 28.63e6 <= count(ssm) <= 28.64e6
+    assert count(ssm_all) - count(ssm) == 2 * 2048
+
+
+def test_unknown_kwarg_is_a_type_error():
+    with pytest.raises(TypeError, match='not_an_arg'):
+        timm.create_model('test_resnet_ssm', not_an_arg=1)
+
+
+def test_unpooled_with_classes_is_a_clear_error():
+    with pytest.raises(ValueError, match="global_pool=''"):
+        timm.create_model('test_resnet_ssm', global_pool='')
+    model = timm.create_model('test_resnet_ssm')
+    with pytest.raises(ValueError, match="global_pool=''"):
+        model.reset_classifier(10, '')
+
+
+def test_trunk_kwargs_pass_through():
+    model = timm.create_model('test_resnet_ssm', drop_rate=0.3, in_chans=1, num_classes=3, global_pool='max')
+    assert model.trunk.drop_rate == 0.3 and model.in_chans == 1
+    assert model(torch.randn(2, 1, SIZE, SIZE)).shape == (2, 3)
+    model = timm.create_model('test_vit_ssm', img_size=96)
+    assert model(torch.randn(2, 3, 96, 96)).shape == (2, 1000)
+
+
+def test_device_and_dtype_kwargs():
+    model = timm.create_model('test_resnet_ssm', device='meta')
+    assert all(p.device.type == 'meta' for p in model.parameters())
+    model = timm.create_model('test_resnet_ssm', dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert model(torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_reset_classifier_keeps_device_dtype_mode_and_frozen():
+    model = timm.create_model('test_convnext_ssm', num_classes=10, dtype=torch.float64).eval()
+    for p in model.trunk.parameters():
+        p.requires_grad_(False)
+    norm = model.head.norm
+    model.reset_classifier(4)
+    assert model.num_classes == 4 and model.head.norm is norm
+    assert all(fc.weight.dtype == torch.float64 and not fc.training for fc in model.head.fc)
+    assert not any(p.requires_grad for p in model.trunk.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert model(torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)).shape == (2, 4)
+    model.train()
+    model.reset_classifier(6, 'max')
+    assert model.training and model.head.fc[0].training
+
+
+def test_get_classifier_and_no_weight_decay():
+    model = timm.create_model('test_vit_ssm')
+    assert model.get_classifier() is model.head
+    base = timm.create_model('test_vit')
+    assert model.no_weight_decay() == {'trunk.' + n for n in base.no_weight_decay()}
+    assert 'trunk.pos_embed' in model.no_weight_decay()
+
+
+def _lr_scales(model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.7)
+    return {names[id(p)]: g['lr_scale'] for g in groups for p in g['params']}
+
+
+@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_vit_ssm', 'test_convnext_ssm'])
+def test_group_matcher_for_layer_decay(model_name):
+    model = timm.create_model(model_name)
+    scale = _lr_scales(model)
+    assert set(scale) == {n for n, p in model.named_parameters()}
+    head = [scale[n] for n in scale if n.startswith('head.')]
+    trunk = [scale[n] for n in scale if n.startswith('trunk.')]
+    assert head and set(head) == {1.0}  # the head is the last layer group
+    assert len(set(trunk)) > 2 and min(trunk) < 1.0  # trunk layers decay as in the plain model
+    base_scale = _lr_scales(timm.create_model(model_name.replace('_ssm', '')))
+    for n, s in base_scale.items():
+        if 'trunk.' + n in scale:
+            assert scale['trunk.' + n] == pytest.approx(s), n
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = timm.create_model('test_resnet_ssm', num_classes=5).train()
+    x = _input(model, 4)
+    model(x).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_vit_ssm'])
+def test_torchscript(model_name):
+    with set_layer_config(scriptable=True):
+        model = timm.create_model(model_name).eval()
+    scripted = torch.jit.script(model)
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_efficientnet_ssm'])
+def test_fx(model_name):
+    model = timm.create_model(model_name, num_classes=7)
+    _, eval_nodes = get_graph_node_names(model)
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    x = _input(model, 4)
+    model.eval()
+    fx_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], model(x))
+    fx_model.train()  # traced with the training branch (batch-of-one check) too
+    fx_model(x)[eval_nodes[-1]].sum().backward()
+
+
+def test_torch_compile_train_step():
+    # aot_eager: dynamo's graph capture and AOTAutograd as with the default backend, without minutes of C++
+    # compilation on CPU (inductor itself runs in benchmarks/throughput.py --compile)
+    model = timm.create_model('test_resnet_ssm', num_classes=5).train()
+    compiled = torch.compile(model, backend='aot_eager')
+    x = _input(model, 4)
+    out = compiled(x)
+    out.sum().backward()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_and_autocast():
+    model = timm.create_model('test_resnet_ssm', num_classes=5).eval()
+    x = _input(model, 4)
+    with torch.no_grad():
+        expected = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(model_cl(x.to(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-4)
+        for dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast('cpu', dtype=dtype):
+                out = model(x)
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.1)
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        model(x).float().sum().backward()
+
+
+def test_features_only_is_the_trunks_feature_extraction():
+    features = timm.create_model('test_resnet_ssm', features_only=True, out_indices=(1, 2))
+    reference = timm.create_model('test_resnet', features_only=True, out_indices=(1, 2))
+    assert type(features) is type(reference)
+    assert features.feature_info.channels() == reference.feature_info.channels()
+    outs = features(torch.randn(2, 3, SIZE, SIZE))
+    assert [o.shape[1] for o in outs] == reference.feature_info.channels()
+
+
+def test_training_batch_of_one_says_what_to_do():
+    model = timm.create_model('test_resnet_ssm', num_classes=5).train()
+    with pytest.raises(AssertionError, match='drop_last=True'):
+        model(_input(model, 1))
+
+
+def test_trunk_without_classifier_is_a_clear_error():
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with pytest.raises(ValueError, match='no classifier to replace'):
+            timm.create_model('mobilenetv5_300m_enc_ssm', device='meta')
+
+
+def test_profile_head_macs_agree_with_the_flop_counter():
+    from timm_ssm.profile import profile
+    row = profile('resnet50')
+    assert row['head_macs'] == 2048 * 1000 and row['ssm_head_macs'] == (512 + 1024 + 1536 + 2048) * 1000
+    assert row['ssm_macs'] - row['macs'] == row['ssm_head_macs'] - row['head_macs']
+    assert row['params'] == 25557032 and 28.63e6 <= row['ssm_params'] <= 28.64e6
