@@ -375,6 +375,16 @@ group.add_argument('--plot', default='', metavar='FILE',
 group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
 
 
+def _fit_norm_to_chans(data_config: Dict[str, Any]) -> Dict[str, Any]:
+    """A pretrained mean and std of other channels than the input's become their average, as timm's prefetcher
+    does, so that the transforms without prefetcher work too (a 3-channel mean for 1-channel images)."""
+    chans = data_config['input_size'][0]
+    for key in ('mean', 'std'):
+        if len(data_config[key]) != chans:
+            data_config[key] = (sum(data_config[key]) / len(data_config[key]),) * chans
+    return data_config
+
+
 def _resolve_checkpoint(path: str) -> str:
     if os.path.isdir(path):
         for name in ('model_best.pth.tar', 'last.pth.tar'):
@@ -604,8 +614,9 @@ def run(args) -> Dict[str, Any]:
 
     data_args = dict(vars(args), in_chans=specs[0]['in_chans'] if args.in_chans is None else args.in_chans)
     data_config = resolve_data_config(data_args, model=models[0], use_test_size=not args.use_train_size, verbose=True)
+    data_config = _fit_norm_to_chans(data_config)
     for spec, model in zip(specs[1:], models[1:]):
-        other = resolve_data_config(data_args, model=model, use_test_size=not args.use_train_size)
+        other = _fit_norm_to_chans(resolve_data_config(data_args, model=model, use_test_size=not args.use_train_size))
         if other != data_config:
             _logger.warning(f'{spec["model"]} has another data config ({other}): all models see the data of the '
                             f'first one ({data_config}).')

@@ -1,0 +1,129 @@
+"""Grad-CAM per channel group (`python -m timm_ssm.cam`) on tiny models."""
+import argparse
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import timm
+import timm_ssm  # noqa: F401  (registers the *_ssm models)
+from timm_ssm.cam import PANEL_PAD, feature_gradients, grad_cams, main
+
+
+def _model(name: str, **kwargs):
+    model = timm.create_model(name, num_classes=5, **kwargs)
+    with torch.no_grad():
+        for m in model.modules():  # sub-classifiers that are not all alike
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 1)
+    return model.eval()
+
+
+def test_gradients_stay_in_prefix():
+    """Sub-classifier j's logit has zero gradient on the feature map's channels outside its prefix."""
+    model = _model('test_resnet_ssm')
+    x = torch.randn(2, 3, 64, 64)
+    feat, grads, logits = feature_gradients(model, x, torch.tensor([1, 3]))
+    widths = model.head.widths
+    assert grads.shape == (2, 5) + feat.shape[1:] and feat.shape[1] == widths[-1]
+    for j, width in enumerate(widths):
+        assert torch.all(grads[:, j, width:] == 0)
+        assert grads[:, j, :width].abs().sum((1, 2, 3)).min() > 0
+    # the averaged output depends on every channel
+    assert grads[:, -1].abs().sum((2, 3)).min() > 0
+    torch.testing.assert_close(logits, model(x))
+
+
+def test_cams_match_hooked_reference():
+    """Each map against Grad-CAM computed by hand through a forward hook on the trunk's last stage."""
+    model = _model('test_resnet_ssm')
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([0, 4])
+    cams, ranges, _ = grad_cams(model, x, target)
+    group = model.head.widths[0]
+    assert ranges == [(j * group, (j + 1) * group - 1) for j in range(4)] + [(0, 4 * group - 1)]
+
+    captured = {}
+    handle = model.trunk.layer4.register_forward_hook(lambda m, i, out: captured.update(a=out))
+    for j in range(5):
+        splits = model.forward_splits(x)
+        out = splits[:, j] if j < 4 else splits.mean(1)
+        a = captured['a']
+        grad = torch.autograd.grad(out[torch.arange(2), target].sum(), a)[0]
+        first, last = ranges[j]
+        ref = F.relu((grad.mean((2, 3), keepdim=True) * a)[:, first:last + 1].sum(1, keepdim=True))
+        ref = F.interpolate(ref, size=(64, 64), mode='bilinear', align_corners=False)[:, 0]
+        ref = ref - ref.flatten(1).min(1).values[:, None, None]
+        ref = ref / (ref.flatten(1).max(1).values[:, None, None] + 1e-7)
+        torch.testing.assert_close(cams[:, j], ref.detach(), atol=1e-4, rtol=1e-4)
+    handle.remove()
+
+
+@pytest.mark.parametrize('name', ['test_convnext_ssm', 'test_efficientnet_ssm', 'test_resnet'])
+def test_other_cnn_trunks(name):
+    model = _model(name)
+    cams, ranges, _ = grad_cams(model, torch.randn(1, 3, 64, 64), torch.tensor([2]))
+    n = 4 if name.endswith('_ssm') else 0
+    assert cams.shape == (1, n + 1, 64, 64) and len(ranges) == n + 1
+    assert cams.min() >= 0 and cams.max() <= 1
+
+
+def test_non_spatial_trunk_error():
+    with pytest.raises(ValueError, match='needs a spatial feature map'):
+        grad_cams(_model('test_vit_ssm', img_size=32), torch.randn(1, 3, 32, 32), torch.tensor([0]))
+
+
+@pytest.fixture
+def class_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ('cat', 'dog'):
+        (tmp_path / 'images' / c).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / 'images' / c / 'a.png')
+    return tmp_path / 'images'
+
+
+def _checkpoint(model, name, path, num_classes=5, **extra):
+    args = argparse.Namespace(model=name, num_classes=num_classes, in_chans=3, model_kwargs=extra)
+    torch.save({'state_dict': model.state_dict(), 'args': args}, path)
+
+
+def test_cli_grid(class_folders, tmp_path, caplog):
+    model = _model('test_resnet_ssm', num_splits=2)
+    _checkpoint(model, 'test_resnet_ssm', tmp_path / 'm.pth.tar', num_splits=2)
+    out = tmp_path / 'cams'
+    with caplog.at_level('INFO'):
+        written = main([str(class_folders), '--checkpoint', str(tmp_path / 'm.pth.tar'), '--out', str(out),
+                        '--img-size', '64', '--panel', '96', '--device', 'cpu'])
+    assert sorted(p.name for p in out.iterdir()) == ['cat_a_cam.png', 'dog_a_cam.png']
+    assert len(written) == 2
+    width, height = Image.open(out / 'cat_a_cam.png').size
+    assert width == 4 * (96 + PANEL_PAD) + PANEL_PAD  # the image, FC1's group, FC2's group, all channels
+    assert 96 + 2 * PANEL_PAD < height < 2 * 96
+    # class folders give the ground truth: dog is class 1 of the sorted folders
+    assert 'target 1: dog (ground truth)' in caplog.text
+
+    # a single image has no ground truth: the prediction is the target, unless given
+    main([str(class_folders / 'dog' / 'a.png'), '--checkpoint', str(tmp_path / 'm.pth.tar'), '--out', str(out),
+          '--img-size', '64', '--panel', '64', '--target-class', '3', '--device', 'cpu'])
+    assert Image.open(out / 'a_cam.png').size[0] == 4 * (64 + PANEL_PAD) + PANEL_PAD
+
+
+def test_cli_errors(class_folders, tmp_path, capsys):
+    model = _model('test_vit_ssm', img_size=32)
+    _checkpoint(model, 'test_vit_ssm', tmp_path / 'vit.pth.tar')
+    with pytest.raises(SystemExit) as e:
+        main([str(class_folders), '--checkpoint', str(tmp_path / 'vit.pth.tar'), '--model-kwargs', 'img_size=32',
+              '--img-size', '32', '--out', str(tmp_path / 'o'), '--device', 'cpu'])
+    assert e.value.code == 2 and 'needs a spatial feature map' in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').iterdir())
+
+    _checkpoint(_model('test_resnet_ssm'), 'test_resnet_ssm', tmp_path / 'r.pth.tar')
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / 'nothing'), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--device', 'cpu'])
+    assert 'neither an image file nor a folder' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(class_folders), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--target-class', '7',
+              '--img-size', '64', '--out', str(tmp_path / 'o'), '--device', 'cpu'])
+    assert 'outside the model\'s 5 classes' in capsys.readouterr().err

@@ -1,0 +1,367 @@
+""" Grad-CAM per channel group of a Split-and-Share model
+
+Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
+(Lee et al., Electronics 2022), section 5, Figures 2 and 3.
+
+For sub-classifier j of n, the Grad-CAM of the trunk's last feature map restricted to channel group j (the
+channels j * C/n .. (j + 1) * C/n - 1) with respect to sub-classifier j's logit of the target class; then the
+Grad-CAM of all C channels with respect to the averaged output. Grad-CAM (Selvaraju et al., ICCV 2017): the
+gradients of the logit, averaged over the map, weight the map's channels; the ReLU of the weighted sum is the
+heat map.
+
+`python -m timm_ssm.cam IMAGE_OR_FOLDER --model NAME [--checkpoint PATH] --out DIR` writes one PNG grid per
+image: the image, then one heat map per channel group titled by its channel range (`0-511`, `512-1023`, ...),
+then the full feature's. The target class is the ground truth when a folder of class folders (or a timm data
+set) gives it, else the averaged output's prediction, or `--target-class`.
+
+The Grad-CAM is a few lines here rather than the `grad-cam` package: that package would add OpenCV, SciPy,
+scikit-learn and ttach to the install, and its hooks on a target layer would still need a custom target and a
+channel mask to express a per-sub-classifier, per-group map.
+"""
+import argparse
+import logging
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from timm.data import ImageNetInfo, create_dataset, create_transform, infer_imagenet_subset, resolve_data_config
+from timm.utils import ParseKwargs, setup_default_logging
+
+from .evaluate import _atomic_write, _create, _fit_norm_to_chans, _model_specs, _split_head
+
+__all__ = ['feature_gradients', 'grad_cams', 'cam_grid', 'PANEL_PAD', 'main']
+
+_logger = logging.getLogger(__name__)
+
+PANEL_PAD = 8  # pixels between and around the panels of a grid
+_IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff', '.gif')
+
+
+def _spatial_features(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+    """The trunk's last feature map and whether it is channels-last (NHWC), or a clear error."""
+    feat = model.forward_features(x)
+    trunk = getattr(model, 'trunk', model)
+    name = trunk.pretrained_cfg.get('architecture', type(trunk).__name__) if hasattr(trunk, 'pretrained_cfg') \
+        else type(trunk).__name__
+    if not isinstance(feat, torch.Tensor) or feat.ndim != 4:
+        shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
+        raise ValueError(
+            f'Grad-CAM needs a spatial feature map (batch, channels, height, width) from forward_features(), but '
+            f'{name} gives {shape} (tokens or pooled features, no map). Use a convolutional trunk such as '
+            f'resnet50_ssm, resnext50_32x4d_ssm, convnext_tiny_ssm or efficientnet_b0_ssm.')
+    return feat, getattr(trunk, 'output_fmt', 'NCHW') == 'NHWC'
+
+
+def feature_gradients(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The trunk's last feature map and the gradients of the target logits with respect to it.
+
+    Args:
+        model: A model in eval mode, with a Split-and-Share head (n sub-classifiers) or a plain timm classifier.
+        x: Images (B, C_in, H, W).
+        target: Target class of each image (B,).
+
+    Returns:
+        features (B, C, h, w); gradients (B, n + 1, C, h, w): of sub-classifier j's logit for j < n, of the
+        averaged output's logit last (n = 0 for a plain classifier); the averaged output's logits (B, K).
+    """
+    with torch.no_grad():
+        feat, nhwc = _spatial_features(model, x)
+    feat = feat.detach().requires_grad_()
+    head = _split_head(model)
+    with torch.enable_grad():
+        if head is not None:
+            pooled = model.trunk.forward_head(feat, pre_logits=True)
+            if pooled.shape[-1] != feat.shape[-1 if nhwc else 1]:
+                raise ValueError(
+                    f'The head sees {pooled.shape[-1]} pooled features, but the last feature map has '
+                    f'{feat.shape[-1 if nhwc else 1]} channels: this trunk computes its pooled features through '
+                    f'more layers after the map, so the head\'s channel groups are no channels of the map and '
+                    f'per-group Grad-CAM is not defined for it.')
+            splits = head.forward_splits(pooled)  # (B, n, K)
+            outputs = list(splits.unbind(1)) + [splits.mean(1)]
+        else:
+            outputs = [model.forward_head(feat)]
+        rows = torch.arange(x.shape[0], device=x.device)
+        grads = [
+            torch.autograd.grad(out[rows, target].sum(), feat, retain_graph=True, allow_unused=True)[0]
+            for out in outputs
+        ]
+    grads = torch.stack([g if g is not None else torch.zeros_like(feat) for g in grads], 1)
+    logits = outputs[-1].detach()
+    feat = feat.detach()
+    if nhwc:
+        feat = feat.permute(0, 3, 1, 2)
+        grads = grads.permute(0, 1, 4, 2, 3)
+    return feat, grads, logits
+
+
+def grad_cams(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+) -> Tuple[torch.Tensor, List[Tuple[int, int]], torch.Tensor]:
+    """Grad-CAM of each channel group w.r.t. its sub-classifier, and of all channels w.r.t. the averaged output.
+
+    Args:
+        model: A model in eval mode, with a Split-and-Share head or a plain timm classifier.
+        x: Images (B, C_in, H, W).
+        target: Target class of each image (B,).
+
+    Returns:
+        Heat maps (B, n + 1, H, W) in [0, 1] (each scaled to its own minimum and maximum), upsampled to the
+        images' size;
+        the channel range (first, last) of each map; the averaged output's logits (B, K).
+    """
+    feat, grads, logits = feature_gradients(model, x, target)
+    channels = feat.shape[1]
+    if min(feat.shape[-2:]) < 2:
+        _logger.warning(
+            f'The last feature map is {feat.shape[-2]}x{feat.shape[-1]} for {x.shape[-2]}x{x.shape[-1]} images: the '
+            f'heat maps carry no spatial information. Use larger images (--img-size).')
+    head = _split_head(model)
+    n = head.num_splits if head is not None else 0
+    group = channels // n if n else channels
+    ranges = [(j * group, (j + 1) * group - 1) for j in range(n)] + [(0, channels - 1)]
+    weights = grads.mean((3, 4))  # (B, n + 1, C)
+    cams = []
+    for j, (first, last) in enumerate(ranges):
+        w = weights[:, j, first:last + 1, None, None]
+        cams.append(F.relu((w * feat[:, first:last + 1]).sum(1)))
+    cams = torch.stack(cams, 1)
+    cams = F.interpolate(cams, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    # min-max scaling of each map, as the grad-cam package shows them
+    low = cams.flatten(2).amin(-1)[..., None, None]
+    cams = cams - low
+    cams = cams / (cams.flatten(2).amax(-1)[..., None, None] + 1e-7)
+    return cams, ranges, logits
+
+
+def _jet(cam: torch.Tensor) -> torch.Tensor:
+    """The jet colour map of values in [0, 1], (H, W) -> (3, H, W)."""
+    x = cam[None] * 4
+    centers = torch.tensor([3., 2., 1.], device=cam.device)[:, None, None]
+    return (1.5 - (x - centers).abs()).clamp(0, 1)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def cam_grid(
+        image: torch.Tensor,
+        cams: torch.Tensor,
+        titles: Sequence[Tuple[str, str]],
+        header: str = '',
+        panel: int = 224,
+        alpha: float = 0.5,
+) -> Image.Image:
+    """One row of panels: the image, then each heat map overlaid on it, each under a two-line title.
+
+    Args:
+        image: The image as the model saw it, (C, H, W) in [0, 1], C = 1 or 3.
+        cams: Heat maps (m, H, W) in [0, 1].
+        titles: Two title lines per panel, m + 1 of them (the image's first).
+        header: A line above the row.
+        panel: Side of each square panel in pixels.
+        alpha: Weight of the heat map in the overlay.
+
+    Returns:
+        An RGB image of width (m + 1) * (panel + PANEL_PAD) + PANEL_PAD.
+    """
+    image = image.float().cpu().clamp(0, 1)
+    image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+    panels = [image] + [(1 - alpha) * image + alpha * _jet(c.float().cpu()) for c in cams]
+    font, small = _font(max(10, panel // 14)), _font(max(9, panel // 18))
+    line = max(12, panel // 12)
+    top = PANEL_PAD + (line if header else 0) + 2 * line
+    grid = Image.new('RGB', (len(panels) * (panel + PANEL_PAD) + PANEL_PAD, top + panel + PANEL_PAD), 'white')
+    draw = ImageDraw.Draw(grid)
+    if header:
+        draw.text((PANEL_PAD, PANEL_PAD // 2), header, fill='black', font=small)
+    for i, (p, (title, subtitle)) in enumerate(zip(panels, titles)):
+        left = PANEL_PAD + i * (panel + PANEL_PAD)
+        pixels = (p.permute(1, 2, 0).numpy() * 255).round().astype('uint8')
+        grid.paste(Image.fromarray(pixels).resize((panel, panel), Image.BILINEAR), (left, top))
+        draw.text((left + panel // 2, top - line - line // 2), title, fill='black', font=font, anchor='mm')
+        draw.text((left + panel // 2, top - line // 2), subtitle, fill='dimgray', font=small, anchor='mm')
+    return grid
+
+
+def _label_names(model: nn.Module, dataset_names: Optional[Sequence[str]]) -> Optional[List[str]]:
+    k = model.num_classes
+    if dataset_names is not None and len(dataset_names) <= k:  # names of the data set's first classes
+        return list(dataset_names)
+    names = model.pretrained_cfg.get('label_names') if hasattr(model, 'pretrained_cfg') else None
+    if names is not None and len(names) == k:
+        return list(names)
+    subset = infer_imagenet_subset(model)
+    if subset is not None:
+        info = ImageNetInfo(subset)
+        if info.num_classes() == k:
+            return [info.index_to_description(i) for i in range(k)]
+    return None
+
+
+def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optional[List[str]]]:
+    """(name, image, ground-truth class or None) of each input image, and the data set's class names."""
+    if args.dataset or (args.input is None and args.data_dir):
+        dataset = create_dataset(args.dataset, root=args.data_dir, split=args.split, class_map=args.class_map,
+                                 download=args.dataset_download)
+        names = getattr(dataset, 'classes', None)
+        if names is None and hasattr(dataset, 'reader') and hasattr(dataset.reader, 'class_to_idx'):
+            names = sorted(dataset.reader.class_to_idx, key=dataset.reader.class_to_idx.get)
+        items = []
+        for i in range(min(args.num_images, len(dataset))):
+            img, label = dataset[i]
+            items.append((f'{i:05d}', img, int(label)))
+        return items, names
+    if args.input is None:
+        raise ValueError('Give an image file or folder, or a timm data set with --dataset and --data-dir.')
+    if os.path.isfile(args.input):
+        stem = os.path.splitext(os.path.basename(args.input))[0]
+        return [(stem, Image.open(args.input), None)], None
+    if not os.path.isdir(args.input):
+        raise FileNotFoundError(f'{args.input} is neither an image file nor a folder.')
+    # a folder of class folders gives the ground truth, as timm's ImageFolder reads it
+    try:
+        dataset = create_dataset('', root=args.input, split='', search_split=False, class_map=args.class_map)
+    except RuntimeError as e:
+        raise ValueError(f'No images ({", ".join(_IMG_EXTENSIONS)}) in {args.input}: {e}') from e
+    class_to_idx = dataset.reader.class_to_idx
+    has_labels = '' not in class_to_idx
+    items = []
+    for i in range(min(args.num_images, len(dataset))):
+        img, label = dataset[i]
+        path = dataset.filename(i)
+        stem = os.path.splitext(path)[0].replace(os.sep, '_')
+        items.append((stem, img, int(label) if has_labels else None))
+    if not items:
+        raise ValueError(f'No images ({", ".join(_IMG_EXTENSIONS)}) in {args.input}.')
+    names = sorted(class_to_idx, key=class_to_idx.get) if has_labels else None
+    return items, names
+
+
+parser = argparse.ArgumentParser(
+    prog='python -m timm_ssm.cam',
+    description='Grad-CAM per channel group of a Split-and-Share model (paper section 5): one PNG grid per image.',
+)
+parser.add_argument('input', nargs='?', default=None,
+                    help='an image, or a folder of images (class folders give the ground truth)')
+parser.add_argument('--out', default='cam', metavar='DIR', help='output folder (default: cam)')
+parser.add_argument('--model', '-m', default=None, metavar='NAME',
+                    help='model name, hf-hub:ORG/NAME or local-dir:DIR (default: from the checkpoint)')
+parser.add_argument('--checkpoint', default='', metavar='PATH', help='train.py checkpoint or output folder')
+parser.add_argument('--pretrained', action='store_true', default=False,
+                    help='use pretrained weights (default when no checkpoint is given)')
+parser.add_argument('--use-ema', action='store_true', default=False, help='use EMA weights of the checkpoint')
+parser.add_argument('--num-classes', type=int, default=None, help='number of classes (default: from the checkpoint)')
+parser.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
+parser.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type, model default if None')
+parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='other model arguments')
+parser.add_argument('--target-class', type=int, default=None,
+                    help='class of the heat maps (default: the ground truth when known, else the prediction)')
+parser.add_argument('--num-images', type=int, default=16, metavar='N',
+                    help='at most this many images of a folder or data set (default: 16)')
+parser.add_argument('--data-dir', metavar='DIR', help='root of a timm data set (with --dataset)')
+parser.add_argument('--dataset', default='', metavar='NAME', help='timm data set, e.g. torch/fashion_mnist')
+parser.add_argument('--split', default='validation', metavar='NAME', help='data set split (default: validation)')
+parser.add_argument('--dataset-download', action='store_true', default=False, help='allow download of the data set')
+parser.add_argument('--class-map', default='', type=str, metavar='FILENAME', help='class to index mapping file')
+parser.add_argument('--img-size', default=None, type=int, metavar='N', help='input image size (default: model)')
+parser.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N', help='input dimensions (d h w)')
+parser.add_argument('--crop-pct', default=None, type=float, metavar='N', help='centre crop fraction')
+parser.add_argument('--crop-mode', default=None, type=str, metavar='N', help='crop mode (center, squash, border)')
+parser.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='normalization mean')
+parser.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='normalization std')
+parser.add_argument('--interpolation', default='', type=str, metavar='NAME', help='resize interpolation')
+parser.add_argument('--panel', type=int, default=224, metavar='PX', help='side of each panel in pixels')
+parser.add_argument('--alpha', type=float, default=0.5, help='weight of the heat map in the overlay')
+parser.add_argument('--device', default=None, type=str, help='device (default: cuda when available, else cpu)')
+
+
+def run(args) -> List[str]:
+    """Write the grids the command line asks for and return their paths."""
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if not args.model and not args.checkpoint:
+        raise ValueError('Give --model NAME (with --pretrained, hf-hub:ORG/NAME or local-dir:DIR) or --checkpoint.')
+    spec_args = argparse.Namespace(
+        model=[args.model] if args.model else None,
+        checkpoint=[args.checkpoint] if args.checkpoint else [],
+        num_classes=args.num_classes, in_chans=args.in_chans, model_kwargs=args.model_kwargs,
+    )
+    spec = _model_specs(spec_args)[0]
+    model = _create(spec, args, device)
+    head = _split_head(model)
+    if head is None:
+        _logger.warning(f'{spec["model"]} has no Split-and-Share head: only the full-feature Grad-CAM is drawn.')
+
+    in_chans = spec['in_chans'] if args.in_chans is None else args.in_chans
+    config = _fit_norm_to_chans(resolve_data_config(dict(vars(args), in_chans=in_chans), model=model,
+                                                    use_test_size=True))
+    transform = create_transform(**config)
+    chans = config['input_size'][0]
+    mean, std = torch.tensor(config['mean']).view(-1, 1, 1), torch.tensor(config['std']).view(-1, 1, 1)
+
+    items, dataset_names = _inputs(args)
+    names = _label_names(model, dataset_names)
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    for stem, img, label in items:
+        img = img.convert('RGB' if chans == 3 else 'L')
+        x = transform(img)[None].to(device)
+        with torch.no_grad():
+            pred = int(model(x).argmax(-1))
+        target = args.target_class if args.target_class is not None else label if label is not None else pred
+        if not 0 <= target < model.num_classes:
+            raise ValueError(f'Target class {target} is outside the model\'s {model.num_classes} classes.')
+        cams, ranges, _ = grad_cams(model, x, torch.tensor([target], device=device))
+
+        def _name(c):
+            return f'{c}: {names[c]}' if names is not None and c < len(names) else f'class {c}'
+
+        source = 'given' if args.target_class is not None else 'ground truth' if label is not None else 'prediction'
+        header = f'{stem}   target {_name(target)} ({source})   prediction {_name(pred)}'
+        titles = [('input', _name(target)[:28])]
+        titles += [(f'{first}-{last}', f'FC{j + 1}') for j, (first, last) in enumerate(ranges[:-1])]
+        titles.append((f'{ranges[-1][0]}-{ranges[-1][1]}', 'averaged' if head is not None else 'output'))
+        shown = x[0].cpu() * std + mean
+        grid = cam_grid(shown, cams[0], titles, header=header, panel=args.panel, alpha=args.alpha)
+        path = os.path.join(args.out, f'{stem}_cam.png')
+        _atomic_write(path, lambda f: grid.save(f, format='PNG'))
+        written.append(path)
+        _logger.info(f'{path}: target {_name(target)} ({source}), prediction {_name(pred)}')
+    return written
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[str]:
+    """Run the command line `python -m timm_ssm.cam ARGS`.
+
+    Args:
+        argv: The arguments, sys.argv[1:] if None.
+
+    Returns:
+        The paths of the PNG grids written.
+    """
+    args = parser.parse_args(argv)
+    try:
+        written = run(args)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        parser.exit(2, f'{parser.prog}: error: {e}\n')
+    print(f'{len(written)} Grad-CAM grid(s) in {args.out}')
+    return written
+
+
+if __name__ == '__main__':
+    setup_default_logging()
+    main()
