@@ -16,7 +16,6 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn as nn
 
-from timm.layers import get_device_dtype
 
 __all__ = ['SplitShareHead', 'IndividualLoss']
 
@@ -71,7 +70,11 @@ class SplitShareHead(nn.Module):
         Args:
             num_classes: Classes of the new sub-classifiers, 0 for a pass-through.
         """
-        dd = get_device_dtype(self, device=device, dtype=dtype)
+        param = next(self.parameters(), None)  # rebuilt layers follow the existing ones
+        dd = dict(
+            device=device if device is not None or param is None else param.device,
+            dtype=dtype if dtype is not None or param is None else param.dtype,
+        )
         self.num_classes = num_classes
         if num_classes <= 0:
             self.norm = nn.Identity()  # pass-through (no classifier)
