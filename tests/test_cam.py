@@ -98,7 +98,8 @@ def test_cli_grid(class_folders, tmp_path, caplog):
                         '--img-size', '64', '--panel', '96', '--device', 'cpu'])
     assert sorted(p.name for p in out.iterdir()) == ['cat_a_cam.png', 'dog_a_cam.png']
     assert len(written) == 2
-    width, height = Image.open(out / 'cat_a_cam.png').size
+    with Image.open(out / 'cat_a_cam.png') as im:
+        width, height = im.size
     assert width == 4 * (96 + PANEL_PAD) + PANEL_PAD  # the image, FC1's group, FC2's group, all channels
     assert 96 + 2 * PANEL_PAD < height < 2 * 96
     # class folders give the ground truth: dog is class 1 of the sorted folders
@@ -107,7 +108,8 @@ def test_cli_grid(class_folders, tmp_path, caplog):
     # a single image has no ground truth: the prediction is the target, unless given
     main([str(class_folders / 'dog' / 'a.png'), '--checkpoint', str(tmp_path / 'm.pth.tar'), '--out', str(out),
           '--img-size', '64', '--panel', '64', '--target-class', '3', '--device', 'cpu'])
-    assert Image.open(out / 'a_cam.png').size[0] == 4 * (64 + PANEL_PAD) + PANEL_PAD
+    with Image.open(out / 'a_cam.png') as im:
+        assert im.size[0] == 4 * (64 + PANEL_PAD) + PANEL_PAD
 
 
 def test_cli_errors(class_folders, tmp_path, capsys):

@@ -227,8 +227,26 @@ def test_evaluate_errors(image_folder, tmp_path, capsys):
         main(['--checkpoint', str(ckpt), '--num-classes', '3'] + data)
     assert 'give the --model, --num-classes' in capsys.readouterr().err
 
+    (tmp_path / 'truncated.pth.tar').write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(SystemExit):
+        main(['--checkpoint', str(tmp_path / 'truncated.pth.tar')] + data)
+    assert 'Cannot read checkpoint' in capsys.readouterr().err
+
     before = (tmp_path / 'keep.json')
     before.write_text('{"kept": true}')
     with pytest.raises(SystemExit):
         main(['--checkpoint', str(ckpt), '--num-classes', '3', '--json', str(before)] + data)
     assert json.loads(before.read_text()) == {'kept': True}
+
+
+def test_evaluate_input_size_from_checkpoint(image_folder, tmp_path):
+    """A 1-channel model trained with `--input-size 1 H W` (train.py leaves in_chans None) loads and sees
+    grayscale images without --in-chans."""
+    model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=1).eval()
+    args = argparse.Namespace(model='test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=None,
+                              input_size=[1, IMG_SIZE, IMG_SIZE], model_kwargs={})
+    torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'gray.pth.tar')
+    result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar'), '--data-dir', str(image_folder), '--img-size',
+                   str(IMG_SIZE), '-b', '24', '-j', '0', '--device', 'cpu', '--no-progress', '--no-prefetcher'])
+    assert result['data']['input_size'] == [1, IMG_SIZE, IMG_SIZE]
+    assert result['models'][0]['num_splits'] == 4 and result['data']['num_samples'] == 4 * NUM_CLASSES

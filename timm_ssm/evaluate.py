@@ -404,11 +404,14 @@ def _checkpoint_args(path: str) -> Dict[str, Any]:
         return {}
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            try:
+                checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            except RuntimeError:  # not in torch's zip format, which mmap needs
+                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
         except Exception as e:
-            raise RuntimeError(
-                f'Cannot read checkpoint {path} with weights_only=True ({e}). Pass a checkpoint written by timm '
-                f'train.py, a state dict, or a .safetensors file.') from e
+            raise ValueError(
+                f'Cannot read checkpoint {path} with weights_only=True ({type(e).__name__}: {e}). Pass a '
+                f'checkpoint written by timm train.py, a state dict, or a .safetensors file.') from e
     args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
     if isinstance(args, argparse.Namespace):
         return vars(args)
@@ -438,7 +441,8 @@ def _model_specs(args) -> List[Dict[str, Any]]:
             model=name,
             checkpoint=path,
             num_classes=args.num_classes if args.num_classes is not None else ckpt_args.get('num_classes'),
-            in_chans=args.in_chans if args.in_chans is not None else ckpt_args.get('in_chans'),
+            in_chans=args.in_chans if args.in_chans is not None else ckpt_args.get('in_chans') or (
+                ckpt_args.get('input_size') or [None])[0],
             model_kwargs=dict(args.model_kwargs or ckpt_args.get('model_kwargs') or {}),
         )
         specs.append(spec)
