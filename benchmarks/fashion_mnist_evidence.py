@@ -49,14 +49,15 @@ parser.add_argument('--train-args', nargs=argparse.REMAINDER, default=[],
 
 
 def recipe(args, data_dir: str) -> List[str]:
-    """train.py arguments shared by both models: SGD with momentum, cosine schedule, light augmentation."""
+    """train.py arguments shared by both models: SGD with momentum (not Nesterov, as the paper), cosine schedule,
+    light augmentation."""
     return [
         '--data-dir', data_dir, '--dataset', 'torch/fashion_mnist', '--train-split', 'train', '--val-split', 'test',
         '--num-classes', str(NUM_CLASSES), '--input-size', '1', str(args.img_size), str(args.img_size),
         '--mean', *map(str, MEAN), '--std', *map(str, STD), '--crop-pct', '1.0',
         '--interpolation', 'bilinear', '--train-interpolation', 'bilinear',
         '--scale', '0.75', '1', '--color-jitter', '0', '--smoothing', '0',
-        '--opt', 'sgd', '--momentum', '0.9', '--lr', str(args.lr), '--weight-decay', str(args.weight_decay),
+        '--opt', 'momentum', '--momentum', '0.9', '--lr', str(args.lr), '--weight-decay', str(args.weight_decay),
         '--sched', 'cosine', '--epochs', str(args.epochs), '--warmup-epochs', '0', '--cooldown-epochs', '0',
         '-b', str(args.batch_size), '--workers', str(args.workers), '--device', args.device,
         '--log-interval', '100', '--checkpoint-hist', '1',
