@@ -1,0 +1,659 @@
+"""hub_upload: export of train.py runs in timm's Hub format, round trips through local-dir:/hf-hub:, uploads.
+
+Run folders are made as train.py makes them: a checkpoint written by timm's own `CheckpointSaver` (with model
+EMA), an args.yaml dumped from the arguments Namespace, a summary.csv by `timm.utils.update_summary`, and an
+image folder data set with class names. With TIMM_ROOT set, one test runs timm's real train.py as well.
+"""
+import argparse
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+import timm
+import timm_ssm  # noqa: F401
+from timm_ssm import evaluate
+from huggingface_hub import constants
+from timm.models import load_state_dict
+from timm.utils import CheckpointSaver, ModelEmaV3, update_summary
+
+from hub_server import FakeHub
+from hub_upload import export
+from hub_upload.upload import main
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ['boot', 'coat', 'dress', 'shirt', 'sneaker']
+EXPORT_FILES = ['README.md', 'config.json', 'model.safetensors']
+TOP1 = (40.0, 75.0, 60.0)  # best at epoch 1, so model_best is not the last epoch
+HEAD = dict(num_splits=3, norm_all=True)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    # tiny models gain nothing from more threads, and idle OpenMP threads spinning on a shared machine cost more
+    # than the models' whole run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _image_folder(root: Path, classes, per_class=2, split='validation') -> Path:
+    for c in classes:
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(np.random.randint(0, 255, (12, 12), dtype=np.uint8)).save(root / split / c / f'{i}.png')
+    return root
+
+
+def _train_args(data_dir: Path, output: Path, **overrides) -> argparse.Namespace:
+    """The train.py arguments that shape the model, its data and its card, under train.py's names."""
+    args = dict(
+        model='test_resnet_ssm', pretrained=False, pretrained_path=None, initial_checkpoint='', resume='',
+        num_classes=len(CLASSES), in_chans=1, img_size=48, input_size=None, crop_pct=0.9, mean=[0.3], std=[0.35],
+        interpolation='bicubic', gp=None, bn_momentum=None, bn_eps=None, model_kwargs=dict(HEAD),
+        data_dir=str(data_dir), dataset='', train_split='train', val_split='validation', class_map='',
+        output=str(output), experiment='tiny', eval_metric='top1', epochs=len(TOP1), batch_size=8, opt='sgd',
+        lr=0.1, sched='cosine', model_ema=True, model_ema_decay=0.5, model_ema_force_cpu=False, device='cpu',
+    )
+    args.update(overrides)
+    return argparse.Namespace(**args)
+
+
+def make_run(root: Path, ema: bool = True, **overrides):
+    """A train.py output folder; returns it and the model/EMA state dicts of each epoch."""
+    torch.manual_seed(0)
+    data = _image_folder(root / 'data', CLASSES)
+    run = root / 'output' / 'tiny'
+    run.mkdir(parents=True)
+    args = _train_args(data, root / 'output', **overrides)
+    model = timm.create_model(
+        args.model, num_classes=args.num_classes, in_chans=args.in_chans, **args.model_kwargs)
+    model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if ema else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    (run / 'args.yaml').write_text(yaml.safe_dump(args.__dict__, default_flow_style=False))
+    saver = CheckpointSaver(
+        model, optimizer, args=args, model_ema=model_ema, checkpoint_dir=str(run), recovery_dir=str(run),
+        decreasing=False, max_history=2)
+    states, ema_states = [], []
+    for epoch, top1 in enumerate(TOP1):
+        model.train()
+        x = torch.randn(8, args.in_chans, 32, 32)
+        loss = F.cross_entropy(model(x), torch.randint(0, args.num_classes, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if model_ema is not None:
+            model_ema.update(model)
+            ema_states.append({k: v.clone() for k, v in model_ema.module.state_dict().items()})
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        update_summary(
+            epoch, OrderedDict(loss=loss.item()), OrderedDict(loss=2.0 - epoch / 10, top1=top1, top5=top1 + 20),
+            filename=str(run / 'summary.csv'), lr=args.lr, write_header=epoch == 0)
+        saver.save_checkpoint(epoch, metric=top1)
+    return run, states, ema_states
+
+
+@pytest.fixture(scope='module')
+def train_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp('train')
+    run, states, ema_states = make_run(root)
+    # the per-sub-classifier results of the analysis tool, written next to the checkpoint
+    evaluate.main([
+        '--checkpoint', str(run), '--data-dir', str(root / 'data'), '--split', 'validation', '--device', 'cpu',
+        '-b', '4', '-j', '0', '--in-chans', '1', '--img-size', '48', '--mean', '0.3', '--std', '0.35',
+        '--json', str(run / 'eval.json'), '--no-progress'])
+    return run, states, ema_states
+
+
+@pytest.fixture(scope='module')
+def dry_run_export(train_run, tmp_path_factory):
+    """The --dry-run export of the module's run, and what the tool printed."""
+    run, _, _ = train_run
+    out = tmp_path_factory.mktemp('export') / 'tiny-ssm'
+    stdout = tmp_path_factory.mktemp('log') / 'stdout.txt'
+    # capsys is function scoped: capture this one call by redirecting stdout
+    import contextlib
+    with open(stdout, 'w') as f, contextlib.redirect_stdout(f):
+        rc = main([str(run), '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out), '--tag', 'fashion'])
+    assert rc == 0, stdout.read_text()
+    return out, stdout.read_text()
+
+
+def _reference_model(checkpoint: Path, use_ema: bool = False, **kwargs):
+    """The checkpoint's model, built and loaded independently of hub_upload (timm's loader, weights_only)."""
+    model = timm.create_model('test_resnet_ssm', num_classes=len(CLASSES), in_chans=1, **(kwargs or HEAD))
+    model.load_state_dict(load_state_dict(str(checkpoint), use_ema=use_ema, weights_only=True))
+    return model.eval()
+
+
+def _front_matter(readme: str) -> dict:
+    assert readme.startswith('---\n')
+    return yaml.safe_load(readme.split('---\n')[1])
+
+
+def _no_leftovers(folder: Path, keep=()):
+    """Nothing in `folder` but `keep`: no partial export was left behind."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted(keep)
+
+
+# --- the export, file by file ---
+
+def test_dry_run_writes_the_three_files_only(dry_run_export, train_run):
+    out, stdout = dry_run_export
+    assert sorted(os.listdir(out)) == EXPORT_FILES
+    for name in EXPORT_FILES:
+        head = (out / name).read_bytes()[:2]
+        assert head not in (b'PK', b'\x80\x02', b'\x80\x04', b'\x80\x05'), f'{name} is a pickle/torch.save file'
+    for name in EXPORT_FILES:
+        assert re.search(rf'{re.escape(name)}\s+[\d.]+ k?M?B', stdout), stdout
+    assert 'Dry run' in stdout and 'Nothing was sent' in stdout
+    assert 'https://huggingface.co/someone/tiny-ssm' in stdout
+
+
+def test_weights_are_the_best_epoch_as_safetensors(dry_run_export, train_run):
+    out, _ = dry_run_export
+    _, states, _ = train_run
+    with safetensors.safe_open(out / 'model.safetensors', 'pt') as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    best = states[TOP1.index(max(TOP1))]
+    assert tensors.keys() == best.keys()
+    for k, v in best.items():
+        torch.testing.assert_close(tensors[k], v, rtol=0, atol=0, msg=k)
+    assert not torch.equal(tensors['head.fc.0.weight'], states[-1]['head.fc.0.weight'])  # not the last epoch
+
+
+def test_config_json_fields(dry_run_export):
+    out, _ = dry_run_export
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 'test_resnet_ssm'
+    assert config['num_classes'] == len(CLASSES)
+    assert config['num_features'] == 96
+    assert config['model_args'] == dict(in_chans=1, num_classes=len(CLASSES), **HEAD)
+    assert config['label_names'] == CLASSES  # the image folder's class folders, in index order
+    cfg = config['pretrained_cfg']
+    assert cfg['input_size'] == [1, 48, 48]  # the run's --in-chans and --img-size
+    assert (cfg['interpolation'], cfg['crop_pct'], cfg['mean'], cfg['std']) == ('bicubic', 0.9, [0.3], [0.35])
+    assert cfg['num_classes'] == len(CLASSES)
+    assert cfg['classifier'] == ['head.fc.0', 'head.fc.1', 'head.fc.2']
+    assert cfg['first_conv'] == 'trunk.conv1.0'
+    assert cfg['license'] == 'apache-2.0'
+    for key in ('tag', 'hf_hub_id', 'url', 'file', 'source', 'test_input_size'):
+        assert key not in cfg, key  # nothing of the architecture's registered weights
+
+
+def test_model_card_metadata_and_sections(dry_run_export, train_run):
+    out, _ = dry_run_export
+    run, _, _ = train_run
+    readme = (out / 'README.md').read_text()
+    meta = _front_matter(readme)
+    assert meta['library_name'] == 'timm'
+    assert meta['pipeline_tag'] == 'image-classification'
+    assert meta['license'] == 'apache-2.0'
+    assert {'timm', 'image-classification', 'timm-ssm', 'split-and-share', 'fashion'} <= set(meta['tags'])
+    assert 'datasets' not in meta  # an image folder has no Hub data set
+    assert '# Model card for tiny-ssm' in readme
+    assert 'Split-and-Share Module' in readme and 'n = 3 groups' in readme
+    # results from summary.csv: final (epoch 2) and best (epoch 1) top-1/top-5
+    assert re.search(r'\| Final \| 2 \| 60\.00 \| 80\.00 \|', readme)
+    assert re.search(r'\| Best \(by top1\) \| 1 \| 75\.00 \| 95\.00 \|', readme)
+    assert '`model_best.pth.tar`, epoch 1' in readme
+    assert 'these are the non-EMA weights' in readme  # train.py reports the EMA's accuracy when it has one
+    # per-sub-classifier accuracies from the analysis tool's JSON
+    evaluation = json.loads((run / 'eval.json').read_text())['models'][0]
+    section = readme.split('## Sub-classifiers')[1].split('## Training')[0]
+    for head, width in zip(evaluation['heads'], (32, 64, 96)):
+        assert f'| {head["name"]} | 0-{width - 1} | {head["top1"]:.2f} | {head["top5"]:.2f} |' in section
+    assert f'| Averaged (the model) | all | {evaluation["top1"]:.2f} |' in section
+    assert f'| Oracle: any sub-classifier right | | {evaluation["oracle"]["top1"]:.2f} |' in section
+    assert f'| Label-free: max_prob | | {evaluation["selection"]["max_prob"]["top1"]:.2f}' in section
+    # training arguments, without the paths of the machine it ran on
+    args_yaml = readme.split('```yaml\n')[1].split('```')[0]
+    args = yaml.safe_load(args_yaml)
+    assert args['lr'] == 0.1 and args['model'] == 'test_resnet_ssm' and args['model_kwargs'] == HEAD
+    assert 'data_dir' not in args and str(run.parent.parent) not in readme
+    # usage and citation
+    assert 'import timm_ssm' in readme and "timm.create_model('hf-hub:someone/tiny-ssm', pretrained=True)" in readme
+    assert 'doi     = {10.3390/electronics11020235}' in readme
+    assert readme.index('## Results') < readme.index('## Training') < readme.index('## Citation')
+
+
+def test_card_usage_code_runs(dry_run_export, hub_cache, tmp_path, monkeypatch, capsys):
+    out, _ = dry_run_export
+    hub_cache.put('someone/tiny-ssm', out)
+    code = (out / 'README.md').read_text().split('```python\n')[1].split('```')[0]
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.randint(0, 255, (40, 40), dtype=np.uint8)).save('image.png')
+    exec(compile(code, 'README.md', 'exec'), {})
+    printed = capsys.readouterr().out
+    assert any(c in printed for c in CLASSES), printed
+
+
+# --- round trips ---
+
+@pytest.mark.parametrize('head', [HEAD, dict(num_splits=4)], ids=['n3_norm_all', 'n4'])
+def test_local_dir_and_hf_hub_give_the_checkpoint_logits(head, train_run, hub_cache, tmp_path):
+    if head == HEAD:
+        run = train_run[0]
+    else:
+        run = make_run(tmp_path / 'train', model_kwargs=head)[0]
+    out = tmp_path / 'export'
+    assert main([str(run), '--repo-id', 'someone/rt-ssm', '--out', str(out), '--dry-run']) == 0
+    reference = _reference_model(run / 'model_best.pth.tar', **head)
+    local = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    hub_cache.put('someone/rt-ssm', out)
+    hub = timm.create_model('hf-hub:someone/rt-ssm', pretrained=True).eval()
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        expected = reference(x)
+        for model in (local, hub):
+            assert isinstance(model, timm_ssm.SplitShareNet)
+            assert (model.head.num_splits, model.head.norm_all) == (head['num_splits'], head.get('norm_all', False))
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model.forward_splits(x), reference.forward_splits(x), rtol=1e-5, atol=1e-5)
+    assert hub.pretrained_cfg['label_names'] == CLASSES
+    assert tuple(hub.pretrained_cfg['input_size']) == (1, 48, 48)
+
+
+def test_hf_hub_fine_tune_keeps_trunk_and_head_norm(dry_run_export, hub_cache):
+    out, _ = dry_run_export
+    hub_cache.put('someone/tiny-ssm', out)
+    exported = safetensors.torch.load_file(out / 'model.safetensors')
+    tuned = timm.create_model('hf-hub:someone/tiny-ssm', pretrained=True, num_classes=3)
+    assert tuned.num_classes == 3
+    for k, v in tuned.state_dict().items():
+        if k.startswith('head.fc.'):
+            assert v.shape[0] == 3, k
+        else:
+            torch.testing.assert_close(v, exported[k], rtol=0, atol=0, msg=k)  # trunk and head.norm
+    assert any(k.startswith('head.norm.') for k in tuned.state_dict())
+
+
+def test_ema_weights(train_run, tmp_path, capsys):
+    run, states, ema_states = train_run
+    out = tmp_path / 'ema'
+    assert main([str(run), '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out), '--ema']) == 0
+    tensors = safetensors.torch.load_file(out / 'model.safetensors')
+    best = TOP1.index(max(TOP1))
+    for k, v in ema_states[best].items():
+        torch.testing.assert_close(tensors[k], v, rtol=0, atol=0, msg=k)
+    assert not torch.equal(tensors['head.fc.0.weight'], states[best]['head.fc.0.weight'])
+    readme = (out / 'README.md').read_text()
+    assert 'EMA weights' in readme and 'non-EMA' not in readme
+    reference = _reference_model(run / 'model_best.pth.tar', use_ema=True)
+    local = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(local(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_file_and_checkpoint_name(train_run, tmp_path):
+    run, states, _ = train_run
+    for i, source in enumerate(([str(run / 'last.pth.tar')], [str(run), '--checkpoint', 'last.pth.tar'])):
+        out = tmp_path / f'out{i}'
+        assert main([*source, '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out)]) == 0
+        tensors = safetensors.torch.load_file(out / 'model.safetensors')
+        torch.testing.assert_close(tensors['head.fc.0.weight'], states[-1]['head.fc.0.weight'], rtol=0, atol=0)
+        readme = (out / 'README.md').read_text()
+        assert '`last.pth.tar`, epoch 2' in readme
+        assert '## Sub-classifiers' not in readme  # eval.json in the folder is about model_best.pth.tar
+
+
+def test_bare_state_dict_needs_model(train_run, tmp_path, capsys):
+    _, states, _ = train_run
+    path = tmp_path / 'weights.pth'
+    torch.save(states[0], path)
+    out = tmp_path / 'out'
+    assert main([str(path), '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out)]) == 2
+    assert '--model' in capsys.readouterr().err and not out.exists()
+    kwargs = ['num_classes=5', 'in_chans=1', 'num_splits=3', 'norm_all=True']
+    assert main([str(path), '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out),
+                 '--model', 'test_resnet_ssm', '--model-kwargs', *kwargs]) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['model_args'] == dict(in_chans=1, num_classes=5, **HEAD)
+    assert 'no accuracy' in (out / 'README.md').read_text()
+
+
+def test_dataset_metadata_license_and_base_model(tmp_path):
+    run = make_run(
+        tmp_path / 'train', ema=False, model='test_resnet_ssm.r160_in1k', pretrained=True, dataset='torch/mnist')[0]
+    out = tmp_path / 'out'
+    assert main([str(run), '--repo-id', 'someone/ft-ssm', '--dry-run', '--out', str(out), '--license', 'mit']) == 0
+    meta = _front_matter((out / 'README.md').read_text())
+    assert meta['datasets'] == ['ylecun/mnist']
+    assert meta['base_model'] == 'timm/test_resnet.r160_in1k'  # the weights train.py --pretrained started from
+    assert meta['license'] == 'mit'
+    assert json.loads((out / 'config.json').read_text())['pretrained_cfg']['license'] == 'mit'
+
+
+# --- label names ---
+
+def _write_idx(path: Path, array: np.ndarray):
+    dims = array.shape
+    header = bytes([0, 0, 8, len(dims)]) + b''.join(d.to_bytes(4, 'big') for d in dims)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_label_names_from_torchvision_dataset(tmp_path):
+    raw = tmp_path / 'FashionMNIST' / 'raw'
+    raw.mkdir(parents=True)
+    for prefix in ('train', 't10k'):
+        _write_idx(raw / f'{prefix}-images-idx3-ubyte', np.zeros((3, 28, 28)))
+        _write_idx(raw / f'{prefix}-labels-idx1-ubyte', np.arange(3))
+    run = export.Run(
+        checkpoint=tmp_path / 'x.pth.tar', state_dict={},
+        args=dict(dataset='torch/fashion_mnist', data_dir=str(tmp_path), val_split='test'))
+    names, note = export.find_label_names(run, 10)
+    assert names == ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                     'Ankle boot']
+    names, note = export.find_label_names(run, 7)
+    assert names is None and 'has 10 classes, the model 7' in note
+    missing = export.Run(checkpoint=run.checkpoint, state_dict={}, args=dict(run.args, data_dir=str(tmp_path / 'no')))
+    names, note = export.find_label_names(missing, 10)
+    assert names is None and '--label-names' in note
+
+
+def test_label_names_file(tmp_path):
+    run = export.Run(checkpoint=tmp_path / 'x.pth.tar', state_dict={})
+    (tmp_path / 'names.txt').write_text('a\nb\nc\n')
+    (tmp_path / 'names.json').write_text('["x", "y", "z"]')
+    assert export.find_label_names(run, 3, tmp_path / 'names.txt')[0] == ['a', 'b', 'c']
+    assert export.find_label_names(run, 3, tmp_path / 'names.json')[0] == ['x', 'y', 'z']
+    with pytest.raises(export.ExportError, match='has 3 names, but the model has 4 classes'):
+        export.find_label_names(run, 4, tmp_path / 'names.txt')
+
+
+def test_eval_json_that_is_not_an_evaluation(train_run, tmp_path, capsys):
+    (tmp_path / 'other.json').write_text('{"models": 3}')
+    _fails([str(train_run[0]), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out'),
+            '--eval-json', str(tmp_path / 'other.json')], capsys, 'not the --json output of', tmp_path / 'out')
+
+
+# --- bad input: a clear error before anything is written or sent ---
+
+def _copy_run(run: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in run.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def _fails(argv, capsys, match, out=None, rc=2):
+    assert main(argv) == rc
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    if out is not None:
+        assert not Path(out).exists()
+    return err
+
+
+def test_missing_checkpoint(train_run, tmp_path, capsys):
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    (run / 'model_best.pth.tar').unlink()
+    out = tmp_path / 'out'
+    err = _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)], capsys, 'No model_best.pth.tar', out)
+    assert 'last.pth.tar' in err and '--checkpoint' in err
+    _fails([str(tmp_path / 'nowhere'), '--repo-id', 'a/b', '--dry-run'], capsys, 'does not exist')
+
+
+def test_truncated_checkpoint(train_run, tmp_path, capsys):
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    data = (run / 'model_best.pth.tar').read_bytes()
+    (run / 'model_best.pth.tar').write_bytes(data[:len(data) // 2])
+    out = tmp_path / 'out'
+    _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)], capsys, 'truncated', out)
+    _no_leftovers(tmp_path, ['run'])
+
+
+def test_checkpoint_with_pickled_objects_is_not_loaded(train_run, tmp_path, capsys):
+    path = tmp_path / 'unsafe.pth.tar'
+    torch.save({'state_dict': train_run[1][0], 'extra': Path('x')}, path)  # Path: not allowed by weights_only
+    _fails([str(path), '--repo-id', 'a/b', '--dry-run', '--model', 'test_resnet_ssm'], capsys, 'weights_only=True')
+
+
+@pytest.mark.parametrize('change, match', [
+    (dict(model_kwargs=dict(num_splits=4)), r'keys missing from the checkpoint \(head\.fc\.3\.weight'),
+    (dict(num_classes=7), r'of another shape \(head\.fc\.0\.weight: checkpoint \(5, 32\), model \(7, 32\)'),
+    (dict(model='test_convnext_ssm', model_kwargs=dict(num_splits=4)), 'does not match test_convnext_ssm'),
+    (dict(model='test_resnet'), 'test_resnet .* is not an SSM model'),
+], ids=['num_splits', 'num_classes', 'architecture', 'not_ssm'])
+def test_args_yaml_not_matching_checkpoint(change, match, train_run, tmp_path, capsys):
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(args, **change)))
+    out = tmp_path / 'out'
+    err = _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)], capsys, match, out)
+    assert 'args.yaml' in err
+    _no_leftovers(tmp_path, ['run'])
+
+
+@pytest.mark.parametrize('repo_id', ['tiny-ssm', 'a/b/c', 'hf-hub:a/b', 'a/b c', '/b', 'a/'])
+def test_bad_repo_id(repo_id, tmp_path, capsys):
+    # checked first: the run does not even need to exist
+    _fails([str(tmp_path / 'nowhere'), '--repo-id', repo_id, '--dry-run'], capsys, '--repo-id')
+
+
+def test_no_token(train_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    monkeypatch.delenv('HUGGING_FACE_HUB_TOKEN', raising=False)
+    monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'no-token'))
+    out = tmp_path / 'out'
+    _fails([str(train_run[0]), '--repo-id', 'a/b', '--out', str(out)], capsys, 'No Hugging Face token.*HF_TOKEN', out)
+
+
+def test_existing_out_folder_is_never_touched(train_run, tmp_path, capsys):
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'mine.txt').write_text('keep me')
+    _fails([str(train_run[0]), '--repo-id', 'a/b', '--dry-run', '--out', str(out)], capsys, 'already exists')
+    _no_leftovers(out, ['mine.txt'])
+    assert (out / 'mine.txt').read_text() == 'keep me'
+    _no_leftovers(tmp_path, ['out'])
+
+
+def test_interrupted_export_leaves_nothing(train_run, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # after the weights, config and card were written
+    monkeypatch.setattr(export, '_verify', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(train_run[0]), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out')])
+    _no_leftovers(tmp_path)
+
+
+# --- upload, against a local stand-in for the Hub's HTTP API ---
+
+TOKEN = 'hf_SsmTestTokenDoNotPrint0123456789'
+OWN_CARD = b'---\nlicense: mit\n---\n# Our own card\n'
+
+# Runs the tool as a user does, with HF_ENDPOINT and HF_TOKEN in the environment, for several uploads in one process.
+# Everything huggingface_hub, httpx/requests and timm log goes to stderr at DEBUG level.
+_UPLOADS = """
+import contextlib, io, json, logging, os, sys
+logging.basicConfig(level=logging.DEBUG)
+from hub_upload.upload import main
+results = []
+for token, argv in json.loads(sys.argv[1]):
+    os.environ['HF_TOKEN'] = token
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    results.append(dict(rc=rc, out=out.getvalue(), err=err.getvalue()))
+with open(sys.argv[2], 'w') as f:
+    json.dump(results, f)
+"""
+
+
+@pytest.fixture(scope='module')
+def uploads(train_run, tmp_path_factory):
+    """Uploads of the module's run to a FakeHub: the hub, the export folder of the first, each upload's result and
+    the process's own output."""
+    run = str(train_run[0])
+    tmp = tmp_path_factory.mktemp('uploads')
+    with FakeHub(TOKEN) as hub:
+        hub.add_repo('someone/carded', {'README.md': OWN_CARD})
+        hub.add_repo('someone/public', private=False)
+        scenarios = dict(
+            new=(TOKEN, [run, '--repo-id', 'someone/up-ssm', '--out', str(tmp / 'out'), '--private',
+                         '--revision', 'v1', '--commit-message', 'First weights']),
+            carded=(TOKEN, [run, '--repo-id', 'someone/carded']),
+            overwrite=(TOKEN, [run, '--repo-id', 'someone/carded', '--overwrite-card']),
+            public=(TOKEN, [run, '--repo-id', 'someone/public', '--private']),
+            bad_token=('hf_NotTheTokenTheHubExpects', [run, '--repo-id', 'someone/refused']),
+        )
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+            HF_ENDPOINT=hub.url, HF_HUB_OFFLINE='0', HF_HOME=str(tmp / 'hf_home'), OMP_NUM_THREADS='1')
+        env.pop('HF_TOKEN', None)
+        proc = subprocess.run(
+            [sys.executable, '-c', _UPLOADS, json.dumps(list(scenarios.values())), str(tmp / 'results.json')],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    results = dict(zip(scenarios, json.loads((tmp / 'results.json').read_text())))
+    return hub, tmp / 'out', results, proc
+
+
+def test_uploads_never_show_the_token(uploads):
+    hub, out, results, proc = uploads
+    assert TOKEN not in proc.stdout and TOKEN not in proc.stderr
+    assert 'DEBUG' in proc.stderr  # the client's debug log was on, and is clean
+    for name, result in results.items():
+        assert TOKEN not in result['out'] + result['err'], name
+    for p in out.iterdir():
+        assert TOKEN.encode() not in p.read_bytes(), p
+    # it was sent, as a bearer token to the endpoint only
+    used = [r for r in hub.requests if r['headers'].get('authorization') == f'Bearer {TOKEN}']
+    assert used and all(r['path'] != '/api/agent-harnesses' for r in used)
+
+
+def test_upload_commits_the_export(uploads, train_run, hub_cache, tmp_path):
+    hub, out, results, _ = uploads
+    assert results['new']['rc'] == 0, results['new']['err']
+    assert 'Uploaded:' in results['new']['out']
+    files = hub.files('someone/up-ssm', 'v1')
+    assert sorted(files) == EXPORT_FILES
+    for name, data in files.items():
+        assert data == (out / name).read_bytes(), name
+    assert hub.repos['someone/up-ssm']['private'] is True
+    assert hub.files('someone/up-ssm', 'main') == {}  # committed to the branch only
+    assert [c for c in hub.commits if c['repo_id'] == 'someone/up-ssm'] == [
+        dict(repo_id='someone/up-ssm', branch='v1', message='First weights', files=EXPORT_FILES)]
+
+    # what the Hub received loads back with hf-hub: (from the cache) and gives the checkpoint's logits
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    hub_cache.put('someone/up-ssm', tmp_path)
+    model = timm.create_model('hf-hub:someone/up-ssm', pretrained=True).eval()
+    reference = _reference_model(train_run[0] / 'model_best.pth.tar')
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_existing_remote_card_is_kept_unless_asked(uploads):
+    hub, _, results, _ = uploads
+    assert results['carded']['rc'] == 0 and results['overwrite']['rc'] == 0
+    assert 'kept it' in results['carded']['out']
+    first, second = [c for c in hub.commits if c['repo_id'] == 'someone/carded']
+    assert first['files'] == ['config.json', 'model.safetensors']  # README.md left as it was
+    assert second['files'] == EXPORT_FILES
+    assert hub.files('someone/carded')['README.md'].startswith(b'---\ntags:')
+
+
+def test_private_refuses_an_existing_public_repo(uploads):
+    hub, _, results, _ = uploads
+    assert results['public']['rc'] == 2
+    assert 'exists and is public' in results['public']['err']
+    assert not [c for c in hub.commits if c['repo_id'] == 'someone/public']
+
+
+def test_refused_token_is_reported(uploads):
+    hub, _, results, _ = uploads
+    assert results['bad_token']['rc'] == 1
+    assert 'refused' in results['bad_token']['err'] and 'token' in results['bad_token']['err']
+    assert 'someone/refused' not in hub.repos
+
+
+def test_unreachable_hub_is_a_clear_error(train_run, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv('HF_TOKEN', TOKEN)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(constants, 'ENDPOINT', 'http://127.0.0.1:9')  # nothing listens on the discard port
+    out = tmp_path / 'out'
+    err = _fails([str(train_run[0]), '--repo-id', 'a/b', '--out', str(out)], capsys, 'cannot reach the Hub', out, 1)
+    assert TOKEN not in err
+
+
+# --- a real train.py run ---
+
+def _fashion_mnist_folder(root: Path, per_class: dict) -> Path:
+    """An image folder data set of Fashion-MNIST images (the Debian package), else of random images."""
+    names = [c.replace('/', '_') for c in ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+                                            'Sneaker', 'Bag', 'Ankle boot')]
+    src = Path('/usr/share/datasets/fashion-mnist')
+    if (src / 't10k-images-idx3-ubyte.gz').is_file():
+        images = np.frombuffer(gzip.open(src / 't10k-images-idx3-ubyte.gz').read()[16:], np.uint8).reshape(-1, 28, 28)
+        labels = np.frombuffer(gzip.open(src / 't10k-labels-idx1-ubyte.gz').read()[8:], np.uint8)
+    else:
+        labels = np.arange(10).repeat(20)
+        images = np.random.randint(0, 255, (len(labels), 28, 28), dtype=np.uint8)
+    start = 0
+    for split, n in per_class.items():
+        for c, name in enumerate(names):
+            (root / split / name).mkdir(parents=True)
+            for i in np.flatnonzero(labels == c)[start:start + n]:
+                Image.fromarray(images[i]).save(root / split / name / f'{i}.png')
+        start += n
+    return root
+
+
+@pytest.mark.skipif(
+    not os.environ.get('TIMM_ROOT'),
+    reason='needs timm\'s train.py: set TIMM_ROOT to a pytorch-image-models checkout (e.g. TIMM_ROOT=/work/timm-src)')
+def test_real_train_py_run(hub_cache, tmp_path):
+    data = _fashion_mnist_folder(tmp_path / 'data', dict(train=6, validation=3))
+    train_py = Path(os.environ['TIMM_ROOT']) / 'train.py'
+    cmd = [
+        sys.executable, '-m', 'timm_ssm.launch', str(train_py), '--data-dir', str(data), '--model', 'test_resnet_ssm',
+        '--num-classes', '10', '--in-chans', '1', '--img-size', '32', '--mean', '0.286', '--std', '0.353',
+        '--model-kwargs', 'num_splits=2', 'norm_all=True', '-b', '12', '--epochs', '2', '--warmup-epochs', '0',
+        '--lr', '0.05', '--model-ema', '--model-ema-decay', '0.5', '--device', 'cpu', '--workers', '1',
+        '--output', str(tmp_path / 'output'), '--experiment', 'fm', '--log-interval', '100',
+    ]
+    path = os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS='1')  # one thread: a tiny model on a shared machine
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / 'output' / 'fm'
+    assert {'model_best.pth.tar', 'args.yaml', 'summary.csv'} <= {p.name for p in run.iterdir()}
+
+    out = tmp_path / 'export'
+    assert main([str(run), '--repo-id', 'someone/fm-ssm', '--dry-run', '--out', str(out), '--ema']) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert config['model_args'] == dict(in_chans=1, num_classes=10, num_splits=2, norm_all=True)
+    assert config['pretrained_cfg']['input_size'] == [1, 32, 32]
+    assert config['pretrained_cfg']['mean'] == [0.286] and config['pretrained_cfg']['std'] == [0.353]
+    assert config['label_names'] == sorted(p.name for p in (data / 'validation').iterdir())
+    summary = (run / 'summary.csv').read_text().splitlines()
+    final_top1 = float(summary[-1].split(',')[summary[0].split(',').index('eval_top1')])
+    assert f'| Final | 1 | {final_top1:.2f} |' in (out / 'README.md').read_text()
+
+    hub_cache.put('someone/fm-ssm', out)
+    model = timm.create_model('hf-hub:someone/fm-ssm', pretrained=True).eval()
+    reference = timm.create_model(
+        'test_resnet_ssm', num_classes=10, in_chans=1, num_splits=2, norm_all=True).eval()
+    reference.load_state_dict(load_state_dict(str(run / 'model_best.pth.tar'), use_ema=True, weights_only=True))
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
