@@ -74,14 +74,21 @@ def test_other_num_classes_loads_trunk_and_starts_head_fresh(hub_cache, tmp_path
     assert model.head.fc[0].weight.abs().sum() > 0  # a fresh init, not the zeros of a conversion
 
 
-def test_unconvertible_classifier_warns_and_starts_fresh(hub_cache, tmp_path, caplog):
+@pytest.mark.parametrize('name, reason', [
     # DeiT distilled has two classifiers on two tokens: no single Linear on the pooled feature
-    name = 'deit_tiny_distilled_patch16_224.fb_in1k'
+    ('deit_tiny_distilled_patch16_224.fb_in1k', 'its classifier is tuple'),
+    # EfficientViT (MSRA) has a BatchNorm before its Linear, which reset_classifier removes with it
+    ('efficientvit_m0.r224_in1k', 'holds more than the Linear classifier'),
+])
+def test_unconvertible_classifier_warns_and_starts_fresh(name, reason, hub_cache, tmp_path, caplog):
     base = _random_base_weights(hub_cache, name, tmp_path)
+    arch, tag = name.split('.')
     with caplog.at_level(logging.WARNING):
-        model = timm.create_model('deit_tiny_distilled_patch16_224_ssm.fb_in1k', pretrained=True)
-    assert 'cannot start the Split-and-Share head' in caplog.text
-    torch.testing.assert_close(model.trunk.cls_token, base.cls_token)
+        model = timm.create_model(f'{arch}_ssm.{tag}', pretrained=True)
+    assert 'cannot start the Split-and-Share head' in caplog.text and reason in caplog.text
+    base_sd = base.state_dict()
+    for k, v in model.trunk.state_dict().items():
+        torch.testing.assert_close(v, base_sd[k])
 
 
 def test_pretrained_in_chans_adapts_the_trunk_stem(hub_cache, tmp_path):

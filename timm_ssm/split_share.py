@@ -58,7 +58,11 @@ def _prefix(names: Union[str, tuple, list, None], prefix: str):
     return tuple(prefix + n for n in names)
 
 
-def _classifier_as_linear(classifier: nn.Module, in_features: int, num_classes: int):
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _classifier_as_linear(classifier: Any, in_features: int, num_classes: int):
     """Weight and bias of a classifier that is one affine map of the pooled feature, else None."""
     if isinstance(classifier, nn.Linear):
         weight = classifier.weight
@@ -124,7 +128,11 @@ class SplitShareNet(nn.Module):
                 f'the Split-and-Share head needs a timm classification model.')
         classifier = trunk.get_classifier() if pretrained_trunk else None
         pretrained_classes = trunk.pretrained_cfg.get('num_classes') if pretrained_trunk else None
+        num_params = _num_params(trunk)
         trunk.reset_classifier(0)
+        # a head that held more than its classifier (a norm before it, an MLP) loses pretrained layers here
+        classifier_only = isinstance(classifier, nn.Module) and (
+            num_params - _num_params(trunk) == _num_params(classifier))
 
         self.trunk = trunk
         self.num_classes = num_classes
@@ -142,17 +150,22 @@ class SplitShareNet(nn.Module):
             dtype=dtype,
         )
         if classifier is not None and num_classes > 0 and pretrained_classes == num_classes:
-            self._init_head_from(classifier, model_name)
+            self._init_head_from(classifier, classifier_only, model_name)
 
-    def _init_head_from(self, classifier: nn.Module, model_name: str):
+    def _init_head_from(self, classifier: Any, classifier_only: bool, model_name: str):
         linear = None
-        if not self.head.norm_all:
+        if self.head.norm_all:
+            reason = 'norm_all=True normalizes the features of the last sub-classifier'
+        else:
             linear = _classifier_as_linear(classifier, self.head.in_features, self.num_classes)
+            reason = f'its classifier is {type(classifier).__name__}, not one Linear on the pooled features'
+            if linear is not None and not classifier_only:
+                linear = None
+                reason = f'its head holds more than the {type(classifier).__name__} classifier, such as a norm'
         if linear is None:
-            reason = 'norm_all=True' if self.head.norm_all else f'its classifier is {type(classifier).__name__}'
             _logger.warning(
-                f'The pretrained classifier of {model_name} cannot start the Split-and-Share head ({reason}, '
-                f'not one Linear on the pooled features): the trunk is pretrained, the head starts fresh.')
+                f'The pretrained classifier of {model_name} cannot start the Split-and-Share head ({reason}): '
+                f'the trunk is pretrained, the head starts fresh.')
             return
         self.head.init_from_classifier(*linear)
 
