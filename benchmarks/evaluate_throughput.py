@@ -6,7 +6,8 @@ in train.py's format; weights do not change the speed), the same data and the sa
 within every round, in swapped order every other round, so load from other processes hits both alike. Printed:
 per round, the images/s of each evaluation loop (validate.py's own `rate_avg` of its last log line, the
 evaluator's `throughput` from its JSON; both time the loop from its first batch to its last) and the wall time of
-each command; then the median ratios evaluate / validate.py.
+each command, and its CPU time (user + system, data loading workers included: less sensitive than wall time to
+other processes on a shared machine); then the median ratios.
 
     python benchmarks/evaluate_throughput.py                       # test_resnet_ssm, Fashion-MNIST test split
     python benchmarks/evaluate_throughput.py --model resnet18_ssm --img-size 64 --num-classes 1000 --rounds 5
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,15 +47,21 @@ parser.add_argument('-b', '--batch-size', type=int, default=250,
 parser.add_argument('-j', '--workers', type=int, default=2, help='data loading workers (default: 2)')
 parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
 parser.add_argument('--rounds', type=int, default=5, help='rounds, each runs both commands once (default: 5)')
+parser.add_argument('--threads', type=int, default=None,
+                    help='OMP_NUM_THREADS of both commands (default: unset, torch\'s own choice)')
 
 
 def _run(cmd, env):
+    """Run a command; its output, wall time and CPU time (user + system, its data loading workers included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f'{" ".join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-    return proc, wall
+    cpu = after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime
+    return proc, wall, cpu
 
 
 def main():
@@ -81,16 +89,19 @@ def main():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(timm_ssm.__file__)))] +
         ([os.environ['PYTHONPATH']] if os.environ.get('PYTHONPATH') else [])))
+    if args.threads:
+        env['OMP_NUM_THREADS'] = str(args.threads)
 
     rates = {name: [] for name in commands}
     walls = {name: [] for name in commands}
+    cpus = {name: [] for name in commands}
     order = list(commands)
     print(f'{args.model} ({args.num_classes} classes), {args.dataset} {args.split} at {args.img_size} px, '
           f'batch {args.batch_size}, {args.workers} workers, {args.device}, torch {torch.__version__}, '
-          f'{os.cpu_count()} CPUs')
+          f'{os.cpu_count()} CPUs, OMP_NUM_THREADS={env.get("OMP_NUM_THREADS", "unset")}')
     for r in range(args.rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
-            proc, wall = _run(commands[name], env)
+            proc, wall, cpu = _run(commands[name], env)
             if name == 'validate.py':
                 lines = re.findall(r'Test: \[\s*\d+/\d+\].*?,\s*([\d.]+)/s\)', proc.stdout + proc.stderr)
                 if not lines:
@@ -101,8 +112,10 @@ def main():
                     rate = json.load(f)['throughput']
             rates[name].append(rate)
             walls[name].append(wall)
+            cpus[name].append(cpu)
         print(f'round {r + 1}: ' + '   '.join(
-            f'{n}: {rates[n][-1]:8.1f} images/s, {walls[n][-1]:6.1f} s wall' for n in commands))
+            f'{n}: {rates[n][-1]:7.1f} images/s, {walls[n][-1]:6.1f} s wall, {cpus[n][-1]:6.1f} s CPU'
+            for n in commands), flush=True)
 
     ratio = [e / v for e, v in zip(rates['evaluate'], rates['validate.py'])]
     wall_ratio = [v / e for e, v in zip(walls['evaluate'], walls['validate.py'])]
@@ -110,7 +123,9 @@ def main():
           f'evaluate {statistics.median(rates["evaluate"]):.1f}')
     print(f'throughput ratio evaluate / validate.py: median {statistics.median(ratio):.3f} '
           f'(per round {", ".join(f"{x:.3f}" for x in ratio)})')
-    print(f'wall-time ratio validate.py / evaluate (higher is faster): median {statistics.median(wall_ratio):.3f}')
+    cpu_ratio = [v / e for e, v in zip(cpus['evaluate'], cpus['validate.py'])]
+    print(f'whole command, validate.py / evaluate (above 1: evaluate is faster): wall time median '
+          f'{statistics.median(wall_ratio):.3f}, CPU time median {statistics.median(cpu_ratio):.3f}')
 
 
 if __name__ == '__main__':

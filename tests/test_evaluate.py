@@ -95,7 +95,7 @@ def _reference_metrics(splits: np.ndarray, labels: np.ndarray):
             score(rule, s[j], y)
             chosen[rule][j] += 1
         votes = np.bincount([np.argmax(s[j]) for j in range(n)], minlength=k)
-        ranking = sorted(range(k), key=lambda c: (-votes[c], -avg[c]))
+        ranking = sorted(range(k), key=lambda c: (-votes[c], -prob.mean(0)[c]))
         hits['vote'] += [ranking[0] == y, y in ranking[:5]]
         score('prob_avg', prob.mean(0), y)
     pct = {name: 100 * h / n_samples for name, h in hits.items()}

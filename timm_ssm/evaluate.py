@@ -20,7 +20,7 @@ Label-free rules (per sample, without labels):
     max_prob: the sub-classifier with the highest maximum softmax probability.
     min_entropy: the sub-classifier with the lowest entropy of its softmax.
     max_margin: the sub-classifier with the largest gap between its two highest probabilities.
-    vote: the class most sub-classifiers predict, ties broken by the averaged output.
+    vote: the class most sub-classifiers predict, ties broken by the mean of their softmax probabilities.
     prob_avg: the mean of the sub-classifiers' softmax probabilities (instead of their logits).
 
 JSON schema (`--json FILE`); accuracies are percentages rounded to 4 decimals, as in `validate.py`:
@@ -76,10 +76,10 @@ __all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'model_complexity', 'm
 _logger = logging.getLogger(__name__)
 
 SELECTION_RULES = ('max_prob', 'min_entropy', 'max_margin', 'vote', 'prob_avg')
-_HEAD_RULES = ('max_prob', 'min_entropy', 'max_margin')  # rules that pick one sub-classifier per sample
+_HEAD_RULES = SELECTION_RULES[:3]  # the rules that pick one sub-classifier per sample
 
 
-def _pct(count: torch.Tensor, total: int) -> float:
+def _pct(count: int, total: int) -> float:
     return round(100. * float(count) / max(total, 1), 4)
 
 
@@ -89,7 +89,11 @@ def _hits(logits: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class SplitMetrics:
-    """Counts of one model's outputs over a data set, updated batch by batch on the model's device."""
+    """Counts of one model's outputs over a data set, updated batch by batch on the model's device.
+
+    Every batch adds one vector of counts (a few kernels per batch whatever n and the number of rules): top-1 and
+    top-5 of the output, of each sub-classifier, the oracle's top-1, then top-1 and top-5 of each rule.
+    """
 
     def __init__(self, num_classes: int, num_splits: Optional[int] = None, device=None):
         """
@@ -101,16 +105,10 @@ class SplitMetrics:
         self.num_splits = num_splits
         self.topk = min(5, num_classes)
         self.count = 0
-        zeros = partial(torch.zeros, dtype=torch.long, device=device)
-        self.top1 = zeros(())
-        self.top5 = zeros(())
-        if num_splits is not None:
-            self.head_top1 = zeros(num_splits)
-            self.head_top5 = zeros(num_splits)
-            self.oracle = zeros(())
-            self.rule_top1 = {r: zeros(()) for r in SELECTION_RULES}
-            self.rule_top5 = {r: zeros(()) for r in SELECTION_RULES}
-            self.chosen = {r: zeros(num_splits) for r in _HEAD_RULES}
+        n = num_splits or 0
+        size = 2 + (2 * n + 1 + 2 * len(SELECTION_RULES) if num_splits is not None else 0)
+        self.counts = torch.zeros(size, dtype=torch.long, device=device)
+        self.chosen = torch.zeros(len(_HEAD_RULES), max(n, 1), dtype=torch.long, device=device)
 
     @torch.no_grad()
     def update(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,41 +126,40 @@ class SplitMetrics:
         self.count += target.shape[0]
         if self.num_splits is None:
             hits = _hits(output, target, k)
-            self.top1 += hits[:, 0].sum()
-            self.top5 += hits.any(-1).sum()
+            self.counts += torch.stack([hits[:, 0], hits.any(-1)], 1).sum(0)
             return output
 
         logits = output.mean(1)
-        hits = _hits(logits, target, k)
-        self.top1 += hits[:, 0].sum()
-        self.top5 += hits.any(-1).sum()
-
-        log_prob = output.log_softmax(-1)
+        # softmax from elementwise ops and reductions: log_softmax's own kernel threads even small batches, which
+        # costs more than the arithmetic when other processes share the cores
+        shifted = output - output.amax(-1, keepdim=True)
+        exp = shifted.exp()
+        total = exp.sum(-1, keepdim=True)
+        log_prob = shifted - total.log()
+        prob = exp / total
         top = log_prob.topk(max(k, 2), dim=-1)
-        head_hits = (top.indices[..., :k] == target[:, None, None])  # (B, n, k)
-        self.head_top1 += head_hits[..., 0].sum(0)
-        self.head_top5 += head_hits.any(-1).sum(0)
-        self.oracle += head_hits[..., 0].any(1).sum()
+        head_hits = top.indices[..., :k] == target[:, None, None]  # (B, n, k)
+        prob_avg = prob.mean(1)
+        top_prob = top.values[..., :2].exp()
+        choice = torch.stack([
+            top.values[..., 0].argmax(1),  # max_prob
+            (prob * log_prob).sum(-1).argmax(1),  # min_entropy: the maximum of minus the entropy
+            (top_prob[..., 0] - top_prob[..., 1]).argmax(1),  # max_margin
+        ], 1)  # (B, len(_HEAD_RULES))
+        chosen_hits = head_hits.gather(1, choice[..., None].expand(-1, -1, k))  # (B, len(_HEAD_RULES), k)
+        # mean probabilities are below 1 and so only order classes with equal votes
+        votes = F.one_hot(top.indices[..., 0], self.num_classes).sum(1) + prob_avg
+        combined_hits = torch.stack([_hits(logits, target, k), _hits(votes, target, k), _hits(prob_avg, target, k)], 1)
 
-        prob = log_prob.exp()
-        choice = {
-            'max_prob': top.values[..., 0].argmax(1),
-            'min_entropy': (prob * log_prob).sum(-1).argmax(1),  # the maximum of minus the entropy
-            'max_margin': (top.values[..., 0].exp() - top.values[..., 1].exp()).argmax(1),
-        }
-        rows = torch.arange(target.shape[0], device=target.device)
-        for rule, index in choice.items():
-            chosen_hits = head_hits[rows, index]
-            self.rule_top1[rule] += chosen_hits[:, 0].sum()
-            self.rule_top5[rule] += chosen_hits.any(-1).sum()
-            self.chosen[rule] += torch.bincount(index, minlength=self.num_splits)
-        # the averaged output's probabilities are below 1 and so only order classes with equal votes
-        votes = F.one_hot(top.indices[..., 0], self.num_classes).sum(1) + logits.softmax(-1)
-        combined = {'vote': votes, 'prob_avg': prob.mean(1)}
-        for rule, scores in combined.items():
-            rule_hits = _hits(scores, target, k)
-            self.rule_top1[rule] += rule_hits[:, 0].sum()
-            self.rule_top5[rule] += rule_hits.any(-1).sum()
+        head1 = head_hits[..., 0]
+        self.counts += torch.cat([
+            combined_hits[:, 0, 0, None], combined_hits[:, 0].any(-1, keepdim=True),  # the averaged output
+            head1, head_hits.any(-1), head1.any(1, keepdim=True),  # each sub-classifier, the oracle
+            # rules in the order of SELECTION_RULES, top-1 and top-5 of each
+            torch.stack([chosen_hits[..., 0], chosen_hits.any(-1)], -1).flatten(1),
+            torch.stack([combined_hits[:, 1:, 0], combined_hits[:, 1:].any(-1)], -1).flatten(1),
+        ], 1).sum(0)
+        self.chosen += F.one_hot(choice, self.num_splits).sum(0)
         return logits
 
     def compute(self, widths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
@@ -171,26 +168,30 @@ class SplitMetrics:
         Args:
             widths: Channels seen by each sub-classifier (`SplitShareHead.widths`), to name their groups.
         """
-        n = self.count
+        total = self.count
+        counts = self.counts.tolist()
+        top1, top5 = _pct(counts[0], total), _pct(counts[1], total)
         out = dict(
-            top1=_pct(self.top1, n), top1_err=round(100 - _pct(self.top1, n), 4),
-            top5=_pct(self.top5, n), top5_err=round(100 - _pct(self.top5, n), 4),
+            top1=top1, top1_err=round(100 - top1, 4), top5=top5, top5_err=round(100 - top5, 4),
             heads=[], oracle=None, selection={},
         )
         if self.num_splits is None:
             return out
-        for j in range(self.num_splits):
-            head = dict(name=f'FC{j + 1}', top1=_pct(self.head_top1[j], n), top5=_pct(self.head_top5[j], n))
+        n = self.num_splits
+        for j in range(n):
+            head = dict(name=f'FC{j + 1}', top1=_pct(counts[2 + j], total), top5=_pct(counts[2 + n + j], total))
             if widths is not None:
                 head = dict(head, width=widths[j], group=[widths[j - 1] if j else 0, widths[j] - 1])
             out['heads'].append(head)
-        out['oracle'] = dict(top1=_pct(self.oracle, n))
-        for rule in SELECTION_RULES:
-            chosen = None
-            if rule in self.chosen:
-                chosen = [round(float(c) / max(n, 1), 4) for c in self.chosen[rule]]
+        out['oracle'] = dict(top1=_pct(counts[2 + 2 * n], total))
+        chosen = self.chosen.tolist()
+        for i, rule in enumerate(SELECTION_RULES):
+            first = 3 + 2 * n + 2 * i
             out['selection'][rule] = dict(
-                top1=_pct(self.rule_top1[rule], n), top5=_pct(self.rule_top5[rule], n), chosen=chosen)
+                top1=_pct(counts[first], total),
+                top5=_pct(counts[first + 1], total),
+                chosen=[round(c / max(total, 1), 4) for c in chosen[i]] if rule in _HEAD_RULES else None,
+            )
         return out
 
 
