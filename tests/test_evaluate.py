@@ -145,7 +145,7 @@ def test_evaluate_against_reference(image_folder, tmp_path):
     averaged = []
     with torch.no_grad():
         for model, name, entry in zip(models, names, result['models']):
-            assert entry['model'] == name and entry['num_classes'] == NUM_CLASSES
+            assert entry['model'] == name and entry['num_classes'] == NUM_CLASSES and entry['use_ema'] is False
             assert entry['param_count'] == sum(p.numel() for p in model.parameters())
             assert entry['macs'] == _reference_macs(model, images)
             if name == 'test_resnet':
@@ -245,8 +245,19 @@ def test_evaluate_input_size_from_checkpoint(image_folder, tmp_path):
     model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=1).eval()
     args = argparse.Namespace(model='test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=None,
                               input_size=[1, IMG_SIZE, IMG_SIZE], model_kwargs={})
-    torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'gray.pth.tar')
-    result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar'), '--data-dir', str(image_folder), '--img-size',
-                   str(IMG_SIZE), '-b', '24', '-j', '0', '--device', 'cpu', '--no-progress', '--no-prefetcher'])
+    # EMA weights whose sub-classifiers always predict class 2: zero weights, a bias for class 2 only
+    ema = {k: torch.zeros_like(v) if k.startswith('head.fc') else v for k, v in model.state_dict().items()}
+    for j in range(4):
+        ema[f'head.fc.{j}.bias'][2] = 1.
+    torch.save({'state_dict': model.state_dict(), 'state_dict_ema': ema, 'args': args}, tmp_path / 'gray.pth.tar')
+    data = ['--data-dir', str(image_folder), '--img-size', str(IMG_SIZE), '-b', '24', '-j', '0', '--device', 'cpu',
+            '--no-progress', '--no-prefetcher']
+    result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar')] + data)
     assert result['data']['input_size'] == [1, IMG_SIZE, IMG_SIZE]
     assert result['models'][0]['num_splits'] == 4 and result['data']['num_samples'] == 4 * NUM_CLASSES
+    assert result['models'][0]['use_ema'] is False
+
+    # the EMA weights when asked for: class 2 for every image, right for 1 image in NUM_CLASSES
+    result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar'), '--use-ema'] + data)
+    assert result['models'][0]['use_ema'] is True
+    assert result['models'][0]['heads'][0]['top1'] == pytest.approx(100 / NUM_CLASSES, abs=1e-3)

@@ -298,7 +298,7 @@ def run(args) -> List[str]:
     spec_args = argparse.Namespace(
         model=[args.model] if args.model else None,
         checkpoint=[args.checkpoint] if args.checkpoint else [],
-        num_classes=args.num_classes, in_chans=args.in_chans, model_kwargs=args.model_kwargs,
+        num_classes=args.num_classes, in_chans=args.in_chans, model_kwargs=args.model_kwargs, use_ema=args.use_ema,
     )
     spec = _model_specs(spec_args)[0]
     model = _create(spec, args, device)

@@ -28,7 +28,9 @@ JSON schema (`--json FILE`); accuracies are percentages rounded to 4 decimals, a
       "data": {"data_dir", "dataset", "split", "num_samples", "input_size", "interpolation", "crop_pct",
                "crop_mode", "mean", "std"},
       "models": [{
-          "model": name as given, "checkpoint": path or null, "num_classes": K,
+          "model": name as given, "checkpoint": path or null, "use_ema": whether the checkpoint's EMA weights
+          were evaluated (--use-ema and the checkpoint has them),
+          "num_classes": K,
           "num_splits": n (null for a model without Split-and-Share head),
           "param_count": parameters, "head_param_count": parameters of the classifier head (null if unknown),
           "macs": multiply-adds of one image (torch.utils.flop_counter), "head_macs": exact multiply-adds of
@@ -58,7 +60,7 @@ import os
 import time
 from contextlib import suppress
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -399,10 +401,10 @@ def _resolve_checkpoint(path: str) -> str:
     return path
 
 
-def _checkpoint_args(path: str) -> Dict[str, Any]:
-    """The `args` a train.py checkpoint was trained with, {} for other files."""
+def _checkpoint_info(path: str) -> Tuple[Dict[str, Any], bool]:
+    """The `args` a train.py checkpoint was trained with ({} for other files) and whether it has EMA weights."""
     if path.endswith('.safetensors'):
-        return {}
+        return {}, False
     with torch.serialization.safe_globals([argparse.Namespace]):
         try:
             try:
@@ -413,10 +415,13 @@ def _checkpoint_args(path: str) -> Dict[str, Any]:
             raise ValueError(
                 f'Cannot read checkpoint {path} with weights_only=True ({type(e).__name__}: {e}). Pass a '
                 f'checkpoint written by timm train.py, a state dict, or a .safetensors file.') from e
-    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        return {}, False
+    args = checkpoint.get('args')
+    has_ema = any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema'))
     if isinstance(args, argparse.Namespace):
-        return vars(args)
-    return args if isinstance(args, dict) else {}
+        return vars(args), has_ema
+    return (args if isinstance(args, dict) else {}), has_ema
 
 
 def _model_specs(args) -> List[Dict[str, Any]]:
@@ -432,9 +437,9 @@ def _model_specs(args) -> List[Dict[str, Any]]:
     specs = []
     if not checkpoints:
         return [dict(model=n, checkpoint=None, num_classes=args.num_classes, in_chans=args.in_chans,
-                     model_kwargs=dict(args.model_kwargs)) for n in names]
+                     model_kwargs=dict(args.model_kwargs), use_ema=False) for n in names]
     for i, path in enumerate(checkpoints):
-        ckpt_args = _checkpoint_args(path)
+        ckpt_args, has_ema = _checkpoint_info(path)
         name = names[i] if len(names) > 1 else names[0] if names else ckpt_args.get('model')
         if not name:
             raise ValueError(f'{path} does not name its model (no train.py args): give --model NAME.')
@@ -445,6 +450,7 @@ def _model_specs(args) -> List[Dict[str, Any]]:
             in_chans=args.in_chans if args.in_chans is not None else ckpt_args.get('in_chans') or (
                 ckpt_args.get('input_size') or [None])[0],
             model_kwargs=dict(args.model_kwargs or ckpt_args.get('model_kwargs') or {}),
+            use_ema=bool(args.use_ema and has_ema),
         )
         specs.append(spec)
     return specs
@@ -687,6 +693,7 @@ def run(args) -> Dict[str, Any]:
         out['models'].append(dict(
             model=spec['model'],
             checkpoint=spec['checkpoint'],
+            use_ema=spec['use_ema'],
             num_classes=model.num_classes,
             num_splits=head.num_splits if head is not None else None,
             **cost,
