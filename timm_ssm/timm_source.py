@@ -82,10 +82,12 @@ def _warn_on_mismatch(root: Path):
     installed = installed_timm_version()
     found = source_version(root)
     if found is not None and found != installed:
+        match = f'install timm from that checkout (pip install -e {root})' if '.dev' in found else \
+            f'install timm=={found}'
         _logger.warning(
             f'timm\'s scripts in {root} are from timm {found} but the installed timm is {installed}: a script may '
             f'use options or functions that this timm lacks. Use a checkout at the matching tag '
-            f'(git -C {root} checkout v{installed}) or install timm=={found}.')
+            f'(git -C {root} checkout v{installed}) or {match}.')
 
 
 def _download_source(version: str, target: Path, timeout: float = 60.) -> Path:

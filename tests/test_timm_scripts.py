@@ -1,0 +1,153 @@
+"""End to end with timm's real scripts: train.py through train_timm.sh, resume, validate/inference/benchmark.py through
+the launcher. Needs a pytorch-image-models checkout in TIMM_ROOT (timm's scripts are not in its wheel)."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import timm
+from PIL import Image
+from timm.models import load_checkpoint
+
+import timm_ssm  # noqa: F401  registers test_resnet_ssm here too
+
+REPO = Path(__file__).resolve().parent.parent
+TIMM_ROOT = os.environ.get('TIMM_ROOT')
+
+pytestmark = pytest.mark.skipif(
+    not TIMM_ROOT, reason='needs timm\'s train.py and validate.py: set TIMM_ROOT to a pytorch-image-models checkout')
+
+CLASSES = ('circle', 'square', 'stripe')
+IMAGES_PER_CLASS = 4
+TRAIN_ARGS = [
+    '--model', 'test_resnet_ssm', '--num-classes', '3', '--img-size', '32', '--device', 'cpu', '--workers', '0',
+    '--opt', 'momentum', '--lr', '0.05', '--sched', 'step', '--decay-epochs', '1', '--decay-rate', '0.1',
+    '--warmup-epochs', '0', '-b', str(len(CLASSES) * IMAGES_PER_CLASS), '--no-aug', '--smoothing', '0',
+    '--model-ema', '--model-ema-decay', '0.5', '--log-interval', '1', '--checkpoint-hist', '2',
+]
+
+
+def _env() -> dict:
+    env = dict(os.environ, PYTHON=sys.executable)
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
+    return env
+
+
+def _run(cmd, cwd) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f'{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+    return proc
+
+
+def _launch(script: str, *args, cwd) -> subprocess.CompletedProcess:
+    return _run([sys.executable, '-m', 'timm_ssm.launch', script, *args], cwd)
+
+
+def _train(out: Path, experiment: str, data: Path, *extra) -> Path:
+    args = ['--data-dir', str(data), *TRAIN_ARGS, '--output', str(out), '--experiment', experiment, *extra]
+    _run(['bash', str(REPO / 'train_timm.sh'), *args], out)
+    return out / experiment
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory) -> Path:
+    """A tiny image folder data set (train/ and validation/, one folder per class) of drawn shapes."""
+    root = tmp_path_factory.mktemp('shapes')
+    rng = np.random.default_rng(0)
+    for split in ('train', 'validation'):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(IMAGES_PER_CLASS):
+                img = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+                if name == 'circle':
+                    yy, xx = np.mgrid[:40, :40]
+                    img[(yy - 20) ** 2 + (xx - 20) ** 2 < (8 + i) ** 2] = 230
+                elif name == 'square':
+                    img[10 - i // 2:30 + i // 2, 10 - i // 2:30 + i // 2] = 230
+                else:
+                    img[:, i::4 + i] = 230
+                Image.fromarray(img).save(root / split / name / f'{name}{i}.png')
+    return root
+
+
+@pytest.fixture(scope='module')
+def runs(image_folder, tmp_path_factory) -> dict:
+    """train.py runs: one epoch through train_timm.sh, resumed for a second; two epochs in one go."""
+    out = tmp_path_factory.mktemp('train')
+    first = _train(out, 'first', image_folder, '--epochs', '1')
+    resumed = _train(out, 'resumed', image_folder, '--epochs', '2', '--resume', str(first / 'last.pth.tar'))
+    straight = _train(out, 'straight', image_folder, '--epochs', '2')
+    return dict(out=out, first=first, resumed=resumed, straight=straight, data=image_folder)
+
+
+def _summary(run: Path):
+    with open(run / 'summary.csv') as f:
+        return list(csv.DictReader(f))
+
+
+def _state(path: Path, ema: bool = False) -> dict:
+    model = timm.create_model('test_resnet_ssm', num_classes=3)
+    load_checkpoint(model, str(path), use_ema=ema)
+    return model.state_dict()
+
+
+def test_train_writes_ssm_checkpoints(runs):
+    first = runs['first']
+    assert [r['epoch'] for r in _summary(first)] == ['0']
+    for name in ('last.pth.tar', 'model_best.pth.tar', 'args.yaml'):
+        assert (first / name).is_file(), name
+    state = _state(first / 'last.pth.tar')
+    assert [k for k in state if k.startswith('head.fc.') and k.endswith('weight')] == [
+        f'head.fc.{i}.weight' for i in range(4)]
+    assert state['head.norm.num_batches_tracked'] == 1  # one training step
+
+
+def test_resume_continues_where_it_stopped(runs):
+    """Epoch 1 resumed from epoch 0's checkpoint ends with the weights, the head's BatchNorm buffers and the EMA of
+    two epochs in one run: weights, optimizer momentum, the lr schedule (x0.1 after epoch 0) and EMA were restored."""
+    resumed, straight = _summary(runs['resumed']), _summary(runs['straight'])
+    assert [r['epoch'] for r in resumed] == ['1']
+    assert float(resumed[0]['lr']) == pytest.approx(0.005) == float(straight[1]['lr'])
+    for ema in (False, True):
+        a = _state(runs['resumed'] / 'last.pth.tar', ema=ema)
+        b = _state(runs['straight'] / 'last.pth.tar', ema=ema)
+        first = _state(runs['first'] / 'last.pth.tar', ema=ema)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+        assert a['head.norm.num_batches_tracked'] == 2
+        assert not torch.allclose(a['head.fc.3.weight'], first['head.fc.3.weight'])
+    assert float(resumed[0]['eval_top1']) == pytest.approx(float(straight[1]['eval_top1']))
+
+
+def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
+    """timm's validate.py (EMA weights and not), inference.py and benchmark.py on train.py's checkpoints, with
+    3 classes instead of the model's default 1000."""
+    run, data = runs['resumed'], runs['data']
+    common = ['--model', 'test_resnet_ssm', '--num-classes', '3', '--img-size', '32', '--device', 'cpu',
+              '--workers', '0']
+    results = tmp_path / 'validate_ema.json'
+    _launch('validate.py', *common, '--data-dir', str(data), '--checkpoint', str(run / 'model_best.pth.tar'),
+            '--use-ema', '-b', '12', '--results-file', str(results), '--results-format', 'json', cwd=tmp_path)
+    top1 = json.loads(results.read_text())['top1']
+    best = max(_summary(run), key=lambda r: float(r['eval_top1']))
+    assert top1 == pytest.approx(float(best['eval_top1']), abs=0.01)  # train.py's eval of the EMA weights
+
+    pytest.importorskip('pandas', reason='timm\'s inference.py needs pandas')
+    _launch('inference.py', *common, '--data-dir', str(data), '--checkpoint', str(run / 'last.pth.tar'),
+            '--topk', '3', '--results-file', str(tmp_path / 'predictions.json'), '--results-format', 'json',
+            '--no-console-results', cwd=tmp_path)
+    predictions = json.loads((tmp_path / 'predictions.json').read_text())
+    assert len(predictions) == len(CLASSES) * IMAGES_PER_CLASS
+
+    bench = tmp_path / 'bench.json'
+    _launch('benchmark.py', '--model', 'test_resnet_ssm', '--num-classes', '3', '--img-size', '32', '--device',
+            'cpu', '-b', '4', '--bench', 'inference', '--num-warm-iter', '1', '--num-bench-iter', '5',
+            '--results-file', str(bench), '--results-format', 'json', cwd=tmp_path)
+    assert json.loads(bench.read_text())['model'] == 'test_resnet_ssm'
+

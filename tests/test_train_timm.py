@@ -1,0 +1,210 @@
+"""train_timm.sh: launch options against train.py's, locating train.py, torchrun commands, the default run's set-up."""
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+from timm.utils import CheckpointSaver
+from torch.distributed.run import get_args_parser
+
+from timm_ssm import fashion_mnist, timm_source, train_timm
+from timm_ssm.timm_source import installed_timm_version
+from timm_ssm.train_timm import LaunchOptions, build_command, has_data_set, split_args
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake_timm_root(tmp_path, monkeypatch):
+    """A pytorch-image-models checkout of the installed version whose train.py records its command line."""
+    root = tmp_path / 'pytorch-image-models'
+    (root / 'timm').mkdir(parents=True)
+    (root / 'timm' / 'version.py').write_text(f"__version__ = '{installed_timm_version()}'\n")
+    (root / 'train.py').write_text(
+        'import json, os, sys\n'
+        'import timm\n'
+        'with open(os.environ["FAKE_TRAIN_OUT"], "w") as f:\n'
+        '    json.dump(dict(argv=sys.argv, ssm=timm.is_model("test_resnet_ssm")), f)\n'
+        'sys.exit(int(os.environ.get("FAKE_TRAIN_EXIT", "0")))\n')
+    monkeypatch.setenv('TIMM_ROOT', str(root))
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    return root
+
+
+def test_split_args_keeps_train_args_unchanged():
+    argv = ['--timm-root', '/src', '--model', 'resnet50_ssm', '--nproc=4', '--data-dir', '/data', '-b', '64',
+            '--nnodes', '2', '--node-rank=1', '--master-addr', 'host', '--master-port', '29500', '--lr-base', '0.1',
+            '--dry-run', '--model-kwargs', 'num_splits=8']
+    opts, rest = split_args(argv)
+    assert rest == ['--model', 'resnet50_ssm', '--data-dir', '/data', '-b', '64', '--lr-base', '0.1',
+                    '--model-kwargs', 'num_splits=8']
+    assert (opts.timm_root, opts.nproc, opts.nnodes, opts.node_rank) == ('/src', 4, '2', '1')
+    assert (opts.master_addr, opts.master_port, opts.dry_run, opts.multi_node) == ('host', '29500', True, True)
+    opts, rest = split_args(['--rdzv-endpoint', 'h:29400', '--rdzv-id', 'job', '--epochs', '1'])
+    assert (opts.rdzv_endpoint, opts.rdzv_id, rest) == ('h:29400', 'job', ['--epochs', '1'])
+    assert not split_args(['--epochs', '1'])[0].multi_node
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--nproc'], '--nproc needs a value'),
+    (['--nproc', '--model', 'x'], '--nproc needs a value'),
+    (['--nproc', 'two'], "--nproc takes a number of processes, got 'two'"),
+    (['--nproc=0'], '--nproc must be 1 or more'),
+    (['--dry-run=yes'], '--dry-run takes no value'),
+])
+def test_split_args_errors(argv, message):
+    with pytest.raises(ValueError, match=message):
+        split_args(argv)
+
+
+def test_has_data_set(tmp_path):
+    assert not has_data_set([])
+    assert not has_data_set(['--model', 'resnet18_ssm', '--epochs', '1', '--dataset-download'])
+    assert has_data_set(['--data-dir', '/data'])
+    assert has_data_set(['--model', 'x', '--dataset=torch/cifar10'])
+    assert has_data_set(['/imagenet', '--model', 'x'])  # train.py's positional DIR
+    config = tmp_path / 'c.yaml'
+    config.write_text('model: resnet18_ssm\n')
+    assert not has_data_set(['-c', str(config)])
+    config.write_text('model: resnet18_ssm\ndata_dir: /data\n')
+    assert has_data_set(['-c', str(config)]) and has_data_set([f'-c{config}']) and has_data_set([f'--config={config}'])
+
+
+def test_torchrun_commands_parse_as_torchrun_options():
+    train_py = Path('/src/train.py')
+    assert build_command(LaunchOptions(), train_py, ['--lr', '0.1']) == [
+        sys.executable, '-m', 'timm_ssm.launch', '/src/train.py', '--lr', '0.1']
+
+    opts, rest = split_args(['--nproc', '8', '--model', 'resnet50_ssm'])
+    cmd = build_command(opts, train_py, rest)
+    assert cmd[:3] == [sys.executable, '-m', 'torch.distributed.run']
+    ns = get_args_parser().parse_args(cmd[3:])
+    assert (ns.nproc_per_node, ns.standalone, ns.module) == ('8', True, True)
+    assert [ns.training_script, *ns.training_script_args] == [
+        'timm_ssm.launch', '/src/train.py', '--model', 'resnet50_ssm']
+
+    opts, rest = split_args(['--nproc', '4', '--nnodes', '2', '--node-rank', '1', '--master-addr', '10.1.2.3',
+                             '--master-port', '29501', '-b', '32'])
+    ns = get_args_parser().parse_args(build_command(opts, train_py, rest)[3:])
+    assert (ns.nproc_per_node, ns.nnodes, ns.node_rank, ns.master_addr, ns.master_port, ns.standalone) == (
+        '4', '2', 1, '10.1.2.3', 29501, False)
+    assert ns.training_script_args == ['/src/train.py', '-b', '32']
+
+    opts, rest = split_args(['--nproc', '8', '--nnodes', '1:4', '--rdzv-backend', 'c10d', '--rdzv-endpoint',
+                             'head:29400', '--rdzv-id', 'run1'])
+    ns = get_args_parser().parse_args(build_command(opts, train_py, rest)[3:])
+    assert (ns.nnodes, ns.rdzv_backend, ns.rdzv_endpoint, ns.rdzv_id) == ('1:4', 'c10d', 'head:29400', 'run1')
+
+
+def _run_sh(args, env_extra, cwd=None):
+    env = dict(os.environ, **env_extra)
+    env['PYTHON'] = sys.executable
+    return subprocess.run(['bash', str(REPO / 'train_timm.sh'), *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_timm_sh_runs_train_py_unchanged(fake_timm_root, tmp_path):
+    """The shell script runs timm's train.py through the launcher, with every train.py argument as given."""
+    out = tmp_path / 'argv.json'
+    args = ['--model', 'test_resnet_ssm', '--data-dir', 'my data', '--device', 'cpu', '--lr', '0.1']
+    proc = _run_sh(args, {'FAKE_TRAIN_OUT': str(out), 'FAKE_TRAIN_EXIT': '7'}, cwd=tmp_path)
+    assert proc.returncode == 7, proc.stderr  # train.py's exit code
+    recorded = yaml.safe_load(out.read_text())
+    assert recorded == dict(argv=[str(fake_timm_root.resolve() / 'train.py'), *args], ssm=True)
+    assert 'warning' not in proc.stderr  # same version, no GPU warning with --device given
+
+
+def test_main_errors(fake_timm_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_timm.main(['--nproc', '2', '--data-dir', '/d', '--device', 'cpu']) == 2
+    err = capsys.readouterr().err
+    assert 'DistributedDataParallel with device_ids' in err and 'several processes need GPUs' in err
+    assert train_timm.main(['-c', 'missing.yaml', '--data-dir', '/d']) == 2
+    assert 'config file missing.yaml does not exist' in capsys.readouterr().err
+    (tmp_path / 'c.yaml').write_text('model: resnet18_ssm\n')
+    assert train_timm.main(['-c', 'c.yaml']) == 2
+    assert 'no data set: neither the arguments nor c.yaml name one' in capsys.readouterr().err
+    assert train_timm.main(['--timm-root', str(tmp_path), '--data-dir', '/d']) == 2
+    assert 'is not a pytorch-image-models checkout' in capsys.readouterr().err
+
+
+def test_offline_without_timm_root(tmp_path, monkeypatch, capsys):
+    """No checkout and no network: the message says how to fix it."""
+    monkeypatch.delenv('TIMM_ROOT', raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    monkeypatch.setattr(timm_source, 'ARCHIVE_URL', 'http://127.0.0.1:9/v{version}.tar.gz')  # nothing listens
+    assert train_timm.main(['--data-dir', '/d']) == 2
+    err = capsys.readouterr().err
+    assert "train_timm.sh: error: timm's train.py is not part of the timm wheel" in err
+    assert f'git clone --branch v{installed_timm_version()}' in err and 'export TIMM_ROOT=' in err
+
+
+def test_version_mismatch_warning_and_dry_run(fake_timm_root, capsys, caplog):
+    (fake_timm_root / 'timm' / 'version.py').write_text("__version__ = '0.9.2'\n")
+    with caplog.at_level(logging.WARNING):
+        assert train_timm.main(['--dry-run', '--data-dir', '/d', '--device', 'cpu']) == 0
+    captured = capsys.readouterr()
+    assert 'from timm 0.9.2 but the installed timm is' in caplog.text
+    assert captured.out.startswith(f'+ {sys.executable} -m timm_ssm.launch {fake_timm_root.resolve()}/train.py')
+
+
+def test_default_run_command(fake_timm_root, tmp_path, capsys, monkeypatch):
+    """No data set: Fashion-MNIST is prepared and the user's arguments come last, so they override."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist', lambda: tmp_path / 'fm')  # tested on its own
+    assert train_timm.main(['--dry-run', '--epochs', '1', '--experiment', 'quick']) == 0
+    out = capsys.readouterr().out
+    command = out.strip().splitlines()[-1]
+    args = command.split(' ')
+    assert args[:4] == ['+', sys.executable, '-m', 'timm_ssm.launch']
+    assert args[args.index('--data-dir') + 1] == str(tmp_path / 'fm')
+    assert args[args.index('--dataset') + 1] == 'torch/fashion_mnist'
+    assert args[args.index('--val-split') + 1] == 'test'
+    assert args[args.index('--model') + 1] == train_timm.DEFAULT_MODEL
+    assert args[-4:] == ['--epochs', '1', '--experiment', 'quick']
+    assert args[args.index('--output') + 1] == str(tmp_path / 'output' / 'train')
+
+
+def test_report_of_a_run(tmp_path, capsys):
+    """The default run's last step on checkpoints written by timm's CheckpointSaver (train.py's): the top-1 table of
+    timm_ssm.evaluate (averaged output and each sub-classifier) and where the files are."""
+    data = tmp_path / 'data'
+    for c in range(3):
+        (data / 'validation' / f'class{c}').mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((24, 24, 3), 80 * c + 10 * i, np.uint8)).save(
+                data / 'validation' / f'class{c}' / f'{c}{i}.png')
+    run = tmp_path / 'run'
+    run.mkdir()
+    args = argparse.Namespace(
+        model='test_resnet_ssm', num_classes=3, data_dir=str(data), dataset='', val_split='validation',
+        in_chans=None, input_size=None, img_size=24, mean=None, std=None, crop_pct=1.0, interpolation='',
+        batch_size=6, validation_batch_size=None, workers=0, device='cpu', model_ema=False, epochs=1,
+        model_kwargs={})
+    model = timm.create_model('test_resnet_ssm', num_classes=3)
+    saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, checkpoint_dir=str(run))
+    saver.save_checkpoint(epoch=0, metric=50.)
+    (run / 'args.yaml').write_text(yaml.safe_dump(vars(args)))
+
+    assert train_timm._report(run) == 0
+    out = capsys.readouterr().out
+    result = json.loads((run / 'eval_validation.json').read_text())['models'][0]
+    assert result['checkpoint'] == str(run / 'model_best.pth.tar')
+    lines = out.splitlines()
+    averaged = next(line for line in lines if line.strip().startswith('averaged (model output)'))
+    assert float(averaged.split()[-1]) == pytest.approx(result['top1'], abs=0.005)
+    assert [h['name'] for h in result['heads']] == ['FC1', 'FC2', 'FC3', 'FC4']
+    for head, width in zip(result['heads'], (24, 48, 72, 96)):  # test_resnet: 96 features in 4 groups
+        line = next(line for line in lines if line.strip().startswith(f'{head["name"]} (channels 0-{width - 1})'))
+        assert float(line.split()[-1]) == pytest.approx(head['top1'], abs=0.005)
+    assert f'best checkpoint:        {run / "model_best.pth.tar"}' in out
+    assert 'FC4' in (run / 'eval_validation.txt').read_text()  # the evaluator's full table

@@ -1,0 +1,389 @@
+""" Train with timm's own train.py: the engine behind `train_timm.sh`
+
+    ./train_timm.sh [LAUNCH OPTIONS] [train.py ARGS...]
+    python -m timm_ssm.train_timm [LAUNCH OPTIONS] [train.py ARGS...]
+
+Finds timm's `train.py` (`--timm-root`, `TIMM_ROOT`, or the cached source of the installed timm version) and runs
+it unchanged through `python -m timm_ssm.launch`, under torchrun when several processes or nodes are asked for.
+Launch options are consumed here; every other argument goes to `train.py` as it is.
+
+With no data set in the arguments (no `--data-dir`, `--dataset`, positional DIR or `-c` config), it makes the
+default run: Fashion-MNIST is prepared (`timm_ssm.fashion_mnist`), a small SSM model is trained on a short
+schedule, the best checkpoint is evaluated on the test split and the places of results and checkpoints are
+printed. Arguments given to the default run override its own (`./train_timm.sh --epochs 1`).
+"""
+import argparse
+import datetime
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import yaml
+
+from .timm_source import find_timm_root
+
+__all__ = ['main', 'split_args', 'has_data_set', 'default_run_args', 'build_command', 'LaunchOptions']
+
+# launch option -> (destination, takes a value); all others go to train.py
+_OPTIONS: Dict[str, Tuple[str, bool]] = {
+    '--timm-root': ('timm_root', True),
+    '--nproc': ('nproc', True),
+    '--nproc-per-node': ('nproc', True),
+    '--nproc_per_node': ('nproc', True),
+    '--nnodes': ('nnodes', True),
+    '--node-rank': ('node_rank', True),
+    '--node_rank': ('node_rank', True),
+    '--master-addr': ('master_addr', True),
+    '--master_addr': ('master_addr', True),
+    '--master-port': ('master_port', True),
+    '--master_port': ('master_port', True),
+    '--rdzv-endpoint': ('rdzv_endpoint', True),
+    '--rdzv_endpoint': ('rdzv_endpoint', True),
+    '--rdzv-backend': ('rdzv_backend', True),
+    '--rdzv_backend': ('rdzv_backend', True),
+    '--rdzv-id': ('rdzv_id', True),
+    '--rdzv_id': ('rdzv_id', True),
+    '--dry-run': ('dry_run', False),
+    '--help': ('help', False),
+    '-h': ('help', False),
+}
+# torchrun options for several nodes, in the order they are passed on
+_NODE_OPTIONS = ('nnodes', 'node_rank', 'master_addr', 'master_port', 'rdzv_backend', 'rdzv_endpoint', 'rdzv_id')
+
+USAGE = """usage: ./train_timm.sh [LAUNCH OPTIONS] [train.py ARGS...]
+
+Runs timm's own train.py, unchanged, with timm-ssm's <arch>_ssm models registered.
+
+Launch options (everything else goes to train.py as it is):
+  --timm-root DIR       pytorch-image-models checkout holding train.py (default: $TIMM_ROOT, else the source of
+                        the installed timm version, downloaded once into ~/.cache/timm_ssm)
+  --nproc N             processes on this node (default: the visible GPUs, 1 without GPU); N > 1 starts torchrun
+  --nnodes N            nodes (or MIN:MAX), for torchrun
+  --node-rank R         rank of this node (with --master-addr / --master-port)
+  --master-addr HOST    address of the rank-0 node
+  --master-port PORT    port of the rank-0 node
+  --rdzv-endpoint HOST:PORT, --rdzv-backend NAME, --rdzv-id ID
+                        torchrun rendezvous instead of --node-rank / --master-addr
+  --dry-run             print the commands instead of running them
+  -h, --help            this help, then train.py's
+
+Without a data set (no --data-dir, --dataset, positional DIR or -c config) it trains a small SSM model on
+Fashion-MNIST, evaluates it and prints where the results are: the default run.
+
+timm's train.py wraps the model in DistributedDataParallel with device_ids, so several processes need GPUs;
+on CPU use one process."""
+
+
+class LaunchOptions(argparse.Namespace):
+    timm_root: Optional[str] = None
+    nproc: Optional[int] = None
+    nnodes: Optional[str] = None
+    node_rank: Optional[str] = None
+    master_addr: Optional[str] = None
+    master_port: Optional[str] = None
+    rdzv_endpoint: Optional[str] = None
+    rdzv_backend: Optional[str] = None
+    rdzv_id: Optional[str] = None
+    dry_run: bool = False
+    help: bool = False
+
+    @property
+    def multi_node(self) -> bool:
+        return any(getattr(self, k) is not None for k in _NODE_OPTIONS)
+
+
+def split_args(argv: List[str]) -> Tuple[LaunchOptions, List[str]]:
+    """Separate the launch options from the arguments of train.py, which keep their order and spelling.
+
+    Raises:
+        ValueError: A launch option without its value, or a bad --nproc.
+    """
+    opts = LaunchOptions()
+    rest = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition('=')
+        if name not in _OPTIONS:
+            rest.append(arg)
+            i += 1
+            continue
+        dest, takes_value = _OPTIONS[name]
+        if not takes_value:
+            if eq:
+                raise ValueError(f'{name} takes no value, got {arg}.')
+            setattr(opts, dest, True)
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith('--'):
+                raise ValueError(f'{name} needs a value: {name} VALUE.')
+            value = argv[i + 1]
+            i += 1
+        setattr(opts, dest, value)
+        i += 1
+    if opts.nproc is not None:
+        try:
+            opts.nproc = int(opts.nproc)
+        except ValueError:
+            raise ValueError(f'--nproc takes a number of processes, got {opts.nproc!r}.') from None
+        if opts.nproc < 1:
+            raise ValueError(f'--nproc must be 1 or more, got {opts.nproc}.')
+    return opts, rest
+
+
+def _option_value(args: List[str], *names: str) -> Optional[str]:
+    """Value of the last occurrence of an option in a train.py command line (`--x V`, `--x=V`, or `-cV` for a
+    one-letter option); the first value of an option that takes several."""
+    value = None
+    for i, arg in enumerate(args):
+        name, eq, v = arg.partition('=')
+        if name in names:
+            if eq:
+                value = v
+            elif i + 1 < len(args):
+                value = args[i + 1]
+            continue
+        for n in names:
+            if len(n) == 2 and arg.startswith(n) and len(arg) > 2 and not arg.startswith('--'):
+                value = arg[2:]
+    return value
+
+
+def has_data_set(args: List[str]) -> bool:
+    """Whether a train.py command line names a data set: `--data-dir`, `--dataset`, a positional DIR first, or a
+    `-c` config file that sets `data_dir` or `dataset`."""
+    if args and not args[0].startswith('-'):
+        return True  # train.py's (deprecated) positional DIR
+    if _option_value(args, '--data-dir', '--dataset'):
+        return True
+    config = _option_value(args, '-c', '--config')
+    if config and os.path.isfile(config):
+        with open(config) as f:
+            cfg = yaml.safe_load(f) or {}
+        return bool(isinstance(cfg, dict) and any(cfg.get(k) for k in ('data_dir', 'data', 'dataset')))
+    return False
+
+
+# The default run: a small SSM model on real data, short enough for 2 CPU cores in under 10 minutes.
+DEFAULT_MODEL = 'test_resnet_ssm'
+DEFAULT_EPOCHS = 3
+
+
+def default_run_args(data_root: Path, output: Path, experiment: str, device: str) -> List[str]:
+    """train.py arguments of the default run, before the user's own (which override them)."""
+    from .fashion_mnist import MEAN, NUM_CLASSES, STD
+    return [
+        '--data-dir', str(data_root), '--dataset', 'torch/fashion_mnist', '--train-split', 'train',
+        '--val-split', 'test',
+        '--model', DEFAULT_MODEL, '--num-classes', str(NUM_CLASSES),
+        '--input-size', '1', '28', '28', '--mean', *map(str, MEAN), '--std', *map(str, STD),
+        '--crop-pct', '1.0', '--interpolation', 'bilinear', '--train-interpolation', 'bilinear',
+        # a short schedule: light augmentation (mild random-resized crop, horizontal flip), cosine decay per step
+        '--scale', '0.8', '1.0', '--hflip', '0.5', '--color-jitter', '0', '--smoothing', '0',
+        '--epochs', str(DEFAULT_EPOCHS), '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '0',
+        '--opt', 'sgd', '--lr', '0.1', '--weight-decay', '5e-4', '-b', '128',
+        '--workers', '2', '--device', device, '--log-interval', '100', '--checkpoint-hist', '1',
+        '--output', str(output), '--experiment', experiment,
+    ]
+
+
+def build_command(opts: LaunchOptions, train_py: Path, args: List[str]) -> List[str]:
+    """The command that runs train.py: the launcher in this Python, under torchrun for several processes or nodes.
+    """
+    launch = ['-m', 'timm_ssm.launch', str(train_py), *args]
+    nproc = opts.nproc or 1
+    if nproc == 1 and not opts.multi_node:
+        return [sys.executable, *launch]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc-per-node={nproc}']
+    if opts.multi_node:
+        for key in _NODE_OPTIONS:
+            value = getattr(opts, key)
+            if value is not None:
+                cmd.append(f'--{key.replace("_", "-")}={value}')
+    else:
+        cmd.append('--standalone')
+    return cmd + launch
+
+
+def _visible_gpus() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _env() -> Dict[str, str]:
+    """Environment of the children: this timm_ssm importable from anywhere (torchrun starts fresh interpreters)."""
+    env = dict(os.environ)
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    paths = env.get('PYTHONPATH', '').split(os.pathsep) if env.get('PYTHONPATH') else []
+    if package_parent not in paths:
+        env['PYTHONPATH'] = os.pathsep.join([package_parent, *paths])
+    return env
+
+
+def _print_command(cmd: List[str]):
+    print('+ ' + ' '.join(shlex.quote(c) for c in cmd), flush=True)
+
+
+def _error(message: str) -> int:
+    print(f'train_timm.sh: error: {message}', file=sys.stderr)
+    return 2
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(format='train_timm.sh: %(levelname)s: %(message)s')
+    try:
+        opts, args = split_args(argv)
+    except ValueError as e:
+        return _error(f'{e}\n\n{USAGE}')
+
+    if opts.help:
+        print(USAGE + '\n\ntrain.py\'s options:', flush=True)
+    try:
+        train_py = find_timm_root(opts.timm_root) / 'train.py'
+    except RuntimeError as e:
+        if opts.help:
+            print(f'(shown once timm\'s source is found: {e})')
+            return 0
+        return _error(str(e))
+    if opts.help:
+        return subprocess.call(build_command(LaunchOptions(), train_py, ['--help']), env=_env())
+
+    config = _option_value(args, '-c', '--config')
+    if config is not None and not os.path.isfile(config):
+        return _error(f'config file {config} does not exist.')
+    data_given = has_data_set(args)
+    if not data_given and config is not None:
+        return _error(
+            f'no data set: neither the arguments nor {config} name one. Add --data-dir DIR (an image folder with '
+            f'train/ and validation/ sub-folders, or the root folder of --dataset NAME).')
+
+    gpus = _visible_gpus() if opts.nproc is None or _option_value(args, '--device') is None else None
+    if opts.nproc is None:
+        opts.nproc = max(gpus, 1)
+    device = _option_value(args, '--device')
+    if device is None and not gpus:
+        if data_given:
+            print('train_timm.sh: no GPU is visible and train.py defaults to --device cuda: add --device cpu to '
+                  'train on the CPU.', file=sys.stderr)
+        else:
+            device = 'cpu'
+    if (opts.nproc > 1 or opts.multi_node) and device is not None and device.startswith('cpu'):
+        return _error(
+            f'{opts.nproc} processes on --device {device}: timm\'s train.py wraps the model in '
+            f'DistributedDataParallel with device_ids=[device], which works on GPUs only, so several processes '
+            f'need GPUs (a known limit of train.py). Train on the CPU with one process (--nproc 1).')
+
+    if not data_given:
+        return _default_run(opts, train_py, args, device or 'cuda')
+    cmd = build_command(opts, train_py, args)
+    _print_command(cmd)
+    if opts.dry_run:
+        return 0
+    return subprocess.call(cmd, env=_env())
+
+
+def _default_run(opts: LaunchOptions, train_py: Path, user_args: List[str], device: str) -> int:
+    from .fashion_mnist import prepare_fashion_mnist
+
+    output = Path(_option_value(user_args, '--output') or Path.cwd() / 'output' / 'train').resolve()
+    model = _option_value(user_args, '--model') or DEFAULT_MODEL
+    experiment = _option_value(user_args, '--experiment') or '-'.join([
+        'fashion_mnist', model.replace('/', '_').replace(':', '_'), datetime.datetime.now().strftime('%Y%m%d-%H%M%S'),
+    ])
+    run_dir = output / experiment
+
+    print(f'No data set given: the default run trains {model} on Fashion-MNIST and evaluates it on its test split. '
+          f'Train on your own data with --data-dir DIR (see ./train_timm.sh --help).', flush=True)
+    try:
+        data_root = prepare_fashion_mnist()
+    except RuntimeError as e:
+        return _error(str(e))
+    print(f'Fashion-MNIST is ready in {data_root}', flush=True)
+
+    args = default_run_args(data_root, output, experiment, device) + user_args
+    cmd = build_command(opts, train_py, args)
+    _print_command(cmd)
+    if opts.dry_run:
+        return 0
+    code = subprocess.call(cmd, env=_env())
+    if code != 0:
+        return code
+    return _report(run_dir)
+
+
+def _report(run_dir: Path) -> int:
+    """Evaluate a train.py run's best checkpoint on its validation split with `timm_ssm.evaluate`, print the
+    top-1 table and where results and checkpoints are."""
+    checkpoint = run_dir / 'model_best.pth.tar'
+    if not checkpoint.is_file():
+        checkpoint = run_dir / 'last.pth.tar'
+    args_file = run_dir / 'args.yaml'
+    if not checkpoint.is_file() or not args_file.is_file():
+        return _error(f'train.py finished but wrote no checkpoint or args.yaml in {run_dir}.')
+    with open(args_file) as f:
+        train_args = yaml.safe_load(f)
+
+    eval_json = run_dir / f'eval_{train_args["val_split"]}.json'
+    eval_table = run_dir / f'eval_{train_args["val_split"]}.txt'
+    cmd = [sys.executable, '-m', 'timm_ssm.evaluate', '--checkpoint', str(checkpoint), '--json', str(eval_json),
+           '--split', train_args['val_split'], '-b', str(train_args['validation_batch_size'] or
+                                                         train_args['batch_size'])]
+    for option, key in (
+            ('--model', 'model'), ('--num-classes', 'num_classes'), ('--data-dir', 'data_dir'),
+            ('--dataset', 'dataset'), ('--in-chans', 'in_chans'), ('--input-size', 'input_size'),
+            ('--img-size', 'img_size'), ('--mean', 'mean'), ('--std', 'std'), ('--crop-pct', 'crop_pct'),
+            ('--interpolation', 'interpolation'), ('--workers', 'workers'), ('--device', 'device'),
+    ):
+        value = train_args.get(key)
+        if value is not None and value != '':
+            cmd += [option, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    if train_args.get('model_ema'):
+        cmd.append('--use-ema')  # train.py's best metric was the EMA weights'
+    _print_command(cmd)
+    with open(eval_table, 'w') as f:
+        code = subprocess.call(cmd, env=_env(), stdout=f)
+    if code != 0:
+        return code
+    with open(eval_json) as f:
+        result = json.load(f)
+
+    print(format_summary(result, train_args, checkpoint), flush=True)
+    print(f'\nResults and checkpoints are in {run_dir}:')
+    for name, path in (
+            ('best checkpoint', checkpoint),
+            ('last checkpoint', run_dir / 'last.pth.tar'),
+            ('per-epoch metrics', run_dir / 'summary.csv'),
+            ('train.py arguments', args_file),
+            ('test evaluation', eval_json),
+            ('full evaluation table', eval_table),
+    ):
+        if path.exists():
+            print(f'  {name + ":":24s}{path}')
+    return 0
+
+
+def format_summary(result: Dict, train_args: Dict, checkpoint: Path) -> str:
+    """The default run's final table: top-1 of the averaged output and of each sub-classifier."""
+    model = result['models'][0]
+    lines = [
+        '',
+        f'{train_args["model"]} after {train_args["epochs"]} epochs, {checkpoint.name}, on the '
+        f'{train_args["val_split"]} split of {train_args["dataset"]} ({result["data"]["num_samples"]} images):',
+        f'  {"output":<32}{"top-1 (%)":>10}',
+        f'  {"averaged (model output)":<32}{model["top1"]:>10.2f}',
+    ]
+    for head in model['heads']:
+        name = f'{head["name"]} (channels 0-{head["width"] - 1})'
+        lines.append(f'  {name:<32}{head["top1"]:>10.2f}')
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
