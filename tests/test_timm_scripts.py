@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import timm
 from PIL import Image
@@ -151,3 +152,26 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
             '--results-file', str(bench), '--results-format', 'json', cwd=tmp_path)
     assert json.loads(bench.read_text())['model'] == 'test_resnet_ssm'
 
+
+
+def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cache):
+    """configs/finetune_ssm.yaml with a `<arch>_ssm.<tag>` model: train.py builds it with timm's weights of
+    `<arch>.<tag>` in the trunk (from the offline Hub cache) and a fresh head for the new classes."""
+    name = 'test_resnet.r160_in1k'
+    base = timm.create_model(name)
+    weights = tmp_path / 'model.safetensors'
+    safetensors.torch.save_file(base.state_dict(), weights)
+    hub_cache.put(timm.models.get_pretrained_cfg(name).hf_hub_id, {'model.safetensors': weights})
+
+    # lr 0: the trunk's weights stay the pretrained ones, so the checkpoint shows what train.py loaded
+    args = ['-c', str(REPO / 'configs' / 'finetune_ssm.yaml'), '--data-dir', str(image_folder),
+            '--model', 'test_resnet_ssm.r160_in1k', '--num-classes', '3', '--img-size', '32', '--device', 'cpu',
+            '--workers', '0', '-b', '12', '--epochs', '1', '--lr-base', '0', '--output', str(tmp_path),
+            '--experiment', 'finetune']
+    _run(['bash', str(REPO / 'train_timm.sh'), *args], tmp_path)
+    run = tmp_path / 'finetune'
+    state = _state(run / 'last.pth.tar')
+    for key, value in base.state_dict().items():
+        if not key.startswith('fc.') and 'running_' not in key and 'num_batches' not in key:
+            torch.testing.assert_close(state['trunk.' + key], value, msg=key)
+    assert state['head.fc.3.weight'].shape == (3, 96)

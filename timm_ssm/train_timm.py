@@ -216,14 +216,14 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _env() -> Dict[str, str]:
-    """Environment of the children: this timm_ssm importable from anywhere (torchrun starts fresh interpreters)."""
-    env = dict(os.environ)
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    paths = env.get('PYTHONPATH', '').split(os.pathsep) if env.get('PYTHONPATH') else []
-    if package_parent not in paths:
-        env['PYTHONPATH'] = os.pathsep.join([package_parent, *paths])
-    return env
+def _call(cmd: List[str], **kwargs) -> int:
+    """Run a command to its end; Ctrl-C reaches it too, and it decides (train.py stops after saving)."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            pass
 
 
 def _print_command(cmd: List[str]):
@@ -253,7 +253,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         return _error(str(e))
     if opts.help:
-        return subprocess.call(build_command(LaunchOptions(), train_py, ['--help']), env=_env())
+        return _call(build_command(LaunchOptions(), train_py, ['--help']))
 
     config = _option_value(args, '-c', '--config')
     if config is not None and not os.path.isfile(config):
@@ -286,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _print_command(cmd)
     if opts.dry_run:
         return 0
-    return subprocess.call(cmd, env=_env())
+    os.execv(cmd[0], cmd)  # train.py (or torchrun) in this process: signals and exit code are its own
 
 
 def _default_run(opts: LaunchOptions, train_py: Path, user_args: List[str], device: str) -> int:
@@ -312,7 +312,7 @@ def _default_run(opts: LaunchOptions, train_py: Path, user_args: List[str], devi
     _print_command(cmd)
     if opts.dry_run:
         return 0
-    code = subprocess.call(cmd, env=_env())
+    code = _call(cmd)
     if code != 0:
         return code
     return _report(run_dir)
@@ -348,7 +348,7 @@ def _report(run_dir: Path) -> int:
         cmd.append('--use-ema')  # train.py's best metric was the EMA weights'
     _print_command(cmd)
     with open(eval_table, 'w') as f:
-        code = subprocess.call(cmd, env=_env(), stdout=f)
+        code = _call(cmd, stdout=f)
     if code != 0:
         return code
     with open(eval_json) as f:
