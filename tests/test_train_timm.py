@@ -160,9 +160,11 @@ def test_version_mismatch_warning_and_dry_run(fake_timm_root, capsys, caplog):
 def test_default_run_command(fake_timm_root, tmp_path, capsys, monkeypatch):
     """No data set: Fashion-MNIST is prepared and the user's arguments come last, so they override."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist', lambda: tmp_path / 'fm')  # tested on its own
     assert train_timm.main(['--dry-run', '--epochs', '1', '--experiment', 'quick']) == 0
     out = capsys.readouterr().out
+    assert '+ OMP_NUM_THREADS=1' in out  # on CPU, unless the user sets it
     command = out.strip().splitlines()[-1]
     args = command.split(' ')
     assert args[:4] == ['+', sys.executable, '-m', 'timm_ssm.launch']
@@ -198,7 +200,7 @@ def test_report_of_a_run(tmp_path, capsys):
     assert train_timm._report(run) == 0
     out = capsys.readouterr().out
     result = json.loads((run / 'eval_validation.json').read_text())['models'][0]
-    assert result['checkpoint'] == str(run / 'model_best.pth.tar')
+    assert result['checkpoint'] == str(run / 'last.pth.tar')
     lines = out.splitlines()
     averaged = next(line for line in lines if line.strip().startswith('averaged (model output)'))
     assert float(averaged.split()[-1]) == pytest.approx(result['top1'], abs=0.005)
@@ -206,5 +208,5 @@ def test_report_of_a_run(tmp_path, capsys):
     for head, width in zip(result['heads'], (24, 48, 72, 96)):  # test_resnet: 96 features in 4 groups
         line = next(line for line in lines if line.strip().startswith(f'{head["name"]} (channels 0-{width - 1})'))
         assert float(line.split()[-1]) == pytest.approx(head['top1'], abs=0.005)
-    assert f'best checkpoint:        {run / "model_best.pth.tar"}' in out
+    assert f'last checkpoint:        {run / "last.pth.tar"}' in out
     assert 'FC4' in (run / 'eval_validation.txt').read_text()  # the evaluator's full table
