@@ -109,7 +109,7 @@ def train(args, model: str, seed: int, data_dir: str, runs: str) -> Dict[str, fl
     seconds = time.perf_counter() - start
     if code != 0 or not _finished(run_dir, args.epochs):
         sys.exit(f'{name}: train.py failed (exit code {code}), see {os.path.join(runs, name + ".log")}')
-    result = dict(seconds=round(seconds, 1), load=os.getloadavg()[0])
+    result = dict(seconds=round(seconds, 1), load=os.getloadavg()[0])  # the load others put on shared cores too
     with open(timing, 'w') as f:
         json.dump(result, f)
     print(f'{name}: {seconds / 60:.1f} min', flush=True)
@@ -215,12 +215,10 @@ def main(argv: Optional[List[str]] = None):
     runs = os.path.join(out, 'runs')
     os.makedirs(runs, exist_ok=True)
     models = [args.model, f'{args.model}_ssm']
-    loads = [os.getloadavg()[0]]
     timings = {m: [] for m in models}
     for seed in args.seeds:
         for model in models:
             timings[model].append(train(args, model, seed, data_dir, runs))
-            loads.append(timings[model][-1]['load'])
     results = {}
     eval_start = time.perf_counter()
     for model in models:
@@ -230,8 +228,9 @@ def main(argv: Optional[List[str]] = None):
     total = sum(t['seconds'] for m in models for t in timings[m]) + time.perf_counter() - eval_start
     hardware = _hardware(args.device)
     if not args.device.startswith('cuda'):
+        loads = [t['load'] for m in models for t in timings[m]]
         hardware += (f', OMP_NUM_THREADS={args.threads}; 1-minute load average {min(loads):.1f}-{max(loads):.1f} '
-                     f'during the runs')
+                     f'at the end of the training runs')
     table = markdown(args, results, timings, total, hardware)
     with open(os.path.join(out, 'results.md'), 'w') as f:
         f.write(table + '\n')

@@ -131,6 +131,7 @@ def test_evaluate_against_reference(image_folder, tmp_path):
         (tmp_path / f'run{i}').mkdir()
         _train_checkpoint(model, name, checkpoints[-1])
 
+    saved = [open(c, 'rb').read() for c in checkpoints]
     out = tmp_path / 'out'
     # the model names come from the checkpoints' train.py args; a folder stands for its model_best.pth.tar
     result = main([
@@ -190,6 +191,8 @@ def test_evaluate_against_reference(image_folder, tmp_path):
     assert rows[4]['output'] == 'averaged' and float(rows[4]['top1']) == result['models'][0]['top1']
     assert rows[-1]['output'] == 'ensemble'
     assert (out / 'r.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert sorted(p.name for p in out.iterdir()) == ['r.csv', 'r.json', 'r.png']  # nothing else written
+    assert [open(c, 'rb').read() for c in checkpoints] == saved
 
 
 def test_evaluate_local_dir(image_folder, tmp_path):

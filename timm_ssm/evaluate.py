@@ -66,6 +66,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.models import create_model, load_checkpoint
@@ -137,20 +138,21 @@ class SplitMetrics:
         shifted = output - output.amax(-1, keepdim=True)
         exp = shifted.exp()
         total = exp.sum(-1, keepdim=True)
-        log_prob = shifted - total.log()
+        log_total = total.log()  # log-probabilities are shifted - log_total
         prob = exp / total
-        top = log_prob.topk(max(k, 2), dim=-1)
+        top = shifted.topk(max(k, 2), dim=-1)
         head_hits = top.indices[..., :k] == target[:, None, None]  # (B, n, k)
         prob_avg = prob.mean(1)
-        top_prob = top.values[..., :2].exp()
+        top_log_prob = top.values[..., :2] - log_total
+        top_prob = top_log_prob.exp()
         choice = torch.stack([
-            top.values[..., 0].argmax(1),  # max_prob
-            (prob * log_prob).sum(-1).argmax(1),  # min_entropy: the maximum of minus the entropy
+            top_log_prob[..., 0].argmax(1),  # max_prob
+            ((prob * shifted).sum(-1) - log_total[..., 0]).argmax(1),  # min_entropy: max of minus the entropy
             (top_prob[..., 0] - top_prob[..., 1]).argmax(1),  # max_margin
         ], 1)  # (B, len(_HEAD_RULES))
         chosen_hits = head_hits.gather(1, choice[..., None].expand(-1, -1, k))  # (B, len(_HEAD_RULES), k)
         # mean probabilities are below 1 and so only order classes with equal votes
-        votes = F.one_hot(top.indices[..., 0], self.num_classes).sum(1) + prob_avg
+        votes = prob_avg.scatter_add(1, top.indices[..., 0], torch.ones_like(top.values[..., 0]))
         combined_hits = torch.stack([_hits(logits, target, k), _hits(votes, target, k), _hits(prob_avg, target, k)], 1)
 
         head1 = head_hits[..., 0]
@@ -247,6 +249,7 @@ def evaluate(
         amp_autocast=suppress,
         channels_last: bool = False,
         progress: Optional[bool] = None,
+        warmup: Optional[torch.Tensor] = None,
 ) -> Dict[str, Any]:
     """One pass of a loader through one or more models.
 
@@ -257,13 +260,13 @@ def evaluate(
         amp_autocast: Context manager of the forward passes.
         channels_last: Feed channels-last images.
         progress: Show a progress bar; None shows one only on a terminal.
+        warmup: A batch of images that goes through the models and the metrics before the timed pass (as in
+            validate.py), so that one-time set-up is not timed.
 
     Returns:
         `models`: the accuracy part of each model's entry of the JSON schema (module docstring), `ensemble`,
         `num_samples`, `throughput` and `seconds`.
     """
-    from tqdm import tqdm
-
     param = next(models[0].parameters(), None)
     device = device or (param.device if param is not None else 'cpu')
     metrics = []
@@ -272,8 +275,7 @@ def evaluate(
         metrics.append(SplitMetrics(model.num_classes, head.num_splits if head is not None else None, device))
     ensemble = SplitMetrics(models[0].num_classes, None, device) if len(models) > 1 else None
 
-    start = time.perf_counter()
-    for images, target in tqdm(loader, desc='eval', unit='batch', disable=None if progress is None else not progress):
+    def _step(images, target, metrics, ensemble):
         images = images.to(device, non_blocking=True)  # no-op when timm's prefetcher has moved the batch
         target = target.to(device, non_blocking=True)
         if channels_last:
@@ -285,6 +287,15 @@ def evaluate(
             outputs.append(metric.update(output, target))
         if ensemble is not None:
             ensemble.update(torch.stack(outputs).mean(0), target)
+
+    if warmup is not None:
+        scratch = [SplitMetrics(m.num_classes, m.num_splits, device) for m in metrics]
+        target = torch.randint(0, models[0].num_classes, warmup.shape[:1])
+        _step(warmup, target, scratch, SplitMetrics(models[0].num_classes, None, device) if ensemble else None)
+
+    start = time.perf_counter()
+    for images, target in tqdm(loader, desc='eval', unit='batch', disable=None if progress is None else not progress):
+        _step(images, target, metrics, ensemble)
     seconds = time.perf_counter() - start
 
     results = dict(
@@ -551,9 +562,13 @@ def plot_results(result: Dict[str, Any], path: str):
             "--plot needs matplotlib: pip install 'timm-ssm[analysis]' (or pip install matplotlib).") from e
 
     models = result['models']
-    fig, axes = plt.subplots(1, len(models), figsize=(1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)
-                                                      * len(models), 4), squeeze=False)
-    for ax, m in zip(axes[0], models):
+    cols = min(3, len(models))
+    rows = -(-len(models) // cols)
+    width = 1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, models):
         names = [h['name'] for h in m['heads']] + ['avg']
         values = [h['top1'] for h in m['heads']] + [m['top1']]
         colors = ['tab:blue'] * len(m['heads']) + ['tab:orange']
@@ -563,10 +578,13 @@ def plot_results(result: Dict[str, Any], path: str):
             colors.append('tab:green')
         bars = ax.bar(names, values, color=colors)
         ax.bar_label(bars, fmt='%.1f', fontsize=8)
-        ax.set_ylim(0, min(100, max(values) * 1.12 + 1))
+        ax.set_ylim(0, min(105, max(values) * 1.12 + 1))  # room for the labels above the bars
         ax.set_ylabel('top-1 accuracy (%)')
-        ax.set_title(m['model'] if not m['checkpoint'] else f'{m["model"]}\n{os.path.basename(m["checkpoint"])}',
-                     fontsize=9)
+        title = m['model']
+        if m['checkpoint']:
+            checkpoint = os.path.abspath(m['checkpoint'])
+            title += '\n' + os.path.join(os.path.basename(os.path.dirname(checkpoint)), os.path.basename(checkpoint))
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     _atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
     plt.close(fig)
@@ -662,11 +680,6 @@ def run(args) -> Dict[str, Any]:
     )
     if args.channels_last:
         models = [m.to(memory_format=torch.channels_last) for m in models]
-    with torch.inference_mode(), amp_autocast():
-        # warm-up, as validate.py, so that the timed pass does not include one-time set-up
-        warm = torch.randn((args.batch_size,) + tuple(data_config['input_size']), device=device)
-        for m in models:
-            m(warm)
     results = evaluate(
         models,
         loader,
@@ -674,6 +687,7 @@ def run(args) -> Dict[str, Any]:
         amp_autocast=amp_autocast,
         channels_last=args.channels_last,
         progress=False if args.no_progress else None,
+        warmup=torch.randn((args.batch_size,) + tuple(data_config['input_size'])),
     )
 
     out = dict(
