@@ -8,8 +8,8 @@ The first n - 1 prefixes pass BatchNorm1d + ReLU (paper text, Figure 1 and the 2
 Table 4; `norm_all=True` normalizes all n as in Algorithm 1), each sub-classifier is one Linear, and the
 output is the mean of the n logits.
 
-All normalized prefixes go through one BatchNorm1d over their concatenation, and the mean of the n
-sub-classifiers accumulates into one output, without materializing the n logits.
+All normalized prefixes go through one BatchNorm1d over their concatenation, and the n sub-classifiers
+accumulate into one output, without materializing the n logits.
 """
 from typing import Callable, List, Optional
 
@@ -139,17 +139,18 @@ class SplitShareHead(nn.Module):
         if pre_logits or self.num_classes <= 0:
             return x
         z = self._normalized(x)
-        # the mean of the sub-classifiers accumulates into one output, without materializing n logits
-        out = torch.stack([fc.bias for fc in self.fc]).mean(0)
+        # the sub-classifiers accumulate into one output (no n logits to stack); dividing once at the end keeps
+        # the backward pass free of per-layer scaling
+        out = torch.stack([fc.bias for fc in self.fc]).sum(0)
         start = 0
         for i, fc in enumerate(self.fc):
             width = self.widths[i]
             if i < self.num_norm:
-                out = torch.addmm(out, z[:, start:start + width], fc.weight.t(), alpha=1. / self.num_splits)
+                out = torch.addmm(out, z[:, start:start + width], fc.weight.t())
                 start += width
             else:
-                out = torch.addmm(out, x, fc.weight.t(), alpha=1. / self.num_splits)
-        return out
+                out = torch.addmm(out, x, fc.weight.t())
+        return out / self.num_splits
 
 
 class IndividualLoss(nn.Module):
