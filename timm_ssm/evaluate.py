@@ -65,7 +65,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from timm.data import create_dataset, create_loader, resolve_data_config
@@ -73,6 +72,7 @@ from timm.models import create_model, load_checkpoint
 from timm.utils import ParseKwargs, setup_default_logging
 
 from .head import SplitShareHead
+from .profile import count_params, head_macs, model_macs
 
 __all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'model_complexity', 'main']
 
@@ -206,38 +206,25 @@ def _split_head(model: nn.Module) -> Optional[SplitShareHead]:
     return None
 
 
-def model_complexity(model: nn.Module, input_size: Sequence[int], device=None) -> Dict[str, Optional[int]]:
+def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Optional[int]]:
     """Parameters and multiply-adds of one image (Table 4).
 
     Args:
         model: A timm model, with or without a Split-and-Share head.
         input_size: (C, H, W) of one image.
-        device: Where to run the counting pass, the model's device if None.
 
     Returns:
         `param_count`, `head_param_count`, `macs` (counted by torch.utils.flop_counter in one forward pass) and
-        `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of a Linear classifier).
+        `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of Linear classifiers).
     """
-    param = next(model.parameters(), None)
-    device = device or (param.device if param is not None else 'cpu')
-    dtype = param.dtype if param is not None else torch.float32
     head = _split_head(model)
     classifier = head if head is not None else model.get_classifier() if hasattr(model, 'get_classifier') else None
-    head_macs = None
-    if head is not None:
-        head_macs = sum(head.widths) * head.num_classes
-    elif isinstance(classifier, nn.Linear):
-        head_macs = classifier.in_features * classifier.out_features
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros((1,) + tuple(input_size), device=device, dtype=dtype))
-    model.train(was_training)
+    classifier = classifier if isinstance(classifier, nn.Module) else None
     return dict(
-        param_count=sum(p.numel() for p in model.parameters()),
-        head_param_count=sum(p.numel() for p in classifier.parameters()) if classifier is not None else None,
-        macs=counter.get_total_flops() // 2,
-        head_macs=head_macs,
+        param_count=count_params(model),
+        head_param_count=count_params(classifier) if classifier is not None else None,
+        macs=model_macs(model, input_size),
+        head_macs=head_macs(classifier) if classifier is not None else None,
     )
 
 
@@ -649,7 +636,7 @@ def run(args) -> Dict[str, Any]:
         if other != data_config:
             _logger.warning(f'{spec["model"]} has another data config ({other}): all models see the data of the '
                             f'first one ({data_config}).')
-    complexity = [model_complexity(m, data_config['input_size'], device) for m in models]
+    complexity = [model_complexity(m, data_config['input_size']) for m in models]
 
     root = args.data or args.data_dir
     dataset = create_dataset(

@@ -36,11 +36,11 @@ def head_macs(head: nn.Module) -> int:
 
 def model_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Multiply-adds of one forward pass per image, counted by PyTorch's FLOP counter (FLOPs / 2)."""
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.empty(1, *input_size, device=device))
+        model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
     model.train(was_training)
     return counter.get_total_flops() // 2
 
