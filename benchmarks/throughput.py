@@ -1,7 +1,7 @@
 """ Throughput of an SSM model against its baseline, and of the SSM head against the plain per-head reference
 
 Measured side by side in one run: the two models (or heads) alternate within every round, so load from
-other processes hits both alike, and the printed ratios compare medians over the rounds.
+other processes hits both alike; the printed ratio is the median of the per-round ratios, with their range.
 
     python benchmarks/throughput.py                              # resnet50 vs resnet50_ssm, CPU, 224 px
     python benchmarks/throughput.py --device cuda --amp --channels-last -b 256
@@ -54,7 +54,8 @@ def _timed(fn, steps, device):
 
 
 def compare(name_a, step_a, name_b, step_b, samples, steps, rounds, device):
-    """Median samples/s of two step functions, alternating within each round."""
+    """Samples/s of two step functions alternating within each round: medians, and the median and range of the
+    per-round ratios b / a (a round's two timings share the machine's state, so their ratio varies least)."""
     for fn in (step_a, step_b):  # warm-up (and compilation)
         _timed(fn, 2, device)
     times = {name_a: [], name_b: []}
@@ -62,8 +63,9 @@ def compare(name_a, step_a, name_b, step_b, samples, steps, rounds, device):
         order = [(name_a, step_a), (name_b, step_b)]
         for name, fn in order if r % 2 == 0 else reversed(order):
             times[name].append(_timed(fn, steps, device))
+    ratios = [t_a / t_b for t_a, t_b in zip(times[name_a], times[name_b])]
     rate = {k: samples * steps / statistics.median(v) for k, v in times.items()}
-    return rate[name_a], rate[name_b], rate[name_b] / rate[name_a]
+    return rate[name_a], rate[name_b], statistics.median(ratios), min(ratios), max(ratios)
 
 
 def main():
@@ -125,10 +127,10 @@ def main():
     rows.append(('head train step', *compare(*head_fns[0], *head_fns[1], args.head_batch_size, head_steps,
                                               args.rounds, device)))
 
-    print(f'| {"mode":<16} | {"baseline (img/s)":>18} | {"SSM (img/s)":>14} | {"ratio":>6} |')
-    print(f'|{"-" * 18}|{"-" * 20}:|{"-" * 15}:|{"-" * 7}:|')
-    for mode, base, ssm, ratio in rows:
-        print(f'| {mode:<16} | {base:18.1f} | {ssm:14.1f} | {ratio:6.3f} |')
+    print(f'| {"mode":<16} | {"baseline (img/s)":>18} | {"SSM (img/s)":>14} | {"ratio":>6} | {"round ratios":>13} |')
+    print(f'|{"-" * 18}|{"-" * 20}:|{"-" * 15}:|{"-" * 7}:|{"-" * 15}:|')
+    for mode, base, ssm, ratio, low, high in rows:
+        print(f'| {mode:<16} | {base:18.1f} | {ssm:14.1f} | {ratio:6.3f} | {low:5.3f} - {high:5.3f} |')
     print('(head train step: baseline = the plain per-head reference, SSM = SplitShareHead; samples/s)')
 
 
