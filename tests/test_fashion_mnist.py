@@ -1,7 +1,6 @@
 """Fashion-MNIST prepared from the real files into the layout timm's `torch/fashion_mnist` reader reads."""
 import gzip
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
 
 import timm
 import timm_ssm

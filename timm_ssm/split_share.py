@@ -12,7 +12,6 @@ logits equal the original model's until it is trained.
 import dataclasses
 import logging
 import re
-from collections import deque
 from typing import Any, Callable, Dict, Optional, Set, Union
 
 import torch
