@@ -13,12 +13,12 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 if __package__ in (None, ''):  # run as a script: import this checkout's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from huggingface_hub import HfApi, constants, get_token
+from huggingface_hub import CommitInfo, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
@@ -97,14 +97,26 @@ class HubError(Exception):
     """The Hub could not be reached or refused a request."""
 
 
+def _transport_errors() -> Tuple[type, ...]:
+    """Errors of reaching the Hub: OSError, and the errors of the HTTP client that huggingface_hub uses (requests
+    before its 1.0, httpx or httpx2 after), of those clients that are imported."""
+    errors = [OSError]
+    for module, name in (('requests', 'RequestException'), ('httpx', 'HTTPError'), ('httpx2', 'HTTPError')):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            errors.append(error)
+    return tuple(errors)
+
+
 @contextmanager
 def _hub_errors(action: str):
+    """Report huggingface_hub's HTTP errors and those of reaching the Hub as HubError; let any other error raise."""
     try:
         yield
-    except ExportError:
-        raise
-    except Exception as e:  # errors of huggingface_hub and of the HTTP client it uses (requests, httpx)
-        if isinstance(e, HfHubHTTPError) or getattr(e, 'response', None) is not None:
+    except HfHubHTTPError as e:
+        raise HubError(f'the Hub refused to {action}: {e}') from e
+    except _transport_errors() as e:
+        if getattr(e, 'response', None) is not None:  # an HTTP error status of the client itself
             raise HubError(f'the Hub refused to {action}: {e}') from e
         raise HubError(f'cannot reach the Hub at {constants.ENDPOINT} to {action}: {type(e).__name__}: {e}') from e
 
@@ -136,7 +148,7 @@ def push_folder(
         private: bool = False,
         revision: Optional[str] = None,
         overwrite_card: bool = False,
-):
+) -> Tuple[CommitInfo, bool]:
     """Upload an export folder as `timm.models.push_to_hf_hub` does, keeping a README.md already on the Hub.
 
     Args:
