@@ -36,8 +36,10 @@ _HUB_DATASETS = {
     'torch/cifar100': 'uoft-cs/cifar100',
     'torch/imagenet': 'imagenet-1k',
 }
-# train.py arguments that hold paths of the machine it ran on: left out of a published card
-_LOCAL_ARGS = ('data_dir', 'output', 'resume', 'initial_checkpoint', 'pretrained_path', 'class_map', 'config')
+# train.py arguments that hold paths of the machine it ran on: left out of a published card (`data`: the
+# deprecated positional data folder)
+_LOCAL_ARGS = (
+    'data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'pretrained_path', 'class_map', 'config')
 
 
 def hub_dataset_id(dataset: Optional[str]) -> Optional[str]:
@@ -65,8 +67,17 @@ def _results(run: Run, data_config: Dict[str, Any]) -> str:
             f'{len(rows)} epochs: {_fmt(rows[-1].get("train_loss", float("nan")), 4)}.\n')
     rows = [r for r in rows if 'eval_top1' in r]
     metric = run.args.get('eval_metric') or 'top1'
-    key = f'eval_{metric}' if f'eval_{metric}' in rows[0] else 'eval_top1'
-    best = (min if metric == 'loss' else max)(rows, key=lambda r: r[key])  # first best, as train.py keeps it
+    if f'eval_{metric}' not in rows[0]:
+        metric = 'top1'  # the run's --eval-metric is not in summary.csv: rank by what is there
+    best = (min if metric == 'loss' else max)(rows, key=lambda r: r[f'eval_{metric}'])  # first best, as train.py
+    # the published weights' own epoch: after --resume, train.py's checkpoint saver starts over, and its
+    # model_best.pth.tar may not be summary.csv's best epoch
+    published = [r for r in rows if run.epoch is not None and int(r['epoch']) == run.epoch][-1:]
+    table = [('Final', rows[-1])]
+    if published and int(best['epoch']) == run.epoch:
+        table.append((f'Published weights, best by {metric}', best))
+    else:
+        table += [('Published weights', r) for r in published] + [(f'Best (by {metric})', best)]
     columns = [('Top-1 (%)', 'eval_top1', 2), ('Top-5 (%)', 'eval_top5', 2), ('Eval loss', 'eval_loss', 4)]
     columns = [c for c in columns if c[1] in rows[0]]
     h, w = data_config['input_size'][1:]
@@ -77,12 +88,13 @@ def _results(run: Run, data_config: Dict[str, Any]) -> str:
         f'(`summary.csv`, {len(rows)} evaluated epoch{"s" if len(rows) > 1 else ""}; epochs count from 0):\n\n')
     text += '| | Epoch | ' + ' | '.join(c[0] for c in columns) + ' |\n'
     text += '|---|---:|' + '---:|' * len(columns) + '\n'
-    for label, row in (('Final', rows[-1]), (f'Best (by {metric})', best)):
+    for label, row in table:
         text += f'| {label} | {int(row["epoch"])} | ' + ' | '.join(_fmt(row[c[1]], c[2]) for c in columns) + ' |\n'
     weights = f'`{run.checkpoint.name}`'
     if run.epoch is not None:
         weights += f', epoch {run.epoch}'
-    text += f'\nThe published weights: {weights}{", EMA weights" if run.ema else ""}.\n'
+    text += f'\nThe published weights: {weights}{", EMA weights" if run.ema else ""}'
+    text += '.\n' if published else ' (`summary.csv` has no evaluation of their epoch).\n'
     if run.args.get('model_ema') and not run.args.get('model_ema_force_cpu'):
         text += (
             '\nThe run used model EMA, and train.py then reports the EMA weights\' accuracy'
@@ -93,9 +105,10 @@ def _results(run: Run, data_config: Dict[str, Any]) -> str:
 def _sub_classifiers(run: Run, evaluation: Dict[str, Any], source: str) -> str:
     data = evaluation['data']
     h, w = data['input_size'][1:]
+    weights = ('; the EMA weights' if evaluation.get('use_ema') else '; the non-EMA weights') if run.has_ema else ''
     text = (
         f'\n## Sub-classifiers\n\nMeasured by `python -m timm_ssm.evaluate` on the `{data.get("split")}` split of '
-        f'`{data.get("dataset") or "an image folder"}` ({data.get("num_samples")} images at {h} x {w}; '
+        f'`{data.get("dataset") or "an image folder"}` ({data.get("num_samples")} images at {h} x {w}{weights}; '
         f'`{Path(source).name}`). Sub-classifier FCj sees the first j groups of channels; the model\'s output is '
         f'their average; the oracle counts an image when any sub-classifier is right (an upper bound, it needs the '
         f'label); the label-free rules pick or combine sub-classifiers per image without it.\n\n'
@@ -107,9 +120,6 @@ def _sub_classifiers(run: Run, evaluation: Dict[str, Any], source: str) -> str:
         text += f'| Oracle: any sub-classifier right | | {_fmt(evaluation["oracle"]["top1"])} | |\n'
     for rule, result in (evaluation.get('selection') or {}).items():
         text += f'| Label-free: {rule} | | {_fmt(result["top1"])} | {_fmt(result["top5"])} |\n'
-    if run.has_ema:
-        text += ('\nThe checkpoint has EMA weights, and the evaluation\'s JSON does not say whether it used them '
-                 '(`--use-ema`).\n')
     return text
 
 

@@ -20,23 +20,27 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 import yaml
+from huggingface_hub.errors import HfHubHTTPError
 
 import timm
 from timm.data import create_dataset, resolve_input_data_config
-from timm.models import clean_state_dict, save_for_hf
+from timm.models import clean_state_dict, load_model_config_from_hf, parse_model_name, save_for_hf
+from timm.models._hub import load_model_config_from_path  # local-dir: configs; timm has no public name for it
 
 import timm_ssm
 
 __all__ = [
-    'ExportError', 'Run', 'load_run', 'create_run_model', 'run_data_config', 'find_label_names', 'find_eval_results',
-    'prepare_pretrained_cfg', 'write_export', 'CHECKPOINT_NAME', 'EXPORT_FILES',
+    'ExportError', 'Run', 'load_run', 'source_config', 'create_run_model', 'base_weights', 'run_data_config',
+    'find_label_names', 'find_eval_results', 'prepare_pretrained_cfg', 'write_export', 'CHECKPOINT_NAME',
+    'EXPORT_FILES',
 ]
 
 CHECKPOINT_NAME = 'model_best.pth.tar'
 EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md')
 
-# pretrained cfg fields that describe the architecture's registered weights, not the weights of this run
-_SOURCE_FIELDS = ('tag', 'description', 'origin_url', 'paper_name', 'paper_ids', 'notes')
+# pretrained cfg fields that describe the weights the model was registered or loaded with, not those of this run
+_SOURCE_FIELDS = (
+    'tag', 'description', 'origin_url', 'paper_name', 'paper_ids', 'notes', 'label_names', 'label_descriptions')
 
 
 class ExportError(Exception):
@@ -53,7 +57,6 @@ class Run:
     summary: List[Dict[str, float]] = field(default_factory=list)  # rows of summary.csv
     summary_file: Optional[Path] = None
     epoch: Optional[int] = None
-    metric: Optional[float] = None
     ema: bool = False  # state_dict holds the EMA weights
     has_ema: bool = False  # the checkpoint has EMA weights
 
@@ -172,7 +175,6 @@ def load_run(path: Union[str, Path], checkpoint: Optional[str] = None, ema: bool
     if summary_file.is_file():
         run.summary, run.summary_file = _read_summary(summary_file), summary_file
     run.epoch = raw.get('epoch') if isinstance(raw.get('epoch'), int) else None
-    run.metric = raw.get('metric') if isinstance(raw.get('metric'), (int, float)) else None
     return run
 
 
@@ -210,12 +212,42 @@ def _check_keys(model: nn.Module, state_dict: Dict[str, torch.Tensor], what: str
             f'--model-kwargs.')
 
 
+def source_config(name: str, where: str) -> Optional[Tuple[Dict[str, Any], str, Dict[str, Any]]]:
+    """The pretrained cfg, architecture and model arguments in the `config.json` of an `hf-hub:` or `local-dir:`
+    model name, as `timm.create_model` reads them (`hf-hub:` from the Hugging Face cache where train.py left it,
+    else from the Hub); None for a name of timm's registry.
+
+    Args:
+        name: A model name as train.py's --model takes it.
+        where: Where the name comes from, for error messages.
+    """
+    try:
+        source, model_id = parse_model_name(name)
+    except ValueError as e:
+        raise ExportError(f'{name} (from {where}) is not a model name: {e}') from None
+    if source is None:
+        return None
+    try:
+        if source == 'hf-hub':
+            return load_model_config_from_hf(model_id)
+        return load_model_config_from_path(model_id)
+    except (OSError, ValueError, KeyError, TypeError, HfHubHTTPError) as e:
+        raise ExportError(
+            f'Cannot read the architecture of {name} (from {where}) from its config.json ({type(e).__name__}: '
+            f'{e}). A run fine-tuned from hf-hub: weights needs their config.json, which train.py downloaded into '
+            f'the Hugging Face cache: run where it ran, or pass the architecture with --model <arch>_ssm and its '
+            f'options with --model-kwargs (e.g. num_classes=10 num_splits=4).') from e
+
+
 def create_run_model(
         run: Run,
         model_name: Optional[str] = None,
         model_kwargs: Optional[Dict[str, Any]] = None,
 ) -> nn.Module:
     """Build the run's model as `train.py` did and load the checkpoint's weights into it (eval mode).
+
+    An `hf-hub:` or `local-dir:` model name (a run fine-tuned from published weights) is built from its
+    `config.json`: its architecture and model arguments, under those of the run.
 
     Args:
         run: The run.
@@ -228,12 +260,16 @@ def create_run_model(
             f'{run.checkpoint} comes with no train.py arguments (no args.yaml next to it, none saved in it): name '
             f'its architecture with --model, and its options with --model-kwargs (e.g. num_classes=10 '
             f'num_splits=4).')
+    where = run.args_source if not model_name else '--model'
+    source = source_config(name, where)
+    arch = source[1] if source else name
     try:
-        timm_ssm.base_model_name(name)
+        timm_ssm.base_model_name(arch)
     except ValueError:
+        what = f'{name} (architecture {arch} in its config.json)' if source else name
         raise ExportError(
-            f'{name} (from {run.args_source if not model_name else "--model"}) is not an SSM model: this tool '
-            f'publishes models with a Split-and-Share head, <arch>_ssm (e.g. {name.split(".")[0]}_ssm).') from None
+            f'{what} (from {where}) is not an SSM model: this tool publishes models with a Split-and-Share head, '
+            f'<arch>_ssm (e.g. {arch.split(".")[0]}_ssm).') from None
     kwargs = _model_kwargs(run.args)
     kwargs.update(model_kwargs or {})
     what = f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())}) from {run.args_source}'
@@ -244,6 +280,40 @@ def create_run_model(
     _check_keys(model, run.state_dict, what)
     model.load_state_dict(run.state_dict)
     return model.eval()
+
+
+def base_weights(run: Run, model: nn.Module, license: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """The Hub id of the pretrained weights the run started from (train.py's --pretrained), and the export's license.
+
+    For `--model hf-hub:ORG/NAME`: `ORG/NAME`, and the license in its `config.json`; for `local-dir:`, no Hub id
+    and the license in its `config.json`; for an architecture of timm's registry, the Hub id and license of its
+    pretrained cfg (`model`'s). The Hub id is None when the weights came from a file (--pretrained-path) or for a run
+    trained from scratch.
+
+    Args:
+        run: The run.
+        model: The run's model, as `create_run_model` built it.
+        license: The export's license, instead of that of the weights the run started from (else apache-2.0).
+    """
+    args = run.args
+    if not args.get('pretrained'):
+        return None, license or 'apache-2.0'
+    name = args.get('model') or ''
+    try:
+        source, model_id = parse_model_name(name)
+    except ValueError:
+        source, model_id = None, name  # not a name timm takes: create_run_model was told the architecture
+    if source is None:
+        hub_id, base_license = model.pretrained_cfg.get('hf_hub_id'), model.pretrained_cfg.get('license')
+    else:
+        hub_id = model_id.partition('@')[0] if source == 'hf-hub' else None  # without a revision
+        base_license = None
+        if not license:
+            try:
+                base_license = source_config(name, run.args_source)[0].get('license')
+            except ExportError as e:
+                raise ExportError(f'{e} Or pass the weights\' license with --license.') from e
+    return (None if args.get('pretrained_path') else hub_id), license or base_license or 'apache-2.0'
 
 
 def run_data_config(run: Run, model: nn.Module) -> Dict[str, Any]:
@@ -292,7 +362,7 @@ def find_label_names(
             raise ExportError(
                 f'--label-names {label_file} has {len(names)} names, but the model has {num_classes} classes.')
         return names, f'{num_classes} from {label_file}'
-    dataset, root = run.args.get('dataset') or '', run.args.get('data_dir')
+    dataset, root = run.args.get('dataset') or '', run.args.get('data_dir') or run.args.get('data')
     prefix = dataset.partition('/')[0].lower() if '/' in dataset else ''
     if prefix not in ('', 'torch'):
         return None, f'none (not read from {dataset} data sets; pass --label-names FILE)'
@@ -334,7 +404,8 @@ def find_eval_results(
     """Per-sub-classifier results of `python -m timm_ssm.evaluate --json` for the exported checkpoint.
 
     From `eval_json` when given, else from a `*.json` in the checkpoint's folder that `timm_ssm.evaluate` wrote
-    for a checkpoint of the same file name.
+    for a checkpoint of the same file name, after it (train.py overwrites model_best.pth.tar as training goes on).
+    Either way, of the weights exported: EMA or not (the JSON's `use_ema`).
 
     Args:
         run: The run.
@@ -347,8 +418,11 @@ def find_eval_results(
         where it came from or why there is none.
     """
     paths = [Path(eval_json)] if eval_json else sorted(run.checkpoint.parent.glob('*.json'))
+    weights = 'EMA weights' if run.ema else 'weights' if not run.has_ema else 'non-EMA weights'
     for path in paths:
         try:
+            if not eval_json and path.stat().st_mtime < run.checkpoint.stat().st_mtime:
+                continue  # an evaluation of an earlier checkpoint of that name
             result = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             if eval_json:
@@ -358,18 +432,33 @@ def find_eval_results(
             if eval_json:
                 raise ExportError(f'--eval-json {path} is not the --json output of python -m timm_ssm.evaluate.')
             continue
-        entries = [m for m in result['models'] if m['heads']]
+        entries = [m for m in result['models'] if m['heads'] and _of_weights(m, run)]
         found = [m for m in entries if Path(m.get('checkpoint') or '').name == run.checkpoint.name]
         if not found and eval_json and len(entries) == 1:
             found = entries  # the file the user named, with one Split-and-Share model in it
         if len(found) == 1 and (found[0].get('num_classes'), found[0].get('num_splits')) == (num_classes, num_splits):
             return dict(found[0], data=result['data']), f'{path}'
         if eval_json:
+            others = [m for m in result['models'] if m['heads']]
             raise ExportError(
-                f'--eval-json {path} has no evaluation of {run.checkpoint.name} with {num_classes} classes and '
-                f'{num_splits} sub-classifiers (it has: '
-                f'{", ".join(str(m.get("checkpoint") or m.get("model")) for m in entries) or "none"}).')
-    return None, 'none (no python -m timm_ssm.evaluate --json output next to the checkpoint)'
+                f'--eval-json {path} has no evaluation of the {weights} of {run.checkpoint.name} with {num_classes} '
+                f'classes and {num_splits} sub-classifiers (it has: '
+                f'{", ".join(_describe_evaluation(m) for m in others) or "none"}). Evaluate the exported weights '
+                f'with python -m timm_ssm.evaluate --json' + (' --use-ema' if run.ema else '') + '.')
+    return None, (f'none (no python -m timm_ssm.evaluate --json output of the {weights} of the checkpoint next to '
+                  f'it, written after it)')
+
+
+def _of_weights(entry: Dict[str, Any], run: Run) -> bool:
+    """The evaluation is of the weights exported, EMA or not (an entry without `use_ema`, of timm_ssm.evaluate
+    before it recorded it, only for a checkpoint without EMA weights)."""
+    use_ema = entry.get('use_ema', None if run.has_ema else False)
+    return use_ema is not None and bool(use_ema) == run.ema
+
+
+def _describe_evaluation(entry: Dict[str, Any]) -> str:
+    use_ema = {True: ', EMA weights', False: ', non-EMA weights'}.get(entry.get('use_ema'), '')
+    return f'{entry.get("checkpoint") or entry.get("model")}{use_ema}'
 
 
 def prepare_pretrained_cfg(model: nn.Module, license: str):
@@ -403,7 +492,7 @@ def write_export(
     """Write `model.safetensors`, `config.json` and `README.md` to a new folder `out`, all or nothing.
 
     Everything is written to a temporary folder beside `out`, checked, then renamed to `out`. An existing `out`
-    is never touched; on any failure the temporary folder is removed.
+    is never touched; on any failure the temporary folder, and the parent folders created for `out`, are removed.
 
     Args:
         model: The model in eval mode, its `pretrained_cfg` prepared with `prepare_pretrained_cfg`.
@@ -417,10 +506,11 @@ def write_export(
     if out.exists() or out.is_symlink():
         raise ExportError(
             f'{out} already exists: an export never overwrites anything; remove it or pass another --out.')
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # removed again on failure
     tmp = out.parent / f'.{out.name}.{uuid.uuid4().hex[:8]}.partial'
-    tmp.mkdir()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         save_for_hf(
             model,
             tmp,
@@ -439,5 +529,10 @@ def write_export(
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # deepest first; one that something else wrote to stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return out

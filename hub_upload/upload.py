@@ -27,11 +27,12 @@ from timm.utils import ParseKwargs
 
 from hub_upload.card import hub_dataset_id, model_card
 from hub_upload.export import (
-    CHECKPOINT_NAME, ExportError, create_run_model, find_eval_results, find_label_names, load_run,
+    CHECKPOINT_NAME, ExportError, base_weights, create_run_model, find_eval_results, find_label_names, load_run,
     prepare_pretrained_cfg, run_data_config, write_export,
 )
 
 __all__ = ['main', 'check_repo_id', 'check_remote', 'push_folder']
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
                         help='new folder for the export (never overwritten); default: RUN/hub-ORG--NAME for '
                              '--dry-run, a temporary folder for an upload')
     parser.add_argument('--dry-run', action='store_true',
-                        help='write the export and print what would be uploaded, without any network access')
+                        help='write the export and print what would be uploaded; needs no token and sends nothing')
 
     group = parser.add_argument_group('Weights')
     group.add_argument('--checkpoint', metavar='NAME', default=None,
@@ -199,10 +200,7 @@ def _export(args, out: Path) -> str:
     print(f'Label names: {note}')
     evaluation, evaluation_file = find_eval_results(run, model.num_classes, model.head.num_splits, args.eval_json)
     print(f'Sub-classifier results: {evaluation_file}')
-    from_hub = run.args.get('pretrained') and not run.args.get('pretrained_path')
-    base_model = model.pretrained_cfg.get('hf_hub_id') if from_hub else None
-    license = args.license or (model.pretrained_cfg.get('license') if run.args.get('pretrained') else None)
-    license = license or 'apache-2.0'
+    base_model, license = base_weights(run, model, args.license)
     prepare_pretrained_cfg(model, license)
     readme = model_card(
         run,

@@ -32,7 +32,7 @@ from timm.models import load_state_dict
 from timm.utils import CheckpointSaver, ModelEmaV3, update_summary
 
 from hub_server import FakeHub
-from hub_upload import export
+from hub_upload import export, upload
 from hub_upload.upload import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,9 +207,9 @@ def test_model_card_metadata_and_sections(dry_run_export, train_run):
     assert 'datasets' not in meta  # an image folder has no Hub data set
     assert '# Model card for tiny-ssm' in readme
     assert 'Split-and-Share Module' in readme and 'n = 3 groups' in readme
-    # results from summary.csv: final (epoch 2) and best (epoch 1) top-1/top-5
+    # results from summary.csv: final (epoch 2) and best (epoch 1, the published weights) top-1/top-5
     assert re.search(r'\| Final \| 2 \| 60\.00 \| 80\.00 \|', readme)
-    assert re.search(r'\| Best \(by top1\) \| 1 \| 75\.00 \| 95\.00 \|', readme)
+    assert re.search(r'\| Published weights, best by top1 \| 1 \| 75\.00 \| 95\.00 \|', readme)
     assert '`model_best.pth.tar`, epoch 1' in readme
     assert 'these are the non-EMA weights' in readme  # train.py reports the EMA's accuracy when it has one
     # per-sub-classifier accuracies from the analysis tool's JSON
@@ -293,6 +293,7 @@ def test_ema_weights(train_run, tmp_path, capsys):
     assert not torch.equal(tensors['head.fc.0.weight'], states[best]['head.fc.0.weight'])
     readme = (out / 'README.md').read_text()
     assert 'EMA weights' in readme and 'non-EMA' not in readme
+    assert '## Sub-classifiers' not in readme  # eval.json in the folder evaluated the non-EMA weights
     reference = _reference_model(run / 'model_best.pth.tar', use_ema=True)
     local = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     x = torch.randn(2, 1, 48, 48)
@@ -338,6 +339,152 @@ def test_dataset_metadata_license_and_base_model(tmp_path):
     assert meta['license'] == 'mit'
     assert json.loads((out / 'config.json').read_text())['pretrained_cfg']['license'] == 'mit'
 
+
+
+@pytest.fixture
+def base_export(train_run, tmp_path):
+    """A published SSM model to fine-tune from: the module's run exported under the MIT license."""
+    out = tmp_path / 'base'
+    assert main([str(train_run[0]), '--repo-id', 'someone/base-ssm', '--dry-run', '--out', str(out),
+                 '--license', 'mit']) == 0
+    return out
+
+
+def test_fine_tuned_from_hf_hub_ssm_weights(base_export, hub_cache, tmp_path, capsys):
+    hub_cache.put('someone/base-ssm', base_export)
+    # train.py --model hf-hub:someone/base-ssm --pretrained: num_splits and norm_all come from its config.json
+    run = make_run(tmp_path / 'train', ema=False, model='hf-hub:someone/base-ssm', pretrained=True, model_kwargs={})[0]
+    for i, extra in enumerate(([], ['--model', 'test_resnet_ssm', '--model-kwargs', 'num_splits=3', 'norm_all=True'])):
+        out = tmp_path / f'out{i}'
+        assert main([str(run), '--repo-id', 'someone/ft-ssm', '--dry-run', '--out', str(out), *extra]) == 0
+        readme = (out / 'README.md').read_text()
+        meta = _front_matter(readme)
+        assert meta['base_model'] == 'someone/base-ssm'  # not timm's weights of the trunk
+        assert meta['license'] == 'mit'  # the license of the weights it started from
+        assert 'Fine-tuned from [someone/base-ssm](https://huggingface.co/someone/base-ssm)' in readme
+        config = json.loads((out / 'config.json').read_text())
+        assert config['architecture'] == 'test_resnet_ssm'
+        assert config['model_args'] == dict(in_chans=1, num_classes=len(CLASSES), **HEAD)
+        assert config['pretrained_cfg']['license'] == 'mit'
+        assert 'hf_hub_id' not in config['pretrained_cfg']
+
+
+def test_fine_tuned_from_hf_hub_weights_not_in_the_cache(tmp_path, capsys):
+    run = make_run(tmp_path / 'train', ema=False)[0]
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    (run / 'args.yaml').write_text(yaml.safe_dump(
+        dict(args, model='hf-hub:someone/gone-ssm', pretrained=True, model_kwargs={})))
+    out = tmp_path / 'out'
+    err = _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)], capsys, 'config.json', out)
+    assert 'hf-hub:someone/gone-ssm' in err and '--model' in err and 'is not an SSM model' not in err
+    # with --model, the card still names the Hub weights; their license is not known here
+    _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out), '--model', 'test_resnet_ssm',
+            '--model-kwargs', 'num_splits=3', 'norm_all=True'], capsys, '--license', out)
+    assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out), '--model', 'test_resnet_ssm',
+                 '--model-kwargs', 'num_splits=3', 'norm_all=True', '--license', 'mit']) == 0
+    assert _front_matter((out / 'README.md').read_text())['base_model'] == 'someone/gone-ssm'
+
+
+def test_fine_tuned_from_local_dir(base_export, tmp_path):
+    run = make_run(tmp_path / 'train', ema=False, model=f'local-dir:{base_export}', pretrained=True, model_kwargs={})[0]
+    out = tmp_path / 'out'
+    assert main([str(run), '--repo-id', 'someone/ft-ssm', '--dry-run', '--out', str(out)]) == 0
+    readme = (out / 'README.md').read_text()
+    meta = _front_matter(readme)
+    assert 'base_model' not in meta and meta['license'] == 'mit'
+    assert 'Fine-tuned from pretrained weights' in readme
+    assert json.loads((out / 'config.json').read_text())['model_args'] == dict(
+        in_chans=1, num_classes=len(CLASSES), **HEAD)
+
+
+def test_hf_hub_model_that_is_not_ssm(hub_cache, tmp_path, capsys):
+    (tmp_path / 'base').mkdir()
+    (tmp_path / 'base' / 'config.json').write_text(json.dumps(dict(architecture='test_resnet', num_classes=5)))
+    hub_cache.put('someone/plain', tmp_path / 'base')
+    run = _copy_run(make_run(tmp_path / 'train', ema=False)[0], tmp_path / 'run')
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(args, model='hf-hub:someone/plain', pretrained=True)))
+    err = _fails([str(run), '--repo-id', 'a/b', '--dry-run'], capsys, 'is not an SSM model')
+    assert 'architecture test_resnet' in err and 'e.g. test_resnet_ssm' in err
+
+
+def test_eval_json_of_the_exported_weights(train_run, tmp_path, capsys):
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    result = json.loads((run / 'eval.json').read_text())
+    assert result['models'][0]['use_ema'] is False
+    result['models'][0]['use_ema'] = True
+    (run / 'eval.json').write_text(json.dumps(result))
+    for i, ema in enumerate((True, False)):
+        out = tmp_path / f'out{i}'
+        assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)] + ['--ema'] * ema) == 0
+        readme = (out / 'README.md').read_text()
+        assert ('## Sub-classifiers' in readme) == ema
+    assert '; the EMA weights; `eval.json`' in (tmp_path / 'out0' / 'README.md').read_text()
+    # named with --eval-json, the evaluation of other weights is an error
+    _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'x'), '--eval-json',
+            str(run / 'eval.json')], capsys, 'no evaluation of the non-EMA weights of model_best.pth.tar')
+
+
+def test_eval_json_older_than_the_checkpoint_is_ignored(train_run, tmp_path):
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    checkpoint_time = (run / 'model_best.pth.tar').stat().st_mtime
+    os.utime(run / 'eval.json', (checkpoint_time - 60, checkpoint_time - 60))
+    assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out')]) == 0
+    assert '## Sub-classifiers' not in (tmp_path / 'out' / 'README.md').read_text()
+
+
+def test_deprecated_positional_data_path(tmp_path):
+    run = _copy_run(make_run(tmp_path / 'train', ema=False)[0], tmp_path / 'run')
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    data = args.pop('data_dir')
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(args, data=data)))  # train.py DIR: the positional path
+    out = tmp_path / 'out'
+    assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)]) == 0
+    assert json.loads((out / 'config.json').read_text())['label_names'] == CLASSES
+    readme = (out / 'README.md').read_text()
+    assert str(data) not in readme and str(tmp_path) not in readme
+
+
+def test_results_of_the_published_epoch_after_resume(train_run, tmp_path):
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    # a resumed run's checkpoint saver starts over: model_best.pth.tar (epoch 1) is not summary.csv's best
+    lines = (run / 'summary.csv').read_text().splitlines()
+    header = lines[0].split(',')
+    last = lines[-1].split(',')
+    last[header.index('eval_top1')] = '90.0'
+    (run / 'summary.csv').write_text('\n'.join(lines[:-1] + [','.join(last)]) + '\n')
+    out = tmp_path / 'out'
+    assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)]) == 0
+    readme = (out / 'README.md').read_text()
+    assert re.search(r'\| Published weights \| 1 \| 75\.00 \| 95\.00 \|', readme)
+    assert re.search(r'\| Best \(by top1\) \| 2 \| 90\.00 \| 80\.00 \|', readme)
+    # an --eval-metric that summary.csv has no column of names no row
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    (run / 'args.yaml').write_text(yaml.safe_dump(dict(args, eval_metric='auc')))
+    assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out2')]) == 0
+    readme = (tmp_path / 'out2' / 'README.md').read_text()
+    assert 'auc' not in readme.split('## Results')[1].split('## ')[0]
+    assert '| Best (by top1) | 2 |' in readme
+
+
+def test_programming_errors_are_not_hub_errors(train_run, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise AttributeError('a bug, not the Hub')
+    monkeypatch.setenv('HF_TOKEN', TOKEN)
+    monkeypatch.setattr(upload, 'check_remote', broken)
+    with pytest.raises(AttributeError, match='a bug'):
+        main([str(train_run[0]), '--repo-id', 'a/b', '--out', str(tmp_path / 'out')])
+
+
+def test_failed_export_removes_the_folders_it_created(train_run, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export, '_verify', interrupted)
+    (tmp_path / 'kept').mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        main([str(train_run[0]), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'kept' / 'new' / 'out')])
+    _no_leftovers(tmp_path, ['kept'])
+    _no_leftovers(tmp_path / 'kept')
 
 # --- label names ---
 
