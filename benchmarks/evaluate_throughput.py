@@ -64,10 +64,8 @@ def _run(cmd, env):
     return proc, wall, cpu
 
 
-def main():
-    args = parser.parse_args()
-    data_dir = args.data_dir or str(prepare_fashion_mnist())
-    tmp = tempfile.mkdtemp(prefix='eval_throughput_')
+def _measure(args, data_dir: str, tmp: str):
+    """Write the checkpoint into tmp, run the rounds and print the results."""
     checkpoint = os.path.join(tmp, 'model.pth.tar')
     model = timm.create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
     train_args = argparse.Namespace(model=args.model, num_classes=args.num_classes, in_chans=args.in_chans,
@@ -126,6 +124,13 @@ def main():
     cpu_ratio = [v / e for e, v in zip(cpus['evaluate'], cpus['validate.py'])]
     print(f'whole command, validate.py / evaluate (above 1: evaluate is faster): wall time median '
           f'{statistics.median(wall_ratio):.3f}, CPU time median {statistics.median(cpu_ratio):.3f}')
+
+
+def main():
+    args = parser.parse_args()
+    data_dir = args.data_dir or str(prepare_fashion_mnist())
+    with tempfile.TemporaryDirectory(prefix='eval_throughput_') as tmp:
+        _measure(args, data_dir, tmp)
 
 
 if __name__ == '__main__':
