@@ -14,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm
 
-from .head import SplitShareHead
 from .split_share import PAPER_MODELS, SUFFIX
 
 __all__ = ['count_params', 'head_macs', 'model_macs', 'profile', 'markdown_table']
@@ -29,8 +28,6 @@ def count_params(model: nn.Module) -> int:
 
 def head_macs(head: nn.Module) -> int:
     """Multiply-adds of a classifier per image: its Linear layers (BatchNorm and ReLU are element-wise)."""
-    if isinstance(head, SplitShareHead):
-        return sum(fc.in_features * fc.out_features for fc in head.fc)
     return sum(m.in_features * m.out_features for m in head.modules() if isinstance(m, nn.Linear))
 
 
