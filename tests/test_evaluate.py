@@ -264,3 +264,15 @@ def test_evaluate_input_size_from_checkpoint(image_folder, tmp_path):
     result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar'), '--use-ema'] + data)
     assert result['models'][0]['use_ema'] is True
     assert result['models'][0]['heads'][0]['top1'] == pytest.approx(100 / NUM_CLASSES, abs=1e-3)
+
+
+def test_evaluate_model_kwargs_over_checkpoint(image_folder, tmp_path):
+    """--model-kwargs add to the checkpoint's model arguments instead of replacing them."""
+    model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES, num_splits=2).eval()
+    args = argparse.Namespace(model='test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=3,
+                              model_kwargs={'num_splits': 2})
+    torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'n2.pth.tar')
+    result = main(['--checkpoint', str(tmp_path / 'n2.pth.tar'), '--model-kwargs', 'norm_all=False',
+                   '--data-dir', str(image_folder), '--img-size', str(IMG_SIZE), '-b', '24', '-j', '0',
+                   '--device', 'cpu', '--no-progress'])
+    assert result['models'][0]['num_splits'] == 2

@@ -361,7 +361,7 @@ group.add_argument('--num-classes', type=int, default=None,
                    help='number of classes (default: from the checkpoint, else the model)')
 group.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type, model default if None')
 group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                   help='other model arguments (num_splits=2 ...), default: from the checkpoint')
+                   help='other model arguments (num_splits=2 ...), over those of the checkpoint')
 group.add_argument('--device', default=None, type=str, help='device (default: cuda when available, else cpu)')
 group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
 group.add_argument('--amp-dtype', default='float16', type=str, help='AMP dtype (float16, bfloat16)')
@@ -447,7 +447,7 @@ def _model_specs(args) -> List[Dict[str, Any]]:
             num_classes=args.num_classes if args.num_classes is not None else ckpt_args.get('num_classes'),
             in_chans=args.in_chans if args.in_chans is not None else ckpt_args.get('in_chans') or (
                 ckpt_args.get('input_size') or [None])[0],
-            model_kwargs=dict(args.model_kwargs or ckpt_args.get('model_kwargs') or {}),
+            model_kwargs={**(ckpt_args.get('model_kwargs') or {}), **args.model_kwargs},
             use_ema=bool(args.use_ema and has_ema),
         )
         specs.append(spec)
