@@ -129,3 +129,15 @@ def test_cli_errors(class_folders, tmp_path, capsys):
         main([str(class_folders), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--target-class', '7',
               '--img-size', '64', '--out', str(tmp_path / 'o'), '--device', 'cpu'])
     assert 'outside the model\'s 5 classes' in capsys.readouterr().err
+
+
+def test_cli_grayscale_checkpoint(class_folders, tmp_path):
+    """A 1-channel train.py checkpoint (`--input-size 1 H W`) gives the input size and normalization."""
+    model = _model('test_resnet_ssm', in_chans=1)
+    args = argparse.Namespace(model='test_resnet_ssm', num_classes=5, in_chans=None, input_size=[1, 64, 64],
+                              img_size=None, mean=[0.3], std=[0.4], crop_pct=1.0, interpolation='bilinear',
+                              model_kwargs={})
+    torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'gray.pth.tar')
+    written = main([str(class_folders), '--checkpoint', str(tmp_path / 'gray.pth.tar'), '--out', str(tmp_path / 'o'),
+                    '--panel', '64', '--device', 'cpu'])
+    assert len(written) == 2

@@ -244,21 +244,37 @@ def test_evaluate_errors(image_folder, tmp_path, capsys):
 
 def test_evaluate_input_size_from_checkpoint(image_folder, tmp_path):
     """A 1-channel model trained with `--input-size 1 H W` (train.py leaves in_chans None) loads and sees
-    grayscale images without --in-chans."""
+    grayscale images at the size, normalization, crop and interpolation it was trained with, without data
+    options on the command line."""
     model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=1).eval()
     args = argparse.Namespace(model='test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=None,
-                              input_size=[1, IMG_SIZE, IMG_SIZE], model_kwargs={})
+                              input_size=[1, IMG_SIZE, IMG_SIZE], img_size=None, mean=[0.4], std=[0.2], crop_pct=1.0,
+                              crop_mode=None, interpolation='bilinear', model_kwargs={})
     # EMA weights whose sub-classifiers always predict class 2: zero weights, a bias for class 2 only
     ema = {k: torch.zeros_like(v) if k.startswith('head.fc') else v for k, v in model.state_dict().items()}
     for j in range(4):
         ema[f'head.fc.{j}.bias'][2] = 1.
     torch.save({'state_dict': model.state_dict(), 'state_dict_ema': ema, 'args': args}, tmp_path / 'gray.pth.tar')
-    data = ['--data-dir', str(image_folder), '--img-size', str(IMG_SIZE), '-b', '24', '-j', '0', '--device', 'cpu',
-            '--no-progress', '--no-prefetcher']
+    data = ['--data-dir', str(image_folder), '-b', '24', '-j', '0', '--device', 'cpu', '--no-progress',
+            '--no-prefetcher']
     result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar')] + data)
     assert result['data']['input_size'] == [1, IMG_SIZE, IMG_SIZE]
+    assert result['data']['mean'] == [0.4] and result['data']['std'] == [0.2]
+    assert result['data']['crop_pct'] == 1.0 and result['data']['interpolation'] == 'bilinear'
     assert result['models'][0]['num_splits'] == 4 and result['data']['num_samples'] == 4 * NUM_CLASSES
     assert result['models'][0]['use_ema'] is False
+
+    # the command line wins over the checkpoint's data options
+    result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar'), '--img-size', '36', '--mean', '0.5'] + data)
+    assert result['data']['input_size'] == [1, 36, 36] and result['data']['mean'] == [0.5]
+
+    # train.py arguments without data options (all defaulted): the model's input size, with the model's channels
+    torch.save({'state_dict': model.state_dict(), 'args': argparse.Namespace(
+        model='test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=1, input_size=None, img_size=None, mean=None,
+        std=None, crop_pct=None, interpolation='', model_kwargs={})}, tmp_path / 'gray_default.pth.tar')
+    result = main(['--checkpoint', str(tmp_path / 'gray_default.pth.tar')] + data)
+    assert result['data']['input_size'] == [1] + list(model.pretrained_cfg['input_size'][1:])
+    assert len(result['data']['mean']) == 1
 
     # the EMA weights when asked for: class 2 for every image, right for 1 image in NUM_CLASSES
     result = main(['--checkpoint', str(tmp_path / 'gray.pth.tar'), '--use-ema'] + data)

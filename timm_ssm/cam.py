@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from timm.data import ImageNetInfo, create_dataset, create_transform, infer_imagenet_subset, resolve_data_config
-from timm.utils import ParseKwargs, setup_default_logging
+from timm.data import ImageNetInfo, create_dataset, create_transform, infer_imagenet_subset
+from timm.utils import setup_default_logging
 
-from .evaluate import _atomic_write, _create, _fit_norm_to_chans, _model_specs, _split_head
+from .evaluate import _atomic_write, _split_head, common_parser, create_models, resolve_eval_data_config
 
 __all__ = ['feature_gradients', 'grad_cams', 'cam_grid', 'PANEL_PAD', 'main']
 
@@ -90,11 +90,9 @@ def feature_gradients(
         else:
             outputs = [model.forward_head(feat)]
         rows = torch.arange(x.shape[0], device=x.device)
-        grads = [
-            torch.autograd.grad(out[rows, target].sum(), feat, retain_graph=True, allow_unused=True)[0]
-            for out in outputs
-        ]
-    grads = torch.stack([g if g is not None else torch.zeros_like(feat) for g in grads], 1)
+        grads = torch.stack([
+            torch.autograd.grad(out[rows, target].sum(), feat, retain_graph=True)[0] for out in outputs
+        ], 1)
     logits = outputs[-1].detach()
     feat = feat.detach()
     if nhwc:
@@ -255,60 +253,32 @@ def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optiona
 parser = argparse.ArgumentParser(
     prog='python -m timm_ssm.cam',
     description='Grad-CAM per channel group of a Split-and-Share model (paper section 5): one PNG grid per image.',
+    parents=[common_parser],
 )
 parser.add_argument('input', nargs='?', default=None,
                     help='an image, or a folder of images (class folders give the ground truth)')
 parser.add_argument('--out', default='cam', metavar='DIR', help='output folder (default: cam)')
-parser.add_argument('--model', '-m', default=None, metavar='NAME',
+# one model: lists of one, as timm_ssm.evaluate's options of several
+parser.add_argument('--model', '-m', nargs=1, default=None, metavar='NAME',
                     help='model name, hf-hub:ORG/NAME or local-dir:DIR (default: from the checkpoint)')
-parser.add_argument('--checkpoint', default='', metavar='PATH', help='train.py checkpoint or output folder')
-parser.add_argument('--pretrained', action='store_true', default=False,
-                    help='use pretrained weights (default when no checkpoint is given)')
-parser.add_argument('--use-ema', action='store_true', default=False, help='use EMA weights of the checkpoint')
-parser.add_argument('--num-classes', type=int, default=None, help='number of classes (default: from the checkpoint)')
-parser.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels')
-parser.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type, model default if None')
-parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='other model arguments')
+parser.add_argument('--checkpoint', nargs=1, default=[], metavar='PATH', help='train.py checkpoint or output folder')
 parser.add_argument('--target-class', type=int, default=None,
                     help='class of the heat maps (default: the ground truth when known, else the prediction)')
 parser.add_argument('--num-images', type=int, default=16, metavar='N',
                     help='at most this many images of a folder or data set (default: 16)')
-parser.add_argument('--data-dir', metavar='DIR', help='root of a timm data set (with --dataset)')
-parser.add_argument('--dataset', default='', metavar='NAME', help='timm data set, e.g. torch/fashion_mnist')
-parser.add_argument('--split', default='validation', metavar='NAME', help='data set split (default: validation)')
-parser.add_argument('--dataset-download', action='store_true', default=False, help='allow download of the data set')
-parser.add_argument('--class-map', default='', type=str, metavar='FILENAME', help='class to index mapping file')
-parser.add_argument('--img-size', default=None, type=int, metavar='N', help='input image size (default: model)')
-parser.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N', help='input dimensions (d h w)')
-parser.add_argument('--crop-pct', default=None, type=float, metavar='N', help='centre crop fraction')
-parser.add_argument('--crop-mode', default=None, type=str, metavar='N', help='crop mode (center, squash, border)')
-parser.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='normalization mean')
-parser.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='normalization std')
-parser.add_argument('--interpolation', default='', type=str, metavar='NAME', help='resize interpolation')
 parser.add_argument('--panel', type=int, default=224, metavar='PX', help='side of each panel in pixels')
 parser.add_argument('--alpha', type=float, default=0.5, help='weight of the heat map in the overlay')
-parser.add_argument('--device', default=None, type=str, help='device (default: cuda when available, else cpu)')
 
 
 def run(args) -> List[str]:
     """Write the grids the command line asks for and return their paths."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if not args.model and not args.checkpoint:
-        raise ValueError('Give --model NAME (with --pretrained, hf-hub:ORG/NAME or local-dir:DIR) or --checkpoint.')
-    spec_args = argparse.Namespace(
-        model=[args.model] if args.model else None,
-        checkpoint=[args.checkpoint] if args.checkpoint else [],
-        num_classes=args.num_classes, in_chans=args.in_chans, model_kwargs=args.model_kwargs, use_ema=args.use_ema,
-    )
-    spec = _model_specs(spec_args)[0]
-    model = _create(spec, args, device)
+    (spec,), (model,) = create_models(args, device)
     head = _split_head(model)
     if head is None:
         _logger.warning(f'{spec["model"]} has no Split-and-Share head: only the full-feature Grad-CAM is drawn.')
 
-    in_chans = spec['in_chans'] if args.in_chans is None else args.in_chans
-    config = _fit_norm_to_chans(resolve_data_config(dict(vars(args), in_chans=in_chans), model=model,
-                                                    use_test_size=True))
+    config = resolve_eval_data_config(args, spec, model)
     transform = create_transform(**config)
     chans = config['input_size'][0]
     mean, std = torch.tensor(config['mean']).view(-1, 1, 1), torch.tensor(config['std']).view(-1, 1, 1)

@@ -74,12 +74,17 @@ from timm.utils import ParseKwargs, setup_default_logging
 from .head import SplitShareHead
 from .profile import count_params, head_macs, model_macs
 
-__all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'model_complexity', 'main']
+__all__ = [
+    'SELECTION_RULES', 'SplitMetrics', 'evaluate', 'model_complexity', 'common_parser', 'create_models',
+    'resolve_eval_data_config', 'main',
+]
 
 _logger = logging.getLogger(__name__)
 
 SELECTION_RULES = ('max_prob', 'min_entropy', 'max_margin', 'vote', 'prob_avg')
 _HEAD_RULES = SELECTION_RULES[:3]  # the rules that pick one sub-classifier per sample
+# the data options of train.py's arguments that stand for unset evaluation options
+_DATA_ARGS = ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
 
 
 def _pct(count: int, total: int) -> float:
@@ -217,8 +222,7 @@ def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Dict[str, O
         `param_count`, `head_param_count`, `macs` (counted by torch.utils.flop_counter in one forward pass) and
         `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of Linear classifiers).
     """
-    head = _split_head(model)
-    classifier = head if head is not None else model.get_classifier() if hasattr(model, 'get_classifier') else None
+    classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
     classifier = classifier if isinstance(classifier, nn.Module) else None
     return dict(
         param_count=count_params(model),
@@ -306,33 +310,26 @@ def evaluate(
     return results
 
 
-parser = argparse.ArgumentParser(
-    prog='python -m timm_ssm.evaluate',
-    description='Evaluate timm models with Split-and-Share heads: every sub-classifier, the oracle, label-free '
-                'head selection, parameters and multiply-adds, and ensembles of several checkpoints.',
-)
-group = parser.add_argument_group('Data (as timm validate.py)')
-group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
+# the data and model options that `python -m timm_ssm.cam` shares (argparse parents)
+common_parser = argparse.ArgumentParser(add_help=False)
+group = common_parser.add_argument_group(
+    'Data (as timm validate.py)',
+    'Unset input size, crop, normalization and interpolation options take the values of the first checkpoint\'s '
+    'train.py arguments, else those of the model\'s pretrained config.')
 group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
 group.add_argument('--dataset', metavar='NAME', default='',
                    help='dataset type + name ("<type>/<name>") (default: ImageFolder or ImageTar if empty)')
 group.add_argument('--split', metavar='NAME', default='validation', help='dataset split (default: validation)')
-group.add_argument('--num-samples', default=None, type=int, metavar='N',
-                   help='number of samples of the split, for iterable datasets')
 group.add_argument('--dataset-download', action='store_true', default=False,
                    help='allow download of dataset for torch/ and tfds/ datasets that support it')
 group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
                    help='path to class to idx mapping file (default: "")')
-group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
-group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
-group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
 group.add_argument('--img-size', default=None, type=int, metavar='N',
                    help='input image dimension, uses model default if empty')
-group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image input channels (default: 3)')
+group.add_argument('--in-chans', type=int, default=None, metavar='N',
+                   help='image input channels (default: from the checkpoint, else 3)')
 group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N',
                    help='input all image dimensions (d h w, e.g. --input-size 3 224 224)')
-group.add_argument('--use-train-size', action='store_true', default=False,
-                   help='force use of train input size, even when test size is specified in pretrained cfg')
 group.add_argument('--crop-pct', default=None, type=float, metavar='N', help='input image center crop pct')
 group.add_argument('--crop-mode', default=None, type=str, metavar='N',
                    help='input image crop mode (squash, border, center), model default if None')
@@ -340,20 +337,8 @@ group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN'
 group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='override std deviation')
 group.add_argument('--interpolation', default='', type=str, metavar='NAME',
                    help='image resize interpolation type (overrides model)')
-group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N', help='mini-batch size (default: 256)')
-group.add_argument('-j', '--workers', default=4, type=int, metavar='N',
-                   help='number of data loading workers (default: 4)')
-group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
-group.add_argument('--pin-mem', action='store_true', default=False, help='pin CPU memory in DataLoader')
 
-group = parser.add_argument_group('Models')
-group.add_argument('--model', '-m', metavar='NAME', nargs='+', default=None,
-                   help='model name(s): a registered name (resnet50_ssm, resnet50_ssm.a1_in1k), hf-hub:ORG/NAME or '
-                        'local-dir:DIR; one name for all checkpoints, or one per checkpoint. Default: the model '
-                        'named in each train.py checkpoint')
-group.add_argument('--checkpoint', nargs='+', default=[], metavar='PATH',
-                   help='train.py checkpoint(s) or output folder(s) (model_best.pth.tar in the folder); several '
-                        'form an ensemble')
+group = common_parser.add_argument_group('Models')
 group.add_argument('--pretrained', action='store_true', default=False,
                    help='use pretrained weights (default when no checkpoint is given)')
 group.add_argument('--use-ema', action='store_true', default=False, help='use EMA weights of the checkpoint')
@@ -363,6 +348,36 @@ group.add_argument('--gp', default=None, type=str, metavar='POOL', help='global 
 group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    help='other model arguments (num_splits=2 ...), over those of the checkpoint')
 group.add_argument('--device', default=None, type=str, help='device (default: cuda when available, else cpu)')
+
+parser = argparse.ArgumentParser(
+    prog='python -m timm_ssm.evaluate',
+    description='Evaluate timm models with Split-and-Share heads: every sub-classifier, the oracle, label-free '
+                'head selection, parameters and multiply-adds, and ensembles of several checkpoints.',
+    parents=[common_parser],
+)
+group = parser.add_argument_group('Data loading (as timm validate.py)')
+group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
+group.add_argument('--num-samples', default=None, type=int, metavar='N',
+                   help='number of samples of the split, for iterable datasets')
+group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
+group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
+group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
+group.add_argument('--use-train-size', action='store_true', default=False,
+                   help='force use of train input size, even when test size is specified in pretrained cfg')
+group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N', help='mini-batch size (default: 256)')
+group.add_argument('-j', '--workers', default=4, type=int, metavar='N',
+                   help='number of data loading workers (default: 4)')
+group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
+group.add_argument('--pin-mem', action='store_true', default=False, help='pin CPU memory in DataLoader')
+
+group = parser.add_argument_group('Evaluation')
+group.add_argument('--model', '-m', metavar='NAME', nargs='+', default=None,
+                   help='model name(s): a registered name (resnet50_ssm, resnet50_ssm.a1_in1k), hf-hub:ORG/NAME or '
+                        'local-dir:DIR; one name for all checkpoints, or one per checkpoint. Default: the model '
+                        'named in each train.py checkpoint')
+group.add_argument('--checkpoint', nargs='+', default=[], metavar='PATH',
+                   help='train.py checkpoint(s) or output folder(s) (model_best.pth.tar in the folder); several '
+                        'form an ensemble')
 group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
 group.add_argument('--amp-dtype', default='float16', type=str, help='AMP dtype (float16, bfloat16)')
 group.add_argument('--channels-last', action='store_true', default=False, help='use channels_last memory layout')
@@ -384,6 +399,35 @@ def _fit_norm_to_chans(data_config: Dict[str, Any]) -> Dict[str, Any]:
         if len(data_config[key]) != chans:
             data_config[key] = (sum(data_config[key]) / len(data_config[key]),) * chans
     return data_config
+
+
+def resolve_eval_data_config(
+        args,
+        spec: Dict[str, Any],
+        model: nn.Module,
+        use_test_size: bool = True,
+        verbose: bool = False,
+) -> Dict[str, Any]:
+    """The data config of one model, as timm's `resolve_data_config` gives it, with the unset data options of the
+    command line taken from the model's train.py checkpoint and the channels of the model's input.
+
+    Args:
+        args: The parsed command line (the options of `common_parser`).
+        spec: The model's entry of `create_models`.
+        model: The model.
+        use_test_size: Prefer the pretrained config's test input size (when no input size is given).
+    """
+    data_args = dict(vars(args), in_chans=spec['in_chans'])
+    saved = spec['data_args']
+    if args.input_size is None and args.img_size is None:  # an input size given on the command line wins whole
+        data_args.update(input_size=saved.get('input_size'), img_size=saved.get('img_size'))
+    for key in ('mean', 'std', 'crop_pct', 'crop_mode', 'interpolation'):
+        if not data_args.get(key):
+            data_args[key] = saved.get(key) or data_args.get(key)
+    config = resolve_data_config(data_args, model=model, use_test_size=use_test_size, verbose=verbose)
+    if config['input_size'][0] != spec['in_chans']:  # a pretrained input size of other channels than the model's
+        config['input_size'] = (spec['in_chans'],) + tuple(config['input_size'][1:])
+    return _fit_norm_to_chans(config)
 
 
 def _resolve_checkpoint(path: str) -> str:
@@ -432,37 +476,37 @@ def _model_specs(args) -> List[Dict[str, Any]]:
         raise ValueError(
             f'{len(names)} model names for {len(checkpoints)} checkpoints: give one model name for all checkpoints, '
             f'or one per checkpoint in the same order.')
-    specs = []
+    default_chans = args.in_chans or (args.input_size[0] if args.input_size is not None else 3)
     if not checkpoints:
-        return [dict(model=n, checkpoint=None, num_classes=args.num_classes, in_chans=args.in_chans,
-                     model_kwargs=dict(args.model_kwargs), use_ema=False) for n in names]
+        return [dict(model=n, checkpoint=None, num_classes=args.num_classes, in_chans=default_chans,
+                     model_kwargs=dict(args.model_kwargs), use_ema=False, data_args={}) for n in names]
+    specs = []
     for i, path in enumerate(checkpoints):
         ckpt_args, has_ema = _checkpoint_info(path)
         name = names[i] if len(names) > 1 else names[0] if names else ckpt_args.get('model')
         if not name:
             raise ValueError(f'{path} does not name its model (no train.py args): give --model NAME.')
+        # train.py builds the model with in_chans, else the channels of input_size, else 3
+        saved_chans = ckpt_args.get('in_chans') or (ckpt_args.get('input_size') or [None])[0]
         spec = dict(
             model=name,
             checkpoint=path,
             num_classes=args.num_classes if args.num_classes is not None else ckpt_args.get('num_classes'),
-            in_chans=args.in_chans if args.in_chans is not None else ckpt_args.get('in_chans') or (
-                ckpt_args.get('input_size') or [None])[0],
+            in_chans=args.in_chans or saved_chans or default_chans,
             model_kwargs={**(ckpt_args.get('model_kwargs') or {}), **args.model_kwargs},
             use_ema=bool(args.use_ema and has_ema),
+            data_args={k: ckpt_args.get(k) for k in _DATA_ARGS},
         )
         specs.append(spec)
     return specs
 
 
 def _create(spec: Dict[str, Any], args, device) -> nn.Module:
-    in_chans = spec['in_chans']
-    if in_chans is None and args.input_size is not None:
-        in_chans = args.input_size[0]
     model = create_model(
         spec['model'],
         pretrained=args.pretrained or spec['checkpoint'] is None,
         num_classes=spec['num_classes'],
-        in_chans=in_chans or 3,
+        in_chans=spec['in_chans'],
         global_pool=args.gp,
         **spec['model_kwargs'],
     )
@@ -472,9 +516,25 @@ def _create(spec: Dict[str, Any], args, device) -> nn.Module:
         except RuntimeError as e:
             raise ValueError(
                 f'The weights in {spec["checkpoint"]} do not fit {spec["model"]} with num_classes='
-                f'{model.num_classes}, in_chans={in_chans or 3} and model arguments {spec["model_kwargs"]}: give '
-                f'the --model, --num-classes, --in-chans and --model-kwargs it was trained with.\n{e}') from e
+                f'{model.num_classes}, in_chans={spec["in_chans"]} and model arguments {spec["model_kwargs"]}: '
+                f'give the --model, --num-classes, --in-chans and --model-kwargs it was trained with.\n{e}') from e
     return model.to(device).eval()
+
+
+def create_models(args, device=None) -> Tuple[List[Dict[str, Any]], List[nn.Module]]:
+    """The models a command line names, from their checkpoints' train.py arguments where it leaves them unset.
+
+    Args:
+        args: The parsed command line: the options of `common_parser`, `model` (a list of names or None) and
+            `checkpoint` (a list of paths).
+        device: Device of the models.
+
+    Returns:
+        One spec per model (`model`, `checkpoint`, `num_classes`, `in_chans`, `model_kwargs`, `use_ema` and the
+        checkpoint's data options `data_args`) and the models in eval mode.
+    """
+    specs = _model_specs(args)
+    return specs, [_create(spec, args, device) for spec in specs]
 
 
 def _output_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -538,8 +598,7 @@ def format_table(result: Dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
-def plot_results(result: Dict[str, Any], path: str):
-    """PNG bar chart: per model, the sub-classifiers' top-1, the averaged output's and the oracle's."""
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -547,7 +606,12 @@ def plot_results(result: Dict[str, Any], path: str):
     except ImportError as e:
         raise ImportError(
             "--plot needs matplotlib: pip install 'timm-ssm[analysis]' (or pip install matplotlib).") from e
+    return plt
 
+
+def plot_results(result: Dict[str, Any], path: str):
+    """PNG bar chart: per model, the sub-classifiers' top-1, the averaged output's and the oracle's."""
+    plt = _pyplot()
     models = result['models']
     cols = min(3, len(models))
     rows = -(-len(models) // cols)
@@ -607,11 +671,7 @@ def run(args) -> Dict[str, Any]:
     """Evaluate as the command line asks and return the results (JSON schema: module docstring)."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401  (fail before the pass, not after it)
-        except ImportError as e:
-            raise ImportError(
-                "--plot needs matplotlib: pip install 'timm-ssm[analysis]' (or pip install matplotlib).") from e
+        _pyplot()  # fail before the pass, not after it
     amp_autocast = suppress
     if args.amp:
         if args.amp_dtype not in ('float16', 'bfloat16'):
@@ -619,8 +679,7 @@ def run(args) -> Dict[str, Any]:
         amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype))
     torch.manual_seed(args.seed)
 
-    specs = _model_specs(args)
-    models = [_create(spec, args, device) for spec in specs]
+    specs, models = create_models(args, device)
     num_classes = {m.num_classes for m in models}
     if len(num_classes) > 1:
         raise ValueError(f'An ensemble needs models with the same classes, got num_classes {sorted(num_classes)}.')
@@ -628,11 +687,10 @@ def run(args) -> Dict[str, Any]:
         raise ValueError(f'Evaluation needs a classifier of two or more classes, the model has num_classes='
                          f'{min(num_classes)}: give --num-classes.')
 
-    data_args = dict(vars(args), in_chans=specs[0]['in_chans'] if args.in_chans is None else args.in_chans)
-    data_config = resolve_data_config(data_args, model=models[0], use_test_size=not args.use_train_size, verbose=True)
-    data_config = _fit_norm_to_chans(data_config)
+    data_config = resolve_eval_data_config(
+        args, specs[0], models[0], use_test_size=not args.use_train_size, verbose=True)
     for spec, model in zip(specs[1:], models[1:]):
-        other = _fit_norm_to_chans(resolve_data_config(data_args, model=model, use_test_size=not args.use_train_size))
+        other = resolve_eval_data_config(args, spec, model, use_test_size=not args.use_train_size)
         if other != data_config:
             _logger.warning(f'{spec["model"]} has another data config ({other}): all models see the data of the '
                             f'first one ({data_config}).')
