@@ -21,13 +21,23 @@ def _model(name: str, **kwargs):
     return model.eval()
 
 
-def test_gradients_stay_in_prefix():
+# a tiny Swin: its feature map is channels-last (NHWC), 2x2 at 64 px
+_TINY_SWIN = dict(img_size=64, window_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize('name,kwargs', [
+    ('test_resnet_ssm', {}),
+    ('test_efficientnet_ssm', {}),
+    ('swin_tiny_patch4_window7_224_ssm', _TINY_SWIN),
+])
+def test_gradients_stay_in_prefix(name, kwargs):
     """Sub-classifier j's logit has zero gradient on the feature map's channels outside its prefix."""
-    model = _model('test_resnet_ssm')
+    model = _model(name, **kwargs)
     x = torch.randn(2, 3, 64, 64)
     feat, grads, logits = feature_gradients(model, x, torch.tensor([1, 3]))
     widths = model.head.widths
     assert grads.shape == (2, 5) + feat.shape[1:] and feat.shape[1] == widths[-1]
+    assert min(feat.shape[-2:]) >= 2
     for j, width in enumerate(widths):
         assert torch.all(grads[:, j, width:] == 0)
         assert grads[:, j, :width].abs().sum((1, 2, 3)).min() > 0
