@@ -13,8 +13,9 @@ split, which here is the test split.
     python benchmarks/fashion_mnist_evidence.py --seeds 0 1 2 3 4 --epochs 10 --model resnet18 --img-size 56
 
 The defaults (test_resnet, 28 px, 5 seeds, 6 epochs, one intra-op thread) take about an hour on 2 CPU cores.
-Finished runs are kept and skipped when the command is run again with the same OUT, so an interrupted benchmark
-continues.
+Finished runs are kept and skipped when the command is run again with the same OUT and the same train.py
+arguments (recorded in each run's `run.json`), so an interrupted benchmark continues; a run trained otherwise is
+trained again.
 """
 import argparse
 import json
@@ -31,6 +32,8 @@ import torch
 
 import timm_ssm
 from timm_ssm.fashion_mnist import MEAN, NUM_CLASSES, STD, prepare_fashion_mnist
+
+RUN_RECORD = 'run.json'  # in each run's folder: its train.py arguments and wall time
 
 parser = argparse.ArgumentParser(description='Baseline vs SSM twin on Fashion-MNIST through timm\'s train.py')
 parser.add_argument('--model', default='test_resnet', help='baseline timm model; the twin is <model>_ssm')
@@ -78,39 +81,51 @@ def _env(args) -> Dict[str, str]:
     return env
 
 
-def _finished(run_dir: str, epochs: int) -> bool:
+def _epochs_done(run_dir: str) -> int:
     summary = os.path.join(run_dir, 'summary.csv')
     if not os.path.isfile(os.path.join(run_dir, 'last.pth.tar')) or not os.path.isfile(summary):
-        return False
+        return 0
     with open(summary) as f:
-        return sum(1 for _ in f) - 1 >= epochs
+        return sum(1 for _ in f) - 1
+
+
+def finished_run(run_dir: str, train_args: List[str], epochs: int) -> Optional[Dict[str, float]]:
+    """The record of a run trained with exactly these train.py arguments for this many epochs, else None."""
+    record = os.path.join(run_dir, RUN_RECORD)
+    if not os.path.isfile(record) or _epochs_done(run_dir) != epochs:
+        return None
+    with open(record) as f:
+        result = json.load(f)
+    return result if result.get('train_args') == train_args else None
 
 
 def train(args, model: str, seed: int, data_dir: str, runs: str) -> Dict[str, float]:
-    """Train one model with one seed unless a finished run is there; its wall time in seconds."""
+    """Train one model with one seed unless a run with the same train.py arguments is there; its record
+    (`train_args`, wall time `seconds` and the load average `load` at its end)."""
     name = f'{model}-seed{seed}'
     run_dir = os.path.join(runs, name)
-    timing = os.path.join(run_dir, 'wall_time.json')
-    if _finished(run_dir, args.epochs) and os.path.isfile(timing):
-        print(f'{name}: finished run found, kept')
-        with open(timing) as f:
-            return json.load(f)
-    if os.path.isdir(run_dir):
-        shutil.rmtree(run_dir)  # an unfinished run of this benchmark: train.py would start a new folder beside it
-    cmd = [sys.executable, '-m', 'timm_ssm.launch', 'train.py', '--model', model, '--seed', str(seed),
-           *recipe(args, data_dir), '--output', runs, '--experiment', name]
+    train_args = ['--model', model, '--seed', str(seed), *recipe(args, data_dir), '--experiment', name]
     if model.endswith('_ssm'):
-        cmd += ['--model-kwargs', f'num_splits={args.num_splits}']
-    cmd += args.train_args
+        train_args += ['--model-kwargs', f'num_splits={args.num_splits}']
+    train_args += args.train_args
+    found = finished_run(run_dir, train_args, args.epochs)
+    if found is not None:
+        print(f'{name}: finished run with the same train.py arguments found, kept')
+        return found
+    if os.path.isdir(run_dir):
+        # unfinished, or trained otherwise: train.py would start a new folder beside it
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, '-m', 'timm_ssm.launch', 'train.py', *train_args, '--output', runs]
     print(f'{name}: training ({" ".join(cmd[2:])})', flush=True)
     start = time.perf_counter()
     with open(os.path.join(runs, f'{name}.log'), 'w') as log:
         code = subprocess.call(cmd, env=_env(args), stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
-    if code != 0 or not _finished(run_dir, args.epochs):
+    if code != 0 or _epochs_done(run_dir) != args.epochs:
         sys.exit(f'{name}: train.py failed (exit code {code}), see {os.path.join(runs, name + ".log")}')
-    result = dict(seconds=round(seconds, 1), load=os.getloadavg()[0])  # the load others put on shared cores too
-    with open(timing, 'w') as f:
+    # the load average: what others put on shared cores too
+    result = dict(train_args=train_args, seconds=round(seconds, 1), load=os.getloadavg()[0])
+    with open(os.path.join(run_dir, RUN_RECORD), 'w') as f:
         json.dump(result, f)
     print(f'{name}: {seconds / 60:.1f} min', flush=True)
     return result
@@ -119,11 +134,10 @@ def train(args, model: str, seed: int, data_dir: str, runs: str) -> Dict[str, fl
 def evaluate(args, model: str, checkpoints: List[str], data_dir: str, out: str) -> dict:
     """One timm_ssm.evaluate pass over the test split with every seed's model (and so their ensemble)."""
     json_path = os.path.join(out, f'eval_{model}.json')
+    # input size, normalization, crop and interpolation: from the checkpoints' train.py arguments
     cmd = [sys.executable, '-m', 'timm_ssm.evaluate', '--model', model, '--checkpoint', *checkpoints,
-           '--data-dir', data_dir, '--dataset', 'torch/fashion_mnist', '--split', 'test',
-           '--input-size', '1', str(args.img_size), str(args.img_size), '--mean', *map(str, MEAN),
-           '--std', *map(str, STD), '--crop-pct', '1.0', '--interpolation', 'bilinear',
-           '-b', '250', '--workers', str(args.workers), '--device', args.device, '--no-progress',
+           '--data-dir', data_dir, '--dataset', 'torch/fashion_mnist', '--split', 'test', '-b', '250',
+           '--workers', str(args.workers), '--device', args.device, '--no-progress',
            '--json', json_path, '--csv', os.path.join(out, f'eval_{model}.csv')]
     if model.endswith('_ssm'):
         cmd += ['--plot', os.path.join(out, f'heads_{model}.png')]
