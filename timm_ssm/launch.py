@@ -50,15 +50,14 @@ def resolve_script(script: str) -> str:
     return path
 
 
-def run_script(path: str, args: List[str], argv0: Optional[str] = None) -> None:
-    """Run a Python file as the `__main__` module with `sys.argv = [argv0, *args]`, as `python path args` does.
+def run_script(path: str, args: List[str]) -> None:
+    """Run a Python file as the `__main__` module with `sys.argv = [path, *args]`, as `python path args` does.
 
     Exceptions, including the script's `SystemExit`, propagate to the caller.
 
     Args:
         path: The script file.
         args: Its command-line arguments.
-        argv0: `sys.argv[0]` as the script sees it, `path` if None.
     """
     abs_path = os.path.abspath(path)
     with tokenize.open(abs_path) as f:  # honours a PEP 263 encoding line, as the interpreter does
@@ -75,7 +74,7 @@ def run_script(path: str, args: List[str], argv0: Optional[str] = None) -> None:
         __spec__=None,
     )
     sys.modules['__main__'] = main_module
-    sys.argv = [path if argv0 is None else argv0, *args]
+    sys.argv = [path, *args]
     script_dir = os.path.dirname(os.path.realpath(abs_path))
     if sys.path and sys.path[0] in ('', os.getcwd()):
         sys.path[0] = script_dir  # `python -m` put the current folder here, `python SCRIPT.py` puts its folder
@@ -95,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     except (FileNotFoundError, RuntimeError) as e:
         print(f'timm_ssm.launch: {e}', file=sys.stderr)
         sys.exit(2)
-    run_script(path, args, argv0=script if path == script else path)
+    run_script(path, args)
 
 
 if __name__ == '__main__':
