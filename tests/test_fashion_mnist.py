@@ -1,17 +1,25 @@
 """Fashion-MNIST prepared from the real files into the layout timm's `torch/fashion_mnist` reader reads."""
+import functools
 import gzip
+import hashlib
+import os
 import shutil
+import stat
+import struct
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from timm.data import create_dataset
+from torchvision.datasets import FashionMNIST
 
 from timm_ssm import fashion_mnist
 from timm_ssm.fashion_mnist import DEBIAN_SOURCE, MEAN, STD, prepare_fashion_mnist
 
 RAW = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 
-pytestmark = pytest.mark.skipif(
+needs_data = pytest.mark.skipif(
     not all((DEBIAN_SOURCE / (n + '.gz')).is_file() for n in RAW),
     reason=f'needs the real Fashion-MNIST files of the Debian package dataset-fashion-mnist in {DEBIAN_SOURCE}',
 )
@@ -22,6 +30,7 @@ def prepared(tmp_path_factory):
     return prepare_fashion_mnist(tmp_path_factory.mktemp('fm'), download=False)
 
 
+@needs_data
 def test_timm_reads_prepared_data(prepared):
     raw = prepared / 'FashionMNIST' / 'raw'
     assert sorted(p.name for p in raw.iterdir()) == sorted(RAW)
@@ -46,6 +55,7 @@ def test_timm_reads_prepared_data(prepared):
     assert (mean, std) == (pytest.approx(MEAN[0], abs=1e-4), pytest.approx(STD[0], abs=1e-4))
 
 
+@needs_data
 def test_prepare_keeps_intact_files_and_repairs_broken_ones(prepared):
     raw = prepared / 'FashionMNIST' / 'raw'
     mtimes = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
@@ -60,6 +70,47 @@ def test_prepare_keeps_intact_files_and_repairs_broken_ones(prepared):
     assert sorted(p.name for p in raw.iterdir()) == sorted(RAW)
 
 
+@needs_data
+def test_prepared_files_are_readable_as_umask_allows(prepared):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in RAW:
+        assert stat.S_IMODE((prepared / 'FashionMNIST' / 'raw' / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    """torchvision's download of Fashion-MNIST served from the Debian package's files by a local HTTP server (with
+    their MD5 sums: Debian compressed them again)."""
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass  # keep the test output clean
+
+    server = ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Handler, directory=str(DEBIAN_SOURCE)))
+    server.handle_error = lambda request, client_address: None  # torchvision drops its redirect probe unread
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setattr(FashionMNIST, 'mirrors', [f'http://127.0.0.1:{server.server_address[1]}/'])
+    monkeypatch.setattr(FashionMNIST, 'resources', [
+        (name, hashlib.md5((DEBIAN_SOURCE / name).read_bytes()).hexdigest()) for name, _ in FashionMNIST.resources])
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+@needs_data
+def test_download_replaces_broken_files(mirror, tmp_path):
+    """torchvision skips its download when the files exist: a broken one is removed first, then downloaded."""
+    root = prepare_fashion_mnist(tmp_path / 'root', source=tmp_path / 'empty', download=True)
+    raw = root / 'FashionMNIST' / 'raw'
+    labels = raw / 't10k-labels-idx1-ubyte'
+    good = labels.read_bytes()
+    labels.write_bytes(good[:-10])
+    assert prepare_fashion_mnist(root, source=tmp_path / 'empty', download=True) == root
+    assert labels.read_bytes() == good
+
+
+@needs_data
 def test_wrong_source_file_is_refused_and_nothing_is_half_written(tmp_path):
     source = tmp_path / 'source'
     source.mkdir()
@@ -80,6 +131,19 @@ def test_no_source_no_download(tmp_path):
         prepare_fashion_mnist(tmp_path / 'root', source=tmp_path, download=False)
 
 
+@pytest.mark.parametrize('size', [0, 7, 8, 12, 15])
+def test_short_files_are_reported(tmp_path, size):
+    """An images file cut inside its 16-byte header (magic, count, rows, columns) is refused as too short."""
+    source = tmp_path / 'source'
+    source.mkdir()
+    for name in RAW:
+        (source / name).write_bytes(b'')
+    (source / RAW[0]).write_bytes(struct.pack('>IIII', 2051, 60000, 28, 28)[:size])
+    with pytest.raises(RuntimeError, match=f'not the Fashion-MNIST file {RAW[0]}: its copy is too short'):
+        prepare_fashion_mnist(tmp_path / 'root', source=source, download=False)
+
+
+@needs_data
 def test_shell_command_prints_root(prepared, capsys):
     fashion_mnist.main([str(prepared), '--no-download'])
     assert capsys.readouterr().out.strip() == str(prepared)

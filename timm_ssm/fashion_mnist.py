@@ -60,8 +60,9 @@ def _check_idx(path: Path, magic: int, count: int) -> Optional[str]:
     if not path.is_file():
         return f'{path} is missing'
     with open(path, 'rb') as f:
-        header = f.read(16 if magic == 2051 else 8)
-        if len(header) < 8:
+        header_size = 16 if magic == 2051 else 8  # images: magic, count, rows, columns; labels: magic, count
+        header = f.read(header_size)
+        if len(header) < header_size:
             return f'{path} is too short to be an IDX file'
         found_magic, found_count = struct.unpack('>II', header[:8])
         if found_magic != magic:
@@ -106,6 +107,9 @@ def _copy_checked(src: Path, dst: Path):
         problem = _check_idx(Path(tmp), *_FILES[dst.name])
         if problem is not None:
             raise RuntimeError(f'{src} is not the Fashion-MNIST file {dst.name}: {problem.replace(tmp, "its copy")}.')
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it: mkstemp's 0600 hides it in a shared folder
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
@@ -153,6 +157,8 @@ def prepare_fashion_mnist(
         for name, src in sources.items():
             _copy_checked(src, raw / name)
     elif download:
+        for name in missing:
+            (raw / name).unlink(missing_ok=True)  # torchvision keeps a file that exists, even a broken one
         try:
             _download(root)
         except Exception as e:
