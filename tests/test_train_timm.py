@@ -137,6 +137,18 @@ def test_main_errors(fake_timm_root, tmp_path, capsys, monkeypatch):
     assert 'is not a pytorch-image-models checkout' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('gpus, device, nproc', [(2, 'cpu', 1), (2, 'cuda', 2), (2, None, 2), (0, None, 1)])
+def test_nproc_defaults_to_gpus_but_one_on_cpu(fake_timm_root, capsys, monkeypatch, gpus, device, nproc):
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: gpus)
+    device_args = ['--device', device] if device else []
+    assert train_timm.main(['--dry-run', '--data-dir', '/d', *device_args]) == 0
+    command = capsys.readouterr().out.strip().splitlines()[-1]
+    if nproc == 1:
+        assert command.startswith(f'+ {sys.executable} -m timm_ssm.launch ')
+    else:
+        assert command.startswith(f'+ {sys.executable} -m torch.distributed.run --nproc-per-node={nproc} --standalone ')
+
+
 def test_offline_without_timm_root(tmp_path, monkeypatch, capsys):
     """No checkout and no network: the message says how to fix it."""
     monkeypatch.delenv('TIMM_ROOT', raising=False)

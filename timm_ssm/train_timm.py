@@ -62,7 +62,8 @@ Runs timm's own train.py, unchanged, with timm-ssm's <arch>_ssm models registere
 Launch options (everything else goes to train.py as it is):
   --timm-root DIR       pytorch-image-models checkout holding train.py (default: $TIMM_ROOT, else the source of
                         the installed timm version, downloaded once into ~/.cache/timm_ssm)
-  --nproc N             processes on this node (default: the visible GPUs, 1 without GPU); N > 1 starts torchrun
+  --nproc N             processes on this node (default: the visible GPUs, 1 without GPU or with --device cpu);
+                        N > 1 starts torchrun
   --nnodes N            nodes (or MIN:MAX), for torchrun
   --node-rank R         rank of this node (with --master-addr / --master-port)
   --master-addr HOST    address of the rank-0 node
@@ -264,17 +265,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             f'no data set: neither the arguments nor {config} name one. Add --data-dir DIR (an image folder with '
             f'train/ and validation/ sub-folders, or the root folder of --dataset NAME).')
 
-    gpus = _visible_gpus() if opts.nproc is None or _option_value(args, '--device') is None else None
-    if opts.nproc is None:
-        opts.nproc = max(gpus, 1)
     device = _option_value(args, '--device')
+    gpus = _visible_gpus()
     if device is None and not gpus:
         if data_given:
             print('train_timm.sh: no GPU is visible and train.py defaults to --device cuda: add --device cpu to '
                   'train on the CPU.', file=sys.stderr)
         else:
             device = 'cpu'
-    if (opts.nproc > 1 or opts.multi_node) and device is not None and device.startswith('cpu'):
+    on_cpu = device is not None and device.startswith('cpu')
+    if opts.nproc is None:
+        opts.nproc = 1 if on_cpu else max(gpus, 1)
+    if (opts.nproc > 1 or opts.multi_node) and on_cpu:
         return _error(
             f'{opts.nproc} processes on --device {device}: timm\'s train.py wraps the model in '
             f'DistributedDataParallel with device_ids=[device], which works on GPUs only, so several processes '
