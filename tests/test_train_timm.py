@@ -190,7 +190,8 @@ def test_default_run_command(fake_timm_root, tmp_path, capsys, monkeypatch):
 
 def test_report_of_a_run(tmp_path, capsys):
     """The default run's last step on checkpoints written by timm's CheckpointSaver (train.py's): the top-1 table of
-    timm_ssm.evaluate (averaged output and each sub-classifier) and where the files are."""
+    timm_ssm.evaluate (averaged output and each sub-classifier) and where the files are. The run was stopped after
+    its first of 2 epochs (Ctrl-C ends train.py's loop and it exits 0)."""
     data = tmp_path / 'data'
     for c in range(3):
         (data / 'validation' / f'class{c}').mkdir(parents=True)
@@ -202,7 +203,7 @@ def test_report_of_a_run(tmp_path, capsys):
     args = argparse.Namespace(
         model='test_resnet_ssm', num_classes=3, data_dir=str(data), dataset='', val_split='validation',
         in_chans=None, input_size=None, img_size=24, mean=None, std=None, crop_pct=1.0, interpolation='',
-        batch_size=6, validation_batch_size=None, workers=0, device='cpu', model_ema=False, epochs=1,
+        batch_size=6, validation_batch_size=None, workers=0, device='cpu', model_ema=False, epochs=2,
         model_kwargs={})
     model = timm.create_model('test_resnet_ssm', num_classes=3)
     saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, checkpoint_dir=str(run))
@@ -214,6 +215,7 @@ def test_report_of_a_run(tmp_path, capsys):
     result = json.loads((run / 'eval_validation.json').read_text())['models'][0]
     assert result['checkpoint'] == str(run / 'last.pth.tar')
     lines = out.splitlines()
+    assert 'test_resnet_ssm interrupted after 1 of 2 epochs, last.pth.tar, on the validation split' in out
     averaged = next(line for line in lines if line.strip().startswith('averaged (model output)'))
     assert float(averaged.split()[-1]) == pytest.approx(result['top1'], abs=0.005)
     assert [h['name'] for h in result['heads']] == ['FC1', 'FC2', 'FC3', 'FC4']
@@ -222,3 +224,14 @@ def test_report_of_a_run(tmp_path, capsys):
         assert float(line.split()[-1]) == pytest.approx(head['top1'], abs=0.005)
     assert f'last checkpoint:        {run / "last.pth.tar"}' in out
     assert 'FC4' in (run / 'eval_validation.txt').read_text()  # the evaluator's full table
+
+
+@pytest.mark.parametrize('epochs_done, text', [
+    (None, 'after 5 epochs'), (5, 'after 5 epochs'), (3, 'interrupted after 3 of 5 epochs'),
+    (7, 'after 7 epochs'),  # with --cooldown-epochs 2
+])
+def test_summary_names_the_epochs_trained(epochs_done, text):
+    result = dict(models=[dict(top1=90., heads=[])], data=dict(num_samples=10))
+    train_args = dict(model='m', epochs=5, val_split='test', dataset='torch/fashion_mnist')
+    summary = train_timm.format_summary(result, train_args, Path('last.pth.tar'), epochs_done)
+    assert f'm {text}, last.pth.tar, on the test split of torch/fashion_mnist (10 images):' in summary

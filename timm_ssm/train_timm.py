@@ -29,6 +29,8 @@ from .timm_source import find_timm_root
 
 __all__ = ['main', 'split_args', 'has_data_set', 'default_run_args', 'build_command', 'LaunchOptions']
 
+_logger = logging.getLogger(__name__)
+
 # launch option -> (destination, takes a value); all others go to train.py
 _OPTIONS: Dict[str, Tuple[str, bool]] = {
     '--timm-root': ('timm_root', True),
@@ -364,7 +366,7 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
     with open(eval_json) as f:
         result = json.load(f)
 
-    print(format_summary(result, train_args, checkpoint), flush=True)
+    print(format_summary(result, train_args, checkpoint, _epochs_done(checkpoint)), flush=True)
     print(f'\nResults and checkpoints are in {run_dir}:')
     for name, path in (
             ('last checkpoint', checkpoint),
@@ -379,12 +381,38 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
     return 0
 
 
-def format_summary(result: Dict, train_args: Dict, checkpoint: Path) -> str:
-    """The default run's final table: top-1 of the averaged output and of each sub-classifier."""
+def _epochs_done(checkpoint: Path) -> Optional[int]:
+    """Epochs trained when train.py saved the checkpoint (its `epoch` counts from 0), None if it does not say."""
+    import torch
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # train.py's args
+            state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    except Exception as e:
+        _logger.warning(f'Cannot read the epoch of {checkpoint} ({type(e).__name__}: {e}).')
+        return None
+    epoch = state.get('epoch') if isinstance(state, dict) else None
+    return epoch + 1 if isinstance(epoch, int) else None
+
+
+def format_summary(result: Dict, train_args: Dict, checkpoint: Path, epochs_done: Optional[int] = None) -> str:
+    """The default run's final table: top-1 of the averaged output and of each sub-classifier.
+
+    Args:
+        result: What `timm_ssm.evaluate` wrote for the checkpoint.
+        train_args: train.py's args.yaml of the run.
+        checkpoint: The evaluated checkpoint.
+        epochs_done: Epochs the checkpoint was trained for, `train_args['epochs']` if None; fewer when train.py
+            was stopped (Ctrl-C ends its loop and it exits 0).
+    """
     model = result['models'][0]
+    epochs = train_args['epochs']
+    if epochs_done is not None and epochs_done < epochs:
+        trained = f'interrupted after {epochs_done} of {epochs} epochs'
+    else:
+        trained = f'after {epochs if epochs_done is None else epochs_done} epochs'
     lines = [
         '',
-        f'{train_args["model"]} after {train_args["epochs"]} epochs, {checkpoint.name}, on the '
+        f'{train_args["model"]} {trained}, {checkpoint.name}, on the '
         f'{train_args["val_split"]} split of {train_args["dataset"]} ({result["data"]["num_samples"]} images):',
         f'  {"output":<32}{"top-1 (%)":>10}',
         f'  {"averaged (model output)":<32}{model["top1"]:>10.2f}',
