@@ -9,7 +9,7 @@ Launch options are consumed here; every other argument goes to `train.py` as it 
 
 With no data set in the arguments (no `--data-dir`, `--dataset`, positional DIR or `-c` config), it makes the
 default run: Fashion-MNIST is prepared (`timm_ssm.fashion_mnist`), a small SSM model is trained on a short
-schedule, the best checkpoint is evaluated on the test split and the places of results and checkpoints are
+schedule, the last checkpoint is evaluated on the test split and the places of results and checkpoints are
 printed. Arguments given to the default run override its own (`./train_timm.sh --epochs 1`).
 """
 import argparse
