@@ -20,6 +20,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -82,7 +83,9 @@ timm's train.py wraps the model in DistributedDataParallel with device_ids, so s
 on CPU use one process."""
 
 
-class LaunchOptions(argparse.Namespace):
+@dataclass
+class LaunchOptions:
+    """The options train_timm.sh takes for itself; `split_args` fills them."""
     timm_root: Optional[str] = None
     nproc: Optional[int] = None
     nnodes: Optional[str] = None
@@ -347,9 +350,9 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
     cmd = [sys.executable, '-m', 'timm_ssm.evaluate', '--checkpoint', str(checkpoint), '--json', str(eval_json),
            '--split', train_args['val_split'], '-b', str(train_args['validation_batch_size'] or
                                                          train_args['batch_size'])]
+    # the data; the evaluator takes the model, its classes, channels and arguments from the checkpoint's args
     for option, key in (
-            ('--model', 'model'), ('--num-classes', 'num_classes'), ('--data-dir', 'data_dir'),
-            ('--dataset', 'dataset'), ('--in-chans', 'in_chans'), ('--input-size', 'input_size'),
+            ('--data-dir', 'data_dir'), ('--dataset', 'dataset'), ('--input-size', 'input_size'),
             ('--img-size', 'img_size'), ('--mean', 'mean'), ('--std', 'std'), ('--crop-pct', 'crop_pct'),
             ('--interpolation', 'interpolation'), ('--workers', 'workers'), ('--device', 'device'),
     ):
