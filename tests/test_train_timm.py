@@ -21,20 +21,28 @@ from timm_ssm.timm_source import installed_timm_version
 from timm_ssm.train_timm import LaunchOptions, build_command, has_data_set, split_args
 
 REPO = Path(__file__).resolve().parent.parent
+TIMM_ROOT = os.environ.get('TIMM_ROOT')  # a real pytorch-image-models checkout, if any
 
 
 @pytest.fixture
 def fake_timm_root(tmp_path, monkeypatch):
-    """A pytorch-image-models checkout of the installed version whose train.py records its command line."""
+    """A pytorch-image-models checkout of the installed version whose train.py records its command line and has a
+    `parser` of a few of train.py's arguments."""
     root = tmp_path / 'pytorch-image-models'
     (root / 'timm').mkdir(parents=True)
     (root / 'timm' / 'version.py').write_text(f"__version__ = '{installed_timm_version()}'\n")
     (root / 'train.py').write_text(
-        'import json, os, sys\n'
+        'import argparse, json, os, sys\n'
         'import timm\n'
-        'with open(os.environ["FAKE_TRAIN_OUT"], "w") as f:\n'
-        '    json.dump(dict(argv=sys.argv, ssm=timm.is_model("test_resnet_ssm")), f)\n'
-        'sys.exit(int(os.environ.get("FAKE_TRAIN_EXIT", "0")))\n')
+        'parser = argparse.ArgumentParser()\n'
+        'parser.add_argument("data", nargs="?")\n'
+        'for name in ("--epochs", "--experiment", "--model"):\n'
+        '    parser.add_argument(name)\n'
+        'parser.add_argument("--mean", nargs="+")\n'
+        'if __name__ == "__main__":\n'
+        '    with open(os.environ["FAKE_TRAIN_OUT"], "w") as f:\n'
+        '        json.dump(dict(argv=sys.argv, ssm=timm.is_model("test_resnet_ssm")), f)\n'
+        '    sys.exit(int(os.environ.get("FAKE_TRAIN_EXIT", "0")))\n')
     monkeypatch.setenv('TIMM_ROOT', str(root))
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     return root
@@ -169,13 +177,20 @@ def test_version_mismatch_warning_and_dry_run(fake_timm_root, capsys, caplog):
     assert captured.out.startswith(f'+ {sys.executable} -m timm_ssm.launch {fake_timm_root.resolve()}/train.py')
 
 
+def _not_called(*args, **kwargs):
+    raise AssertionError('not to be called')
+
+
 def test_default_run_command(fake_timm_root, tmp_path, capsys, monkeypatch):
-    """No data set: Fashion-MNIST is prepared and the user's arguments come last, so they override."""
+    """No data set: Fashion-MNIST (prepared unless --dry-run) and the user's arguments last, so they override."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
-    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist', lambda: tmp_path / 'fm')  # tested on its own
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    monkeypatch.setattr(fashion_mnist, 'default_root', lambda: tmp_path / 'fm')
+    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist', _not_called)
     assert train_timm.main(['--dry-run', '--epochs', '1', '--experiment', 'quick']) == 0
     out = capsys.readouterr().out
+    assert f'Fashion-MNIST would be prepared in {tmp_path / "fm"} (not with --dry-run)' in out
     assert '+ OMP_NUM_THREADS=1' in out  # on CPU, unless the user sets it
     command = out.strip().splitlines()[-1]
     args = command.split(' ')
@@ -186,6 +201,26 @@ def test_default_run_command(fake_timm_root, tmp_path, capsys, monkeypatch):
     assert args[args.index('--model') + 1] == train_timm.DEFAULT_MODEL
     assert args[-4:] == ['--epochs', '1', '--experiment', 'quick']
     assert args[args.index('--output') + 1] == str(tmp_path / 'output' / 'train')
+
+
+@pytest.mark.parametrize('timm_root', ['fake', 'real'])
+def test_default_run_refuses_a_data_folder_among_options(fake_timm_root, tmp_path, capsys, monkeypatch, timm_root):
+    """A data folder after other options is train.py's positional DIR too: the default run, which would ignore it,
+    stops instead of training on Fashion-MNIST."""
+    if timm_root == 'real':
+        if not TIMM_ROOT:
+            pytest.skip('needs timm\'s train.py: set TIMM_ROOT to a pytorch-image-models checkout')
+        monkeypatch.setenv('TIMM_ROOT', TIMM_ROOT)
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    monkeypatch.setattr(fashion_mnist, 'default_root', lambda: tmp_path / 'fm')
+    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist', _not_called)
+    args = ['--dry-run', '--epochs', '1', '--mean', '0.5', '--model', 'test_resnet_ssm']
+    assert train_timm.main([*args, '/data/imagenet']) == 2
+    err = capsys.readouterr().err
+    assert 'error: /data/imagenet stands where train.py takes a data folder' in err
+    assert 'Put the data folder first (./train_timm.sh /data/imagenet ...) or give it as --data-dir' in err
+    assert train_timm.main(args) == 0  # option values are no data folder
+    assert train_timm.main(['--dry-run', '--epochs', '1', '--no-such-option', 'x']) == 0  # train.py's own error
 
 
 def test_report_of_a_run(tmp_path, capsys):

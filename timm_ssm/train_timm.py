@@ -7,16 +7,20 @@ Finds timm's `train.py` (`--timm-root`, `TIMM_ROOT`, or the cached source of the
 it unchanged through `python -m timm_ssm.launch`, under torchrun when several processes or nodes are asked for.
 Launch options are consumed here; every other argument goes to `train.py` as it is.
 
-With no data set in the arguments (no `--data-dir`, `--dataset`, positional DIR or `-c` config), it makes the
+With no data set in the arguments (no `--data-dir`, `--dataset`, DIR first or `-c` config), it makes the
 default run: Fashion-MNIST is prepared (`timm_ssm.fashion_mnist`), a small SSM model is trained on a short
 schedule, the last checkpoint is evaluated on the test split and the places of results and checkpoints are
-printed. Arguments given to the default run override its own (`./train_timm.sh --epochs 1`).
+printed. Arguments given to the default run override its own (`./train_timm.sh --epochs 1`); a data folder
+after other options, which the default run would ignore, stops it with an error.
 """
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import logging
 import os
+import runpy
 import shlex
 import subprocess
 import sys
@@ -73,11 +77,12 @@ Launch options (everything else goes to train.py as it is):
   --master-port PORT    port of the rank-0 node
   --rdzv-endpoint HOST:PORT, --rdzv-backend NAME, --rdzv-id ID
                         torchrun rendezvous instead of --node-rank / --master-addr
-  --dry-run             print the commands instead of running them
+  --dry-run             print the commands instead of running them (and prepare no data)
   -h, --help            this help, then train.py's
 
-Without a data set (no --data-dir, --dataset, positional DIR or -c config) it trains a small SSM model on
-Fashion-MNIST, evaluates it and prints where the results are: the default run.
+Without a data set (no --data-dir, --dataset, DIR first or -c config) it trains a small SSM model on
+Fashion-MNIST, evaluates it and prints where the results are: the default run. A data folder goes first or
+after --data-dir: one after other options stops the default run with an error.
 
 timm's train.py wraps the model in DistributedDataParallel with device_ids, so several processes need GPUs;
 on CPU use one process."""
@@ -217,6 +222,25 @@ def build_command(opts: LaunchOptions, train_py: Path, args: List[str]) -> List[
     return cmd + launch
 
 
+def _positional_data_dir(train_py: Path, args: List[str]) -> Optional[str]:
+    """The word of `args` that train.py's own parser takes for its positional DIR, which it reads anywhere among
+    the options, not only first. None when there is none, or when train.py's parser cannot be read or refuses the
+    arguments (train.py then says why itself)."""
+    try:
+        parser = runpy.run_path(str(train_py), run_name='timm_ssm_train_py').get('parser')
+    except Exception as e:
+        _logger.warning(f'Cannot read the options of {train_py} ({type(e).__name__}: {e}).')
+        return None
+    if not isinstance(parser, argparse.ArgumentParser):
+        return None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            namespace, unknown = parser.parse_known_args(args)
+    except (Exception, SystemExit):  # argparse exits on a bad value
+        return None
+    return None if unknown else getattr(namespace, 'data', None)
+
+
 def _visible_gpus() -> int:
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -297,7 +321,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _default_run(opts: LaunchOptions, train_py: Path, user_args: List[str], device: str) -> int:
-    from .fashion_mnist import prepare_fashion_mnist
+    from .fashion_mnist import default_root, prepare_fashion_mnist
+
+    data_dir = _positional_data_dir(train_py, user_args)
+    if data_dir is not None:
+        return _error(
+            f'{data_dir} stands where train.py takes a data folder, but the arguments name no data set, so this '
+            f'would be the default run on Fashion-MNIST, which ignores it. Put the data folder first '
+            f'(./train_timm.sh {data_dir} ...) or give it as --data-dir {data_dir}.')
 
     output = Path(_option_value(user_args, '--output') or Path.cwd() / 'output' / 'train').resolve()
     model = _option_value(user_args, '--model') or DEFAULT_MODEL
@@ -308,11 +339,15 @@ def _default_run(opts: LaunchOptions, train_py: Path, user_args: List[str], devi
 
     print(f'No data set given: the default run trains {model} on Fashion-MNIST and evaluates it on its test split. '
           f'Train on your own data with --data-dir DIR (see ./train_timm.sh --help).', flush=True)
-    try:
-        data_root = prepare_fashion_mnist()
-    except RuntimeError as e:
-        return _error(str(e))
-    print(f'Fashion-MNIST is ready in {data_root}', flush=True)
+    if opts.dry_run:
+        data_root = default_root()
+        print(f'Fashion-MNIST would be prepared in {data_root} (not with --dry-run)', flush=True)
+    else:
+        try:
+            data_root = prepare_fashion_mnist()
+        except RuntimeError as e:
+            return _error(str(e))
+        print(f'Fashion-MNIST is ready in {data_root}', flush=True)
 
     args = default_run_args(data_root, output, experiment, device) + user_args
     cmd = build_command(opts, train_py, args)
