@@ -35,6 +35,7 @@ TRAIN_ARGS = [
 
 def _env() -> dict:
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')  # tiny models: one thread is faster
+    env['CUDA_VISIBLE_DEVICES'] = ''  # on the CPU, one process, also on a host with GPUs
     env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
     return env
 
@@ -151,7 +152,6 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
             'cpu', '-b', '4', '--bench', 'inference', '--num-warm-iter', '1', '--num-bench-iter', '5',
             '--results-file', str(bench), '--results-format', 'json', cwd=tmp_path)
     assert json.loads(bench.read_text())['model'] == 'test_resnet_ssm'
-
 
 
 def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cache):

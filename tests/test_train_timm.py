@@ -114,7 +114,7 @@ def test_torchrun_commands_parse_as_torchrun_options():
 
 
 def _run_sh(args, env_extra, cwd=None):
-    env = dict(os.environ, **env_extra)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', **env_extra)  # the same on a host with GPUs
     env['PYTHON'] = sys.executable
     return subprocess.run(['bash', str(REPO / 'train_timm.sh'), *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=300)
