@@ -263,10 +263,10 @@ def test_report_of_a_run(tmp_path, capsys):
 
 @pytest.mark.parametrize('epochs_done, text', [
     (None, 'after 5 epochs'), (5, 'after 5 epochs'), (3, 'interrupted after 3 of 5 epochs'),
-    (7, 'after 7 epochs'),  # with --cooldown-epochs 2
+    (7, 'after 7 epochs'), (1, 'after 1 epoch'),  # 7: with --cooldown-epochs 2
 ])
 def test_summary_names_the_epochs_trained(epochs_done, text):
     result = dict(models=[dict(top1=90., heads=[])], data=dict(num_samples=10))
-    train_args = dict(model='m', epochs=5, val_split='test', dataset='torch/fashion_mnist')
+    train_args = dict(model='m', epochs=1 if epochs_done == 1 else 5, val_split='test', dataset='torch/fashion_mnist')
     summary = train_timm.format_summary(result, train_args, Path('last.pth.tar'), epochs_done)
     assert f'm {text}, last.pth.tar, on the test split of torch/fashion_mnist (10 images):' in summary

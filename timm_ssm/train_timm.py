@@ -447,7 +447,8 @@ def format_summary(result: Dict, train_args: Dict, checkpoint: Path, epochs_done
     if epochs_done is not None and epochs_done < epochs:
         trained = f'interrupted after {epochs_done} of {epochs} epochs'
     else:
-        trained = f'after {epochs if epochs_done is None else epochs_done} epochs'
+        done = epochs if epochs_done is None else epochs_done
+        trained = f'after {done} epoch{"" if done == 1 else "s"}'
     lines = [
         '',
         f'{train_args["model"]} {trained}, {checkpoint.name}, on the '
