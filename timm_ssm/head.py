@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn as nn
 
+from timm.layers import get_device_dtype
 
 __all__ = ['SplitShareHead', 'IndividualLoss']
 
@@ -70,11 +71,7 @@ class SplitShareHead(nn.Module):
         Args:
             num_classes: Classes of the new sub-classifiers, 0 for a pass-through.
         """
-        param = next(self.parameters(), None)  # rebuilt layers follow the existing ones
-        dd = dict(
-            device=device if device is not None or param is None else param.device,
-            dtype=dtype if dtype is not None or param is None else param.dtype,
-        )
+        dd = get_device_dtype(self, device=device, dtype=dtype)  # rebuilt layers follow the existing ones
         self.num_classes = num_classes
         if num_classes <= 0:
             self.norm = nn.Identity()  # pass-through (no classifier)
