@@ -117,10 +117,79 @@ def test_reset_keeps_norm_device_dtype_and_mode():
     assert head.norm is norm and head.num_classes == 3
     assert all(fc.weight.dtype == torch.float64 and fc.out_features == 3 and not fc.training for fc in head.fc)
     assert head(torch.randn(2, 64, dtype=torch.float64)).shape == (2, 3)
+    # num_classes=0 drops the sub-classifiers only: the BatchNorm, its statistics and dtype survive to the next reset
     head.reset(0)
-    assert not list(head.parameters())
-    head.reset(4, dtype=torch.float64)
-    assert isinstance(head.norm, nn.BatchNorm1d) and head.norm.weight.dtype == torch.float64
+    assert len(head.fc) == 0 and head.norm is norm
+    head.reset(4)
+    assert head.norm is norm and torch.all(norm.running_mean == 0.5)
+    assert all(fc.weight.dtype == torch.float64 and not fc.training for fc in head.fc)
+    fresh = SplitShareHead(64, 0)
+    assert not list(fresh.parameters())  # nothing to keep: a pass-through head has no layers
+    fresh.reset(4, dtype=torch.float64)
+    assert isinstance(fresh.norm, nn.BatchNorm1d) and fresh.norm.weight.dtype == torch.float64
+
+
+def test_training_batch_message_gives_the_batch_size():
+    head = SplitShareHead(64, 10).train()
+    for batch in (0, 1):
+        with pytest.raises(AssertionError, match=f'training batch of {batch} samples'):
+            head(torch.randn(batch, 64))
+
+
+def test_bad_sizes_fail_early():
+    with pytest.raises(ValueError, match='num_splits >= 1'):
+        SplitShareHead(64, 10, num_splits=0)
+    with pytest.raises(ValueError, match='num_classes >= 0'):
+        SplitShareHead(64, -1)
+    with pytest.raises(ValueError, match='num_classes >= 0'):
+        SplitShareHead(64, 10).reset(-2)
+    with pytest.raises(ValueError, match='norm_all'):
+        SplitShareHead(64, 10, split=False, norm_all=True)
+    with pytest.raises(RuntimeError, match=r'num_classes=0 .* reset_classifier'):
+        SplitShareHead(64, 0).forward_splits(torch.randn(2, 64))
+    with pytest.raises(AssertionError, match=r'pooled \(batch, channels\) features'):
+        SplitShareHead(64, 10).eval()(torch.randn(2, 64, 1, 1))
+
+
+@pytest.mark.parametrize('norm_all', [False, True])
+def test_one_split_is_the_plain_classifier(norm_all):
+    head = SplitShareHead(64, 10, num_splits=1, norm_all=norm_all).eval()
+    assert head.widths == [64] and len(head.fc) == 1
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        expected = head.fc[0](head.act(head.norm(x)) if norm_all else x)
+        torch.testing.assert_close(head(x), expected)
+        torch.testing.assert_close(head.forward_splits(x), expected[:, None])
+    if not norm_all:
+        assert isinstance(head.norm, nn.Identity) and sum(p.numel() for p in head.parameters()) == 64 * 10 + 10
+        linear = nn.Linear(64, 10)
+        head.init_from_classifier(linear.weight, linear.bias)
+        with torch.no_grad():
+            torch.testing.assert_close(head(x), linear(x))
+
+
+@pytest.mark.parametrize('k', [2, 3])
+def test_unsplit_controls_are_parallel_plain_classifiers(k):
+    """split=False: Table 4's kFC controls, k Linear layers each on all C channels, no norm, averaged."""
+    head = SplitShareHead(64, 10, num_splits=k, split=False).train()
+    assert head.widths == [64] * k and isinstance(head.norm, nn.Identity)
+    assert sum(p.numel() for p in head.parameters()) == k * (64 * 10 + 10)
+    x = torch.randn(1, 64)  # no BatchNorm, so a batch of 1 trains
+    splits = head.forward_splits(x)
+    torch.testing.assert_close(splits, torch.stack([fc(x) for fc in head.fc], 1))
+    torch.testing.assert_close(head(x), splits.mean(1))
+    linear = nn.Linear(64, 10)
+    head.init_from_classifier(linear.weight, linear.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), linear(x), rtol=1e-5, atol=1e-6)
+
+
+def test_scripted_head_has_forward_splits():
+    head = SplitShareHead(64, 10).eval()
+    scripted = torch.jit.script(head)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(scripted.forward_splits(x), head.forward_splits(x))
+    torch.testing.assert_close(scripted(x), head(x))
 
 
 def test_init_from_classifier_reproduces_it():

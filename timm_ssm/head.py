@@ -6,7 +6,8 @@ Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.33
 The pooled feature of C channels is cut into n equal groups and sub-classifier i sees the first i groups.
 The first n - 1 prefixes pass BatchNorm1d + ReLU (paper text, Figure 1 and the 28.63 M parameters of
 Table 4; `norm_all=True` normalizes all n as in Algorithm 1), each sub-classifier is one Linear, and the
-output is the mean of the n logits.
+output is the mean of the n logits. `split=False` gives the paper's Table 4 controls instead: n plain Linear
+classifiers, each on all C channels, averaged.
 
 All normalized prefixes go through one BatchNorm1d over their concatenation, and the n sub-classifiers
 accumulate into one output, without materializing the n logits.
@@ -30,6 +31,7 @@ class SplitShareHead(nn.Module):
             num_classes: int,
             num_splits: int = 4,
             norm_all: bool = False,
+            split: bool = True,
             device=None,
             dtype=None,
     ):
@@ -39,26 +41,33 @@ class SplitShareHead(nn.Module):
             num_classes: Classes of every sub-classifier, 0 for a pass-through (pooled features out).
             num_splits: Number of channel groups and sub-classifiers n.
             norm_all: BatchNorm1d + ReLU on all n prefixes (Algorithm 1) instead of the first n - 1.
+            split: Split the feature into prefixes. False gives n plain Linear classifiers, each on all C
+                channels with no norm, averaged: the 2FC / 3FC controls of the paper's Table 4.
         """
         super().__init__()
         if num_splits < 1:
             raise ValueError(f'SplitShareHead needs num_splits >= 1, got {num_splits}.')
-        if in_features % num_splits:
+        if num_classes < 0:
+            raise ValueError(f'SplitShareHead needs num_classes >= 0 (0 for pooled features out), got {num_classes}.')
+        if not split and norm_all:
+            raise ValueError(
+                'split=False gives plain parallel classifiers without norm (Table 4\'s controls): '
+                'it cannot be combined with norm_all=True.')
+        if split and in_features % num_splits:
             divisors = [d for d in range(2, min(in_features, 16) + 1) if in_features % d == 0]
             raise ValueError(
                 f'SplitShareHead cannot split C={in_features} channels into n={num_splits} equal groups: '
-                f'{in_features} is not divisible by {num_splits}. Use a num_splits that divides {in_features}'
-                f' (for example {divisors}).' if divisors else
-                f'SplitShareHead cannot split C={in_features} channels into n={num_splits} equal groups: '
                 f'{in_features} is not divisible by {num_splits}.'
+                + (f' Use a num_splits that divides {in_features} (for example {divisors}).' if divisors else '')
             )
         self.in_features = in_features
         self.num_features = in_features
         self.num_splits = num_splits
         self.norm_all = norm_all
-        group = in_features // num_splits
-        self.widths: List[int] = [group * (i + 1) for i in range(num_splits)]
-        self.num_norm = num_splits if norm_all else num_splits - 1
+        self.split = split
+        group = in_features // num_splits if split else 0
+        self.widths: List[int] = [group * (i + 1) if split else in_features for i in range(num_splits)]
+        self.num_norm = (num_splits if norm_all else num_splits - 1) if split else 0
         self.num_classes = 0
         self.norm = nn.Identity()
         self.act = nn.ReLU()
@@ -66,22 +75,22 @@ class SplitShareHead(nn.Module):
         self.reset(num_classes, device=device, dtype=dtype)
 
     def reset(self, num_classes: int, device=None, dtype=None):
-        """Replace the sub-classifiers, keeping the BatchNorm of the prefixes when there is one.
+        """Replace the sub-classifiers. The BatchNorm of the prefixes is kept, also through num_classes=0.
 
         Args:
             num_classes: Classes of the new sub-classifiers, 0 for a pass-through.
+            device: Device of the new layers, that of the head's existing layers if None.
+            dtype: Dtype of the new layers, that of the head's existing layers if None.
         """
+        if num_classes < 0:
+            raise ValueError(f'SplitShareHead needs num_classes >= 0 (0 for pooled features out), got {num_classes}.')
         dd = get_device_dtype(self, device=device, dtype=dtype)  # rebuilt layers follow the existing ones
         self.num_classes = num_classes
-        if num_classes <= 0:
-            self.norm = nn.Identity()  # pass-through (no classifier)
-            self.fc = nn.ModuleList()
-            return
-        if not isinstance(self.norm, nn.BatchNorm1d):
+        if num_classes > 0 and self.num_norm and not isinstance(self.norm, nn.BatchNorm1d):
             self.norm = nn.BatchNorm1d(sum(self.widths[:self.num_norm]), **dd)
-        self.fc = nn.ModuleList([nn.Linear(w, num_classes, **dd) for w in self.widths])
-        self.norm.train(self.training)
-        self.fc.train(self.training)
+            self.norm.train(self.training)
+        fc = [nn.Linear(w, num_classes, **dd) for w in self.widths] if num_classes > 0 else []
+        self.fc = nn.ModuleList(fc).train(self.training)
 
     @torch.no_grad()
     def init_from_classifier(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
@@ -90,7 +99,7 @@ class SplitShareHead(nn.Module):
         The last sub-classifier (all C channels, no normalization unless `norm_all`) becomes n times the
         classifier and the others start at zero.
         """
-        if self.norm_all:
+        if self.num_norm == self.num_splits:
             raise ValueError(
                 'A plain classifier cannot be converted exactly into a head with norm_all=True: the last '
                 'sub-classifier sees normalized features. Convert with norm_all=False.')
@@ -108,18 +117,26 @@ class SplitShareHead(nn.Module):
             self.fc[-1].bias.copy_(bias * self.num_splits)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """BatchNorm1d + ReLU of the normalized prefixes, concatenated."""
+        """BatchNorm1d + ReLU of the normalized prefixes, concatenated (x itself when none is normalized)."""
+        torch._assert(x.ndim == 2, f'SplitShareHead takes pooled (batch, channels) features, got shape {x.shape}.')
+        if self.num_norm == 0:
+            return x
         if self.training:
             torch._assert(
                 x.shape[0] > 1,
-                'SplitShareHead got a training batch of 1 sample: its BatchNorm1d needs more than one sample per '
-                'batch. Use a batch size of 2 or more and drop the last incomplete batch '
-                '(DataLoader(..., drop_last=True)), or call model.eval() for inference.',
+                f'SplitShareHead got a training batch of {x.shape[0]} samples: its BatchNorm1d needs more than one '
+                f'sample per batch. Use a batch size of 2 or more and drop the last incomplete batch '
+                f'(DataLoader(..., drop_last=True)), or call model.eval() for inference.',
             )
         return self.act(self.norm(torch.cat([x[:, :w] for w in self.widths[:self.num_norm]], 1)))
 
+    @torch.jit.export
     def forward_splits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every sub-classifier, shape (B, n, num_classes); their mean is `forward(x)`."""
+        if self.num_classes <= 0:
+            raise RuntimeError(
+                'forward_splits() needs sub-classifiers, but this head has num_classes=0 (pooled features out): '
+                'call reset_classifier(num_classes) first.')
         z = self._normalized(x)
         logits = []
         start = 0

@@ -12,11 +12,12 @@ logits equal the original model's until it is trained.
 import dataclasses
 import logging
 import re
-from typing import Any, Callable, Dict, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 import torch
 import torch.nn as nn
 
+from timm.layers import get_device_dtype
 from timm.models import (
     DefaultCfg,
     build_model_with_cfg,
@@ -31,7 +32,7 @@ from timm.models import (
 
 from .head import SplitShareHead
 
-__all__ = ['SplitShareNet', 'SUFFIX', 'PAPER_MODELS', 'base_model_name']
+__all__ = ['SplitShareNet', 'SUFFIX', 'PAPER_MODELS', 'PAPER_ALIASES', 'base_model_name']
 
 _logger = logging.getLogger(__name__)
 
@@ -39,14 +40,20 @@ SUFFIX = '_ssm'
 PAPER_MODELS = (
     'resnet18', 'resnet50', 'resnet101', 'resnext50_32x4d', 'resnext101_32x4d', 'resnext101_32x8d',
 )
+# the paper's Table 1 names its ResNeXts without a width; its baselines (77.19, 78.46 top-1) are the 32x4d ones
+PAPER_ALIASES = {'resnext50': 'resnext50_32x4d', 'resnext101': 'resnext101_32x4d'}
 
 
 def base_model_name(model_name: str) -> str:
-    """Name of the timm architecture under an SSM model name: `resnet50_ssm.a1_in1k` -> `resnet50`."""
+    """Name of the timm architecture under an SSM model name: `resnet50_ssm.a1_in1k` -> `resnet50`.
+
+    The paper's names `resnext50_ssm` and `resnext101_ssm` give the ResNeXt 32x4d trunks.
+    """
     arch = split_model_name_tag(model_name)[0]
     if not arch.endswith(SUFFIX):
         raise ValueError(f'{model_name} is not an SSM model name: it should end in {SUFFIX} (before any .tag).')
-    return arch[:-len(SUFFIX)]
+    arch = arch[:-len(SUFFIX)]
+    return PAPER_ALIASES.get(arch, arch)
 
 
 def _prefix(names: Union[str, tuple, list, None], prefix: str):
@@ -83,6 +90,7 @@ class SplitShareNet(nn.Module):
             num_classes: int = 1000,
             num_splits: int = 4,
             norm_all: bool = False,
+            split: bool = True,
             in_chans: int = 3,
             global_pool: Optional[str] = None,
             pretrained_trunk: bool = False,
@@ -96,6 +104,7 @@ class SplitShareNet(nn.Module):
             num_classes: Classes of the head, 0 for the pooled features.
             num_splits: Channel groups and sub-classifiers n of the head.
             norm_all: BatchNorm1d + ReLU on all n prefixes (Algorithm 1) instead of the first n - 1.
+            split: False for n plain Linear classifiers on all C channels, averaged (Table 4's controls).
             in_chans: Input image channels.
             global_pool: Pooling of the trunk, its default if None, '' for none (only with num_classes=0).
             pretrained_trunk: Load timm's pretrained weights into the trunk and, when its classifier has
@@ -104,6 +113,10 @@ class SplitShareNet(nn.Module):
                 pretrained_cfg, ...).
         """
         super().__init__()
+        if num_classes < 0 or num_splits < 1:
+            raise ValueError(
+                f'A Split-and-Share model needs num_classes >= 0 (0 for pooled features out) and num_splits >= 1, '
+                f'got num_classes={num_classes}, num_splits={num_splits}.')
         if global_pool == '' and num_classes > 0:
             raise ValueError(
                 "global_pool='' leaves the features unpooled, but the Split-and-Share head needs pooled "
@@ -145,6 +158,7 @@ class SplitShareNet(nn.Module):
             num_classes,
             num_splits=num_splits,
             norm_all=norm_all,
+            split=split,
             device=device,
             dtype=dtype,
         )
@@ -203,21 +217,69 @@ class SplitShareNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """Replace the sub-classifiers (the head's BatchNorm is kept) and optionally the trunk's pooling.
+        """Replace the sub-classifiers and optionally the trunk's pooling.
+
+        The new layers take the model's device, dtype and train/eval mode. While the pooled width stays the same,
+        the head's BatchNorm (weights and running statistics) is kept, also through `reset_classifier(0)`; a
+        `global_pool` that changes the pooled width (`'catavgmax'`) rebuilds the whole head for the new width.
 
         Args:
             num_classes: Classes of the new head, 0 for the pooled features.
             global_pool: Pooling type of the trunk, unchanged if None, '' for none (only with num_classes=0).
         """
+        if num_classes < 0:
+            raise ValueError(f'num_classes must be >= 0 (0 for pooled features out), got {num_classes}.')
         if global_pool == '' and num_classes > 0:
             raise ValueError(
                 "global_pool='' leaves the features unpooled, but the Split-and-Share head needs pooled "
                 "features: use global_pool='' only with num_classes=0.")
+        dd = get_device_dtype(self)
         if global_pool is not None:
+            width = self._pooled_width(global_pool) if global_pool else self.head.in_features
             self.trunk.reset_classifier(0, global_pool)
             self.global_pool = global_pool
+            if width != self.head.in_features:
+                head = self.head
+                self.head = SplitShareHead(
+                    width, 0, num_splits=head.num_splits, norm_all=head.norm_all, split=head.split, **dd)
+                self.head.train(head.training)
+                self.head_hidden_size = width
         self.num_classes = num_classes
-        self.head.reset(num_classes)
+        self.head.reset(num_classes, **dd)
+
+    def _pooled_width(self, global_pool: str) -> int:
+        """Width of the trunk's pooled feature under `global_pool`, read off the classifier the trunk builds for it."""
+        self.trunk.reset_classifier(1, global_pool)
+        classifier = self.trunk.get_classifier()
+        width = getattr(classifier, 'in_features', getattr(classifier, 'in_channels', self.head.in_features))
+        self.trunk.reset_classifier(0, global_pool)
+        return width
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, **kwargs):
+        """The trunk's `forward_intermediates` (timm's API for features of several stages)."""
+        return self._trunk_method('forward_intermediates')(x, **kwargs)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+            prune_head: bool = True):
+        """The trunk's `prune_intermediate_layers`; `prune_head` also removes the Split-and-Share head."""
+        take_indices = self._trunk_method('prune_intermediate_layers')(
+            indices, prune_norm=prune_norm, prune_head=prune_head)
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    @torch.jit.ignore
+    def set_input_size(self, **kwargs):
+        """The trunk's `set_input_size` (img_size, patch_size, ... of ViT-like trunks)."""
+        self._trunk_method('set_input_size')(**kwargs)
+
+    def _trunk_method(self, name: str) -> Callable:
+        method = getattr(self.trunk, name, None)
+        if method is None:
+            raise AttributeError(f'The trunk of this model ({type(self.trunk).__name__}) has no {name}().')
+        return method
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(x)
@@ -226,6 +288,7 @@ class SplitShareNet(nn.Module):
         x = self.trunk.forward_head(x, pre_logits=True)
         return x if pre_logits else self.head(x)
 
+    @torch.jit.export
     def forward_splits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of every sub-classifier for an image batch, shape (B, n, num_classes).
 
@@ -239,7 +302,7 @@ class SplitShareNet(nn.Module):
         return x
 
 
-_MODEL_ARGS = ('num_classes', 'num_splits', 'norm_all', 'in_chans', 'global_pool', 'device', 'dtype')
+_MODEL_ARGS = ('num_classes', 'num_splits', 'norm_all', 'split', 'in_chans', 'global_pool', 'device', 'dtype')
 
 
 def _classifier_names(num_splits: int) -> tuple:
@@ -327,6 +390,7 @@ def _split_share_cfgs(arch: str) -> Optional[DefaultCfg]:
 
 default_cfgs = {f'{arch}{SUFFIX}': _split_share_cfgs(arch) for arch in list_models() if not arch.endswith(SUFFIX)}
 default_cfgs = {k: v for k, v in default_cfgs.items() if v is not None}
+default_cfgs.update({f'{alias}{SUFFIX}': _split_share_cfgs(arch) for alias, arch in PAPER_ALIASES.items()})
 
 
 @register_model
@@ -371,6 +435,21 @@ def resnext101_32x8d_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
     return _create_split_share('resnext101_32x8d_ssm', pretrained, **dict(model_args, **kwargs))
 
 
+@register_model
+def resnext50_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
+    """ResNeXt50 of the paper's Table 1: the ResNeXt-50 32x4d trunk (`resnext50_32x4d`) with a Split-and-Share head."""
+    model_args = dict(num_splits=4)
+    return _create_split_share('resnext50_ssm', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnext101_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
+    """ResNeXt101 of the paper's Table 1: the ResNeXt-101 32x4d trunk (`resnext101_32x4d`) with a Split-and-Share
+    head."""
+    model_args = dict(num_splits=4)
+    return _create_split_share('resnext101_ssm', pretrained, **dict(model_args, **kwargs))
+
+
 def _register(variant: str):
     def _entrypoint(pretrained: bool = False, **kwargs) -> SplitShareNet:
         return _create_split_share(variant, pretrained, **kwargs)
@@ -381,5 +460,5 @@ def _register(variant: str):
 
 
 for _variant in default_cfgs:
-    if _variant[:-len(SUFFIX)] not in PAPER_MODELS:
+    if _variant[:-len(SUFFIX)] not in PAPER_MODELS + tuple(PAPER_ALIASES):
         _register(_variant)
