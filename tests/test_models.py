@@ -291,3 +291,138 @@ def test_profile_head_macs_agree_with_the_flop_counter():
     assert row['head_macs'] == 2048 * 1000 and row['ssm_head_macs'] == (512 + 1024 + 1536 + 2048) * 1000
     assert row['ssm_macs'] - row['macs'] == row['ssm_head_macs'] - row['head_macs']
     assert row['params'] == 25557032 and 28.63e6 <= row['ssm_params'] <= 28.64e6
+
+
+def test_reset_classifier_after_zero_keeps_norm_and_the_models_device_dtype_mode():
+    """timm's `_assert_reset_classifier_preserves_parent_device_dtype`, and the BatchNorm kept through num_classes=0."""
+    model = timm.create_model('test_resnet_ssm', num_classes=5).to(torch.float64).eval()
+    with torch.no_grad():
+        model.head.norm.running_var.fill_(3.0)
+    norm = model.head.norm
+    model.reset_classifier(0)
+    model.reset_classifier(7)
+    assert model.head.norm is norm and torch.all(norm.running_var == 3.0)
+    assert all(p.dtype == torch.float64 for p in model.head.parameters())
+    assert not any(m.training for m in model.modules())
+    assert model(torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)).shape == (2, 7)
+    # a head built with num_classes=0 has no layer to read from: the new layers follow the trunk
+    model = timm.create_model('test_resnet_ssm', num_classes=0).to(device='meta', dtype=torch.float16)
+    model.reset_classifier(0)
+    model.reset_classifier(2)
+    assert all(p.device.type == 'meta' and p.dtype == torch.float16 for p in model.head.parameters())
+
+
+@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_efficientnet_ssm'])
+def test_reset_classifier_with_a_pooling_of_another_width_rebuilds_the_head(model_name):
+    model = timm.create_model(model_name, num_classes=4).eval()
+    x = _input(model)
+    width = model.head.in_features
+    norm = model.head.norm
+    model.reset_classifier(10, 'catavgmax')
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert model(x).shape == (2, 10)
+    assert model.head.in_features == pooled.shape[1] == model.head_hidden_size
+    if pooled.shape[1] != width:  # a new width: a new head, in the model's mode
+        assert model.head.norm is not norm and not model.head.training
+    model.reset_classifier(3, 'avg')
+    assert model.head.in_features == width and model(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(num_splits=0), 'num_splits >= 1'),
+    (dict(num_splits=-2), 'num_splits >= 1'),
+    (dict(num_classes=-1), 'num_classes >= 0'),
+    (dict(split=False, norm_all=True), 'norm_all'),
+])
+def test_bad_head_arguments_fail_when_the_model_is_created(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model('test_resnet_ssm', **kwargs)
+
+
+def test_forward_splits_of_a_zero_class_model_is_a_clear_error():
+    model = timm.create_model('test_resnet_ssm', num_classes=0)
+    with pytest.raises(RuntimeError, match=r'num_classes=0 .* reset_classifier\(num_classes\)'):
+        model.forward_splits(torch.randn(2, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match='num_classes must be >= 0'):
+        model.reset_classifier(-3)
+
+
+@pytest.mark.parametrize('norm_all', [False, True])
+def test_one_split(norm_all):
+    model = timm.create_model('test_resnet_ssm', num_splits=1, norm_all=norm_all, num_classes=5).train()
+    x = _input(model)
+    out = model(x)
+    assert out.shape == (2, 5) and model.forward_splits(x).shape == (2, 1, 5)
+    out.sum().backward()
+    assert model.pretrained_cfg['classifier'] == ('head.fc.0',)
+    assert len(model.head.fc) == 1 and model.head.fc[0].in_features == model.head_hidden_size
+
+
+def test_scripted_model_has_forward_splits():
+    model = timm.create_model('test_resnet_ssm', num_classes=5).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # torch.jit.script is deprecated, still supported
+        scripted = torch.jit.script(model)
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted.forward_splits(x), model.forward_splits(x))
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+def test_paper_names_of_the_resnexts():
+    for alias, trunk in (('resnext50', 'resnext50_32x4d'), ('resnext101', 'resnext101_32x4d')):
+        assert timm_ssm.base_model_name(f'{alias}_ssm.tv_in1k') == trunk
+        assert [n.replace(f'{alias}_ssm', trunk) for n in timm.list_pretrained(f'{alias}_ssm.*')] == \
+            timm.list_pretrained(f'{trunk}.*')
+        with torch.device('meta'):
+            model = timm.create_model(f'{alias}_ssm')
+            same = timm.create_model(f'{trunk}_ssm')
+        assert model.pretrained_cfg['architecture'] == f'{alias}_ssm'
+        assert model.trunk.pretrained_cfg['architecture'] == trunk
+        assert [(n, p.shape) for n, p in model.named_parameters()] == [(n, p.shape) for n, p in same.named_parameters()]
+
+
+def test_table_4_controls():
+    """split=False: k plain Linear classifiers on all C channels, no norm, averaged (Table 4's 2FC and 3FC)."""
+    with torch.device('meta'):
+        counts = {k: sum(p.numel() for p in timm.create_model('resnet50_ssm', num_splits=k, split=False).parameters())
+                  for k in (2, 3)}
+    assert round(counts[2] / 1e6, 2) == 27.61 and round(counts[3] / 1e6, 2) == 29.66  # paper: 27.60 M, 29.65 M
+    model = timm.create_model('test_resnet_ssm', num_splits=3, split=False, num_classes=10).train()
+    assert isinstance(model.head.norm, torch.nn.Identity)
+    assert [fc.in_features for fc in model.head.fc] == [model.head_hidden_size] * 3
+    x = _input(model)
+    splits = model.forward_splits(x)
+    assert splits.shape == (2, 3, 10)
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(splits, torch.stack([fc(pooled) for fc in model.head.fc], 1))
+        torch.testing.assert_close(model(x), splits.mean(1))
+
+
+def test_forward_intermediates_and_pruning_go_to_the_trunk():
+    model = timm.create_model('test_resnet_ssm', num_classes=5).eval()
+    base = timm.create_model('test_resnet', num_classes=0).eval()
+    base.load_state_dict(model.trunk.state_dict())
+    x = _input(model)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x, indices=2)
+        base_final, base_intermediates = base.forward_intermediates(x, indices=2)
+        torch.testing.assert_close(final, model.forward_features(x))
+        assert len(intermediates) == 2
+        for a, b in zip(intermediates, base_intermediates):
+            torch.testing.assert_close(a, b)
+    assert model.prune_intermediate_layers(2) == base.prune_intermediate_layers(2)
+    assert model.num_classes == 0 and len(model.head.fc) == 0
+    with torch.no_grad():
+        assert model.forward_intermediates(x, indices=2, intermediates_only=True)[-1].ndim == 4
+
+
+def test_set_input_size_exists_where_the_trunk_has_it():
+    vit = timm.create_model('test_vit_ssm', num_classes=3).eval()
+    vit.set_input_size(img_size=(96, 96))
+    assert vit(torch.randn(1, 3, 96, 96)).shape == (1, 3)
+    resnet = timm.create_model('test_resnet_ssm')
+    assert not hasattr(resnet, 'set_input_size') and not hasattr(resnet.trunk, 'set_input_size')
+    assert hasattr(resnet, 'forward_intermediates')

@@ -154,3 +154,14 @@ def test_features_only_from_ssm_weights(hub_cache, tmp_path):
     with torch.no_grad():
         for a, b in zip(features(x), reference(x)):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('kwargs', [dict(num_splits=1), dict(num_splits=2, split=False)], ids=['n1', '2fc'])
+def test_one_split_and_the_controls_convert_exactly(kwargs, hub_cache, tmp_path):
+    base = _random_base_weights(hub_cache, 'test_resnet.r160_in1k', tmp_path)
+    model = timm.create_model('test_resnet_ssm.r160_in1k', pretrained=True, **kwargs).eval()
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), rtol=1e-4, atol=1e-4)
+    if kwargs['num_splits'] == 1:  # one Linear on all C channels is the plain classifier itself
+        torch.testing.assert_close(model.head.fc[0].weight, base.fc.weight)

@@ -255,31 +255,32 @@ class SplitShareNet(nn.Module):
         self.trunk.reset_classifier(0, global_pool)
         return width
 
-    @torch.jit.ignore
-    def forward_intermediates(self, x: torch.Tensor, **kwargs):
-        """The trunk's `forward_intermediates` (timm's API for features of several stages)."""
-        return self._trunk_method('forward_intermediates')(x, **kwargs)
+    # timm's newer model API, present exactly when the trunk has it: as properties, a trunk without the method
+    # leaves hasattr(model, name) False, as timm's tests and downstream libraries check it
+    __jit_unused_properties__ = ['forward_intermediates', 'prune_intermediate_layers', 'set_input_size']
 
-    @torch.jit.ignore
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-            prune_head: bool = True):
-        """The trunk's `prune_intermediate_layers`; `prune_head` also removes the Split-and-Share head."""
-        take_indices = self._trunk_method('prune_intermediate_layers')(
-            indices, prune_norm=prune_norm, prune_head=prune_head)
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+    @property
+    def forward_intermediates(self) -> Callable:
+        """The trunk's `forward_intermediates(x, indices=None, ...)`: features of several stages."""
+        return self.trunk.forward_intermediates
 
-    @torch.jit.ignore
-    def set_input_size(self, **kwargs):
-        """The trunk's `set_input_size` (img_size, patch_size, ... of ViT-like trunks)."""
-        self._trunk_method('set_input_size')(**kwargs)
+    @property
+    def set_input_size(self) -> Callable:
+        """The trunk's `set_input_size(img_size=None, ...)`."""
+        return self.trunk.set_input_size
 
-    def _trunk_method(self, name: str) -> Callable:
-        method = getattr(self.trunk, name, None)
-        if method is None:
-            raise AttributeError(f'The trunk of this model ({type(self.trunk).__name__}) has no {name}().')
-        return method
+    @property
+    def prune_intermediate_layers(self) -> Callable:
+        """The trunk's `prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)`; `prune_head` also
+        removes the Split-and-Share head."""
+        prune = self.trunk.prune_intermediate_layers
+
+        def _prune(indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True):
+            take_indices = prune(indices, prune_norm=prune_norm, prune_head=prune_head)
+            if prune_head:
+                self.reset_classifier(0, '')
+            return take_indices
+        return _prune
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_features(x)
