@@ -15,6 +15,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
+import timm_ssm
 from timm_ssm import PAPER_MODELS
 
 CONFIGS = Path(__file__).resolve().parent.parent / 'configs'
@@ -45,7 +46,7 @@ def test_one_config_per_paper_model():
     for path, arch in zip(PAPER_CONFIGS, PAPER_MODELS):
         cfg = _load(path)
         assert cfg['model'] == f'{arch}_ssm' and timm.is_model(cfg['model'])
-        assert timm.is_model(arch)  # the baseline: --model <arch>
+        assert timm.is_model(timm_ssm.base_model_name(cfg['model']))  # the baseline: --model <its trunk>
 
 
 @pytest.mark.parametrize('path', PAPER_CONFIGS, ids=lambda p: p.stem)

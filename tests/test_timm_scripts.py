@@ -175,3 +175,17 @@ def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cach
         if not key.startswith('fc.') and 'running_' not in key and 'num_batches' not in key:
             torch.testing.assert_close(state['trunk.' + key], value, msg=key)
     assert state['head.fc.3.weight'].shape == (3, 96)
+
+
+def test_train_py_trains_the_table_4_controls(image_folder, tmp_path):
+    """`--model-kwargs num_splits=2 split=False`: train.py trains two plain classifiers on all C channels, averaged."""
+    args = [a for a in TRAIN_ARGS if a not in ('--model-ema', '--model-ema-decay', '0.5')]
+    _launch('train.py', '--data-dir', str(image_folder), *args, '--epochs', '1', '--output', str(tmp_path),
+            '--experiment', '2fc', '--model-kwargs', 'num_splits=2', 'split=False', cwd=tmp_path)
+    model = timm.create_model('test_resnet_ssm', num_classes=3, num_splits=2, split=False)
+    load_checkpoint(model, str(tmp_path / '2fc' / 'last.pth.tar'), strict=True)
+    state = model.state_dict()
+    assert sorted(k for k in state if k.startswith('head.')) == [
+        'head.fc.0.bias', 'head.fc.0.weight', 'head.fc.1.bias', 'head.fc.1.weight']
+    assert state['head.fc.0.weight'].shape == state['head.fc.1.weight'].shape == (3, model.head_hidden_size)
+    assert not torch.equal(state['head.fc.0.weight'], state['head.fc.1.weight'])  # two classifiers, trained
