@@ -118,7 +118,10 @@ class SplitShareHead(nn.Module):
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         """BatchNorm1d + ReLU of the normalized prefixes, concatenated (x itself when none is normalized)."""
-        torch._assert(x.ndim == 2, f'SplitShareHead takes pooled (batch, channels) features, got shape {x.shape}.')
+        torch._assert(
+            x.ndim == 2,
+            'SplitShareHead takes pooled (batch, channels) features: the trunk\'s pooling is off (global_pool=\'\'); '
+            'pass a global_pool such as \'avg\' to reset_classifier().')
         if self.num_norm == 0:
             return x
         if self.training:
