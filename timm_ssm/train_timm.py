@@ -382,18 +382,14 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
 
     eval_json = run_dir / f'eval_{train_args["val_split"]}.json'
     eval_table = run_dir / f'eval_{train_args["val_split"]}.txt'
+    # the model, its options and the data config come from the run (timm_ssm.runs); the data set from here
     cmd = [sys.executable, '-m', 'timm_ssm.evaluate', '--checkpoint', str(checkpoint), '--json', str(eval_json),
            '--split', train_args['val_split'], '-b', str(train_args['validation_batch_size'] or
                                                          train_args['batch_size'])]
-    # the data; the evaluator takes the model, its classes, channels and arguments from the checkpoint's args
-    for option, key in (
-            ('--data-dir', 'data_dir'), ('--dataset', 'dataset'), ('--input-size', 'input_size'),
-            ('--img-size', 'img_size'), ('--mean', 'mean'), ('--std', 'std'), ('--crop-pct', 'crop_pct'),
-            ('--interpolation', 'interpolation'), ('--workers', 'workers'), ('--device', 'device'),
-    ):
-        value = train_args.get(key)
-        if value is not None and value != '':
-            cmd += [option, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    for option, key in (('--data-dir', 'data_dir'), ('--dataset', 'dataset'), ('--workers', 'workers'),
+                        ('--device', 'device')):
+        if train_args.get(key) not in (None, ''):
+            cmd += [option, str(train_args[key])]
     if train_args.get('model_ema'):
         cmd.append('--use-ema')  # train.py validated the EMA weights
     _print_command(cmd)
@@ -404,7 +400,8 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
     with open(eval_json) as f:
         result = json.load(f)
 
-    print(format_summary(result, train_args, checkpoint, _epochs_done(checkpoint)), flush=True)
+    epoch = result['models'][0]['epoch']  # counted from 0
+    print(format_summary(result, train_args, checkpoint, None if epoch is None else epoch + 1), flush=True)
     print(f'\nResults and checkpoints are in {run_dir}:')
     for name, path in (
             ('last checkpoint', checkpoint),
@@ -417,19 +414,6 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
         if path.exists():
             print(f'  {name + ":":24s}{path}')
     return 0
-
-
-def _epochs_done(checkpoint: Path) -> Optional[int]:
-    """Epochs trained when train.py saved the checkpoint (its `epoch` counts from 0), None if it does not say."""
-    import torch
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # train.py's args
-            state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except Exception as e:
-        _logger.warning(f'Cannot read the epoch of {checkpoint} ({type(e).__name__}: {e}).')
-        return None
-    epoch = state.get('epoch') if isinstance(state, dict) else None
-    return epoch + 1 if isinstance(epoch, int) else None
 
 
 def format_summary(result: Dict, train_args: Dict, checkpoint: Path, epochs_done: Optional[int] = None) -> str:

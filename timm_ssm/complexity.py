@@ -1,7 +1,7 @@
 """ Parameters and multiply-adds of SSM models and their baselines (the paper's Table 4)
 
-`python -m timm_ssm.profile` prints the README's table for the paper's models; pass model names to profile
-others, e.g. `python -m timm_ssm.profile convnext_tiny vit_base_patch16_224`.
+`python -m timm_ssm.complexity` prints the README's table for the paper's models; pass model names to profile
+others, e.g. `python -m timm_ssm.complexity convnext_tiny vit_base_patch16_224`.
 
 Models are built on the meta device, so profiling ResNeXt-101 takes no memory and about a second.
 """
