@@ -28,18 +28,18 @@ needs_timm_scripts = pytest.mark.skipif(
     not TIMM_ROOT, reason='needs timm\'s train.py and validate.py: set TIMM_ROOT to a pytorch-image-models checkout')
 
 CLASSES = ('circle', 'square', 'stripe')
-COMMON = ['--num-classes', '3', '--img-size', '32', '--device', 'cpu', '--workers', '0']
+COMMON = ['--num-classes', '3', '--img-size', '64', '--device', 'cpu', '--workers', '0']  # 64: a 2x2 map to pool
 # name: (train.py options, validate.py options for the same model, create_model arguments of that model)
 RUNS = {
     'gp_max': (['--model', 'test_resnet_ssm', '--gp', 'max'], ['--model', 'test_resnet_ssm', '--gp', 'max'],
                dict(global_pool='max')),
-    'bn_eps': (['--model', 'test_efficientnet_ssm', '--bn-eps', '0.5'],  # validate.py has no --bn-eps option
-               ['--model', 'test_efficientnet_ssm', '--model-kwargs', 'bn_eps=0.5'], dict(bn_eps=0.5)),
+    'bn_eps': (['--model', 'test_efficientnet_ssm', '--bn-eps', '0.1'],  # validate.py has no --bn-eps option
+               ['--model', 'test_efficientnet_ssm', '--model-kwargs', 'bn_eps=0.1'], dict(bn_eps=0.1)),
     'num_splits': (['--model', 'test_resnet_ssm', '--model-kwargs', 'num_splits=2'],
                    ['--model', 'test_resnet_ssm', '--model-kwargs', 'num_splits=2'], dict(num_splits=2)),
     'in_chans': (['--model', 'test_resnet_ssm', '--in-chans', '1'], ['--model', 'test_resnet_ssm', '--in-chans', '1'],
                  dict(in_chans=1)),
-    'model_ema': (['--model', 'test_resnet_ssm', '--model-ema', '--model-ema-decay', '0.5'],
+    'model_ema': (['--model', 'test_resnet_ssm', '--model-ema', '--model-ema-decay', '0.9'],
                   ['--model', 'test_resnet_ssm', '--use-ema'], dict()),
 }
 
@@ -54,21 +54,23 @@ def _run(cmd, cwd):
 
 @pytest.fixture(scope='module')
 def shapes(tmp_path_factory) -> Path:
-    """An image folder (train/, validation/, a folder per class) of drawn shapes on noise."""
+    """An image folder (train/, validation/, a folder per class) of shapes drawn on noise, hard enough that two
+    epochs give a top-1 between chance and 100 %, which other model options change."""
     root = tmp_path_factory.mktemp('shapes')
     rng = np.random.default_rng(0)
-    for split, count in (('train', 4), ('validation', 8)):
+    for split in ('train', 'validation'):
         for name in CLASSES:
             (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                img = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+            for i in range(16):
+                img = rng.integers(0, 160, (40, 40, 3), dtype=np.uint8)
+                k = int(rng.integers(0, 8))
                 if name == 'circle':
                     yy, xx = np.mgrid[:40, :40]
-                    img[(yy - 20) ** 2 + (xx - 20) ** 2 < (6 + i) ** 2] = 230
+                    img[(yy - 20) ** 2 + (xx - 20) ** 2 < (6 + k) ** 2] = 200
                 elif name == 'square':
-                    img[12 - i:28 + i, 12 - i:28 + i] = 230
+                    img[12 - k:28 + k, 12 - k:28 + k] = 200
                 else:
-                    img[:, i % 4::4 + i % 3] = 230
+                    img[:, k % 4::4 + k % 3] = 200
                 Image.fromarray(img).save(root / split / name / f'{name}{i}.png')
     return root
 
@@ -80,7 +82,7 @@ def test_tools_measure_the_model_train_py_trained(case, shapes, tmp_path, capsys
     predictions score the same, and the export's logits equal those of the model built by hand from the options."""
     train_opts, validate_opts, model_args = RUNS[case]
     _run([sys.executable, '-m', 'timm_ssm.launch', 'train.py', '--data-dir', str(shapes), *train_opts, *COMMON,
-          '--epochs', '1', '-b', '12', '--opt', 'sgd', '--lr', '0.1', '--warmup-epochs', '0', '--no-aug',
+          '--epochs', '2', '-b', '4', '--opt', 'sgd', '--lr', '0.03', '--warmup-epochs', '0', '--no-aug',
           '--output', str(tmp_path), '--experiment', 'run'], tmp_path)
     run_dir, ema = tmp_path / 'run', case == 'model_ema'
     checkpoint = run_dir / 'last.pth.tar'
@@ -89,7 +91,7 @@ def test_tools_measure_the_model_train_py_trained(case, shapes, tmp_path, capsys
 
     validated = tmp_path / 'validate.json'
     _run([sys.executable, '-m', 'timm_ssm.launch', 'validate.py', '--data-dir', str(shapes), *validate_opts, *COMMON,
-          '--checkpoint', str(checkpoint), '-b', '12', '--results-file', str(validated), '--results-format', 'json'],
+          '--checkpoint', str(checkpoint), '-b', '16', '--results-file', str(validated), '--results-format', 'json'],
          tmp_path)
     validated = json.loads(validated.read_text())['top1']
 
@@ -107,12 +109,19 @@ def test_tools_measure_the_model_train_py_trained(case, shapes, tmp_path, capsys
     reference.eval()
     assert hub.main([str(run_dir), '--repo-id', 'test/run', '--checkpoint', 'last.pth.tar', '--dry-run',
                      '--out', str(tmp_path / 'export'), *(['--ema'] if ema else [])]) == 0
+    exported_top1 = evaluate.main(['--model', f'local-dir:{tmp_path / "export"}', '--data-dir', str(shapes),
+                                   '--workers', '0', '--device', 'cpu', '--no-progress'])['models'][0]['top1']
+    assert exported_top1 == result['top1']  # the export's config.json holds the run's data config
     exported = timm.create_model(f'local-dir:{tmp_path / "export"}', pretrained=True).eval()
-    x = torch.randn(2, model_args.get('in_chans', 3), 32, 32)
+    x = torch.randn(2, model_args.get('in_chans', 3), 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), reference(x))
+        if case in ('gp_max', 'bn_eps', 'model_ema'):  # the option changes the model: dropping it is seen
+            plain = timm.create_model(train_opts[1], num_classes=3)
+            load_checkpoint(plain, str(checkpoint), use_ema=False)
+            assert not torch.allclose(plain.eval()(x), reference(x), atol=1e-3)
     print(f'{case}: train.py {trained:.2f}, validate.py {validated:.2f}, evaluate {result["top1"]:.2f}, '
-          f'cam {100 * np.mean([t == p for _, t, p in cams]):.2f}')
+          f'cam {100 * np.mean([t == p for _, t, p in cams]):.2f}, export {exported_top1:.2f}')
 
 
 def _checkpoint(path: Path, **args):
