@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from timm.data import ImageNetInfo, create_dataset, create_transform, get_img_extensions, infer_imagenet_subset
 from timm.utils import setup_default_logging
 
-from .runs import atomic_write, data_config_from_args, models_from_args, run_parser, split_head
+from .runs import atomic_write, class_names, data_config_from_args, models_from_args, run_parser, split_head
 
 __all__ = ['feature_gradients', 'grad_cams', 'cam_grid', 'PANEL_PAD', 'main']
 
@@ -215,14 +215,11 @@ def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optiona
     if args.dataset or (args.input is None and args.data_dir):
         dataset = create_dataset(args.dataset, root=args.data_dir, split=args.split, class_map=args.class_map,
                                  download=args.dataset_download)
-        names = getattr(dataset, 'classes', None)
-        if names is None and hasattr(dataset, 'reader') and hasattr(dataset.reader, 'class_to_idx'):
-            names = sorted(dataset.reader.class_to_idx, key=dataset.reader.class_to_idx.get)
         items = []
         for i in range(min(args.num_images, len(dataset))):
             img, label = dataset[i]
             items.append((f'{i:05d}', img, int(label)))
-        return items, names
+        return items, class_names(dataset)
     if args.input is None:
         raise ValueError('Give an image file or folder, or a timm data set with --dataset and --data-dir.')
     if os.path.isfile(args.input):
@@ -235,17 +232,15 @@ def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optiona
         dataset = create_dataset('', root=args.input, split='', search_split=False, class_map=args.class_map)
     except RuntimeError as e:
         raise ValueError(f'No images ({", ".join(get_img_extensions())}) in {args.input}: {e}') from e
-    class_to_idx = dataset.reader.class_to_idx
-    has_labels = '' not in class_to_idx
+    names = class_names(dataset)  # class folders give the ground truth; none for a flat folder
     items = []
     for i in range(min(args.num_images, len(dataset))):
         img, label = dataset[i]
         path = dataset.filename(i)
         stem = os.path.splitext(path)[0].replace(os.sep, '_')
-        items.append((stem, img, int(label) if has_labels else None))
+        items.append((stem, img, int(label) if names else None))
     if not items:
         raise ValueError(f'No images ({", ".join(get_img_extensions())}) in {args.input}.')
-    names = sorted(class_to_idx, key=class_to_idx.get) if has_labels else None
     return items, names
 
 

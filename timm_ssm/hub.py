@@ -35,7 +35,7 @@ from timm.data import create_dataset
 from timm.models import load_model_config_from_hf, parse_model_name, save_for_hf
 from timm.utils import ParseKwargs
 
-from .runs import Run, RunError, create_run_model, load_run, run_data_config, weights_digest
+from .runs import Run, RunError, class_names, create_run_model, load_run, run_data_config, weights_digest
 
 __all__ = ['main', 'export', 'model_card', 'write_export', 'push_folder', 'check_repo_id', 'HubError', 'EXPORT_FILES']
 
@@ -108,14 +108,11 @@ def label_names(run: Run, num_classes: int, label_file: Optional[str] = None) ->
                             class_map=run.args.get('class_map') or None, is_training=False, download=False)
     except Exception as e:  # a data set not on this machine: publish without names rather than fail
         return None, f'none (cannot open data set {dataset or root!r} here: {e}; pass --label-names FILE)'
-    names = getattr(ds, 'classes', None)
-    class_to_idx = getattr(getattr(ds, 'reader', None), 'class_to_idx', None)
-    if names is None and class_to_idx and sorted(class_to_idx.values()) == list(range(len(class_to_idx))):
-        names = sorted(class_to_idx, key=class_to_idx.get)
+    names = class_names(ds)
     if not names or len(names) != num_classes:
         found = f'{len(names)} classes' if names else 'no class names'
         return None, f'none ({dataset or root} has {found}, the model {num_classes}; pass --label-names FILE)'
-    return [str(n) for n in names], f'{num_classes} from {dataset or root}'
+    return names, f'{num_classes} from {dataset or root}'
 
 
 def find_evaluation(
@@ -246,7 +243,8 @@ def _sub_classifiers(evaluation: Dict[str, Any], source: str) -> str:
         f'{"; the EMA weights" if evaluation.get("use_ema") else ""}; `{Path(source).name}`). Sub-classifier FCj '
         f'sees the first j groups of channels; the model\'s output is their average; the oracle counts an image when '
         f'any sub-classifier is right (an upper bound, it needs the label); the label-free rules pick or combine '
-        f'sub-classifiers per image without it.\n\n| Output | Channels | Top-1 (%) | Top-5 (%) |\n|---|---|---:|---:|\n')
+        f'sub-classifiers per image without it.\n\n'
+        '| Output | Channels | Top-1 (%) | Top-5 (%) |\n|---|---|---:|---:|\n')
     for head in evaluation['heads']:
         text += f'| {head["name"]} | 0-{head["width"] - 1} | {head["top1"]:.2f} | {head["top5"]:.2f} |\n'
     text += f'| Averaged (the model) | all | {evaluation["top1"]:.2f} | {evaluation["top5"]:.2f} |\n'

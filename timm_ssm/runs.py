@@ -28,8 +28,8 @@ from .head import SplitShareHead
 
 __all__ = [
     'Run', 'RunError', 'load_run', 'create_run_model', 'run_data_config', 'read_checkpoint', 'atomic_write',
-    'weights_digest', 'split_head', 'run_parser', 'models_from_args', 'data_config_from_args', 'CHECKPOINT_NAMES',
-    'DATA_ARGS',
+    'weights_digest', 'class_names', 'split_head', 'run_parser', 'models_from_args', 'data_config_from_args',
+    'CHECKPOINT_NAMES', 'DATA_ARGS',
 ]
 
 CHECKPOINT_NAMES = ('model_best.pth.tar', 'last.pth.tar')  # looked for in a run folder, in this order
@@ -140,7 +140,8 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
             raise RunError(f'No {" or ".join(names)} in {path}; {hint}.')
         path = found[0]
     elif checkpoint:
-        raise RunError(f'A checkpoint name ({checkpoint}) goes with a run folder, but {path} is a file: give its folder.')
+        raise RunError(f'A checkpoint name ({checkpoint}) goes with a run folder, but {path} is a file: give its '
+                       f'folder.')
 
     raw = read_checkpoint(path)
     run = Run(source=str(source), checkpoint=path)
@@ -264,6 +265,17 @@ def weights_digest(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def class_names(dataset) -> Optional[List[str]]:
+    """Class names of a timm data set in index order (a torchvision data set's `classes`, the class folders of an
+    image folder), None when it has none."""
+    names = getattr(dataset, 'classes', None)
+    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    if names is None and class_to_idx and '' not in class_to_idx and \
+            sorted(class_to_idx.values()) == list(range(len(class_to_idx))):
+        names = sorted(class_to_idx, key=class_to_idx.get)
+    return [str(n) for n in names] if names else None
 
 
 def split_head(model: nn.Module) -> Optional[SplitShareHead]:
