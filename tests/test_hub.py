@@ -162,6 +162,9 @@ def test_dry_run_writes_the_three_files_only(dry_run_export, train_run):
     for name in EXPORT_FILES:
         assert re.search(rf'{re.escape(name)}\s+[\d.]+ k?M?B', stdout), stdout
     assert 'Dry run' in stdout and 'Nothing was sent' in stdout
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(out / name).stat().st_mode & 0o777 for name in EXPORT_FILES} == {0o666 & ~umask}  # as open() makes files
     assert 'https://huggingface.co/someone/tiny-ssm' in stdout
 
 
