@@ -25,35 +25,8 @@ Label-free rules (per sample, without labels):
     vote: the class most sub-classifiers predict, ties broken by the mean of their softmax probabilities.
     prob_avg: the mean of the sub-classifiers' softmax probabilities (instead of their logits).
 
-JSON schema (`--json FILE`); accuracies are percentages rounded to 4 decimals, as in `validate.py`:
-    {
-      "data": {"data_dir", "dataset", "split", "num_samples", "input_size", "interpolation", "crop_pct",
-               "crop_mode", "mean", "std"},
-      "models": [{
-          "model": model name, "checkpoint": path or null, "epoch": train.py's epoch of the checkpoint or null,
-          "use_ema": whether the EMA weights were evaluated, "weights_sha256": digest of the evaluated weights
-          (`timm_ssm.runs.weights_digest`: the Hub export finds its evaluation by it),
-          "num_classes": K,
-          "num_splits": n (null for a model without Split-and-Share head),
-          "param_count": parameters, "head_param_count": parameters of the classifier head (null if unknown),
-          "macs": multiply-adds of one image (torch.utils.flop_counter), "head_macs": exact multiply-adds of
-          the head's Linear layers (sum over sub-classifiers of width_j * K; null if unknown),
-          "top1", "top1_err", "top5", "top5_err": the model's output (the average of the sub-classifiers),
-          "heads": [{"name": "FC1", "width": w, "group": [first, last], "top1", "top5"}, ...]
-                   (sub-classifier j sees channels 0..w-1 of the pooled feature, [first, last] is its own group
-                   of C/n channels, both ends included; [] without Split-and-Share head),
-          "oracle": {"top1"} (a sample counts when any sub-classifier's top-1 is right; null without head),
-          "selection": {rule: {"top1", "top5", "chosen": fraction of samples per sub-classifier or null}}
-                       ({} without head),
-      }, ...],
-      "ensemble": {"members", "top1", "top1_err", "top5", "top5_err", "gain_over_best"} or null
-                  (mean of the members' logits; only with two or more models),
-      "throughput": images per second over the timed pass, "seconds": seconds of that pass
-    }
-top5 is top-k with k = min(5, K).
-
-CSV (`--csv FILE`): one row per model and output: model, checkpoint, output (FC1.., averaged, oracle,
-select:<rule>, ensemble), top1, top5.
+JSON (`--json FILE`, schema in docs/analyses.md), CSV (`--csv FILE`: one row per model and output) and a bar chart
+(`--plot FILE`).
 """
 import argparse
 import csv
@@ -170,7 +143,7 @@ class SplitMetrics:
         return logits
 
     def compute(self, widths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-        """Accuracies in percent, with the keys of the `models` entries of the JSON schema (module docstring).
+        """Accuracies in percent, with the keys of the `models` entries of the JSON schema (docs/analyses.md).
 
         Args:
             widths: Channels seen by each sub-classifier (`SplitShareHead.widths`), to name their groups.
@@ -246,7 +219,7 @@ def evaluate(
             validate.py), so that one-time set-up is not timed.
 
     Returns:
-        `models`: the accuracy part of each model's entry of the JSON schema (module docstring), `ensemble`,
+        `models`: the accuracy part of each model's entry of the JSON schema (docs/analyses.md), `ensemble`,
         `num_samples`, `throughput` and `seconds`.
     """
     param = next(models[0].parameters(), None)
@@ -336,7 +309,7 @@ group.add_argument('--channels-last', action='store_true', default=False, help='
 group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
 
 group = parser.add_argument_group('Output')
-group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON (schema: module docstring)')
+group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON (schema: docs/analyses.md)')
 group.add_argument('--csv', default='', metavar='FILE', help='write one row per model and output as CSV')
 group.add_argument('--plot', default='', metavar='FILE',
                    help='PNG bar chart of the sub-classifiers, averaged output and oracle (needs matplotlib)')
@@ -460,7 +433,7 @@ def write_csv(result: Dict[str, Any], path: str):
 
 
 def run(args) -> Dict[str, Any]:
-    """Evaluate as the command line asks and return the results (JSON schema: module docstring)."""
+    """Evaluate as the command line asks and return the results (JSON schema: docs/analyses.md)."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if args.plot:
         _pyplot()  # fail before the pass, not after it
@@ -560,7 +533,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         argv: The arguments, sys.argv[1:] if None.
 
     Returns:
-        The results (JSON schema: module docstring).
+        The results (JSON schema: docs/analyses.md).
     """
     args = parser.parse_args(argv)
     try:
