@@ -149,52 +149,38 @@ def hub_dataset_id(dataset: Optional[str]) -> Optional[str]:
     return rest if prefix.lower() in ('hfds', 'hfids') and rest else HUB_DATASETS.get((dataset or '').lower())
 
 
-def _architecture(name: str) -> Optional[str]:
-    """The architecture a model name builds, without tag; None when its config.json cannot be read here."""
-    try:
-        source, model_id = parse_model_name(name)
-        if source == 'hf-hub':
-            return load_model_config_from_hf(model_id)[1].split('.')[0]
-        if source == 'local-dir':
-            return json.loads((Path(model_id) / 'config.json').read_text())['architecture'].split('.')[0]
-    except Exception:  # create_run_model says why
-        return None
-    return model_id.split('.')[0]
-
-
-def _config_license(name: str) -> Optional[str]:
-    """The license in the config.json of an `hf-hub:` or `local-dir:` model name."""
+def _source_config(name: str) -> Tuple[Dict[str, Any], str]:
+    """The pretrained cfg and architecture (without tag) of a model name, from the config.json of an `hf-hub:`
+    (Hugging Face cache, else the Hub) or `local-dir:` name; ({}, name) for a registered name."""
     source, model_id = parse_model_name(name)
     if source == 'hf-hub':
-        return load_model_config_from_hf(model_id)[0].get('license')
-    config = json.loads((Path(model_id) / 'config.json').read_text())
-    return config.get('pretrained_cfg', {}).get('license') or config.get('license')
+        cfg, arch, _ = load_model_config_from_hf(model_id)
+    elif source == 'local-dir':
+        config = json.loads((Path(model_id) / 'config.json').read_text())
+        cfg, arch = config.get('pretrained_cfg', {}), config['architecture']
+    else:
+        cfg, arch = {}, model_id
+    return cfg, arch.split('.')[0]
 
 
 def base_weights(run: Run, model: nn.Module, license: Optional[str] = None) -> Tuple[Optional[str], str]:
     """The Hub id of the weights the run started from (train.py's --pretrained; None for a file or from scratch),
     and the export's license: `license`, else that of those weights, else apache-2.0."""
-    args = run.args
-    if not args.get('pretrained'):
+    name = run.args.get('model') or ''
+    if not run.args.get('pretrained'):
         return None, license or 'apache-2.0'
-    name = args.get('model') or ''
-    try:
-        source, model_id = parse_model_name(name)
-    except ValueError:
-        source, model_id = None, name
-    built_from_name = model.pretrained_cfg.get('source') == source if source else True
+    source, model_id = parse_model_name(name)
     if source is None:
-        hub_id = model.pretrained_cfg.get('hf_hub_id')
+        hub_id, base_license = model.pretrained_cfg.get('hf_hub_id'), model.pretrained_cfg.get('license')
     else:
-        hub_id = model_id.partition('@')[0] if source == 'hf-hub' else None
-    base_license = model.pretrained_cfg.get('license') if built_from_name else None
-    if not license and not built_from_name:
-        try:
-            base_license = _config_license(name)
-        except Exception as e:
-            raise RunError(f'Cannot read the license of {name} from its config.json ({type(e).__name__}: {e}): pass '
-                           f'the weights\' license with --license.') from e
-    return (None if args.get('pretrained_path') else hub_id), license or base_license or 'apache-2.0'
+        hub_id, base_license = model_id.partition('@')[0] if source == 'hf-hub' else None, None
+        if not license:
+            try:
+                base_license = _source_config(name)[0].get('license')
+            except Exception as e:
+                raise RunError(f'Cannot read the license of {name} from its config.json ({type(e).__name__}: '
+                               f'{e}): pass the weights\' license with --license.') from e
+    return (None if run.args.get('pretrained_path') else hub_id), license or base_license or 'apache-2.0'
 
 
 def _results(run: Run, data_config: Dict[str, Any], ema: bool) -> str:
@@ -538,7 +524,10 @@ def export(args, out: Path) -> nn.Module:
         print('  It also has EMA weights: pass --ema to publish those instead.')
     print(f'Arguments: {run.args_source}')
     name = args.model or run.args.get('model') or ''
-    arch = _architecture(name)
+    try:
+        arch = _source_config(name)[1]
+    except Exception:  # create_run_model says why
+        arch = None
     if arch and not arch.endswith('_ssm'):
         raise RunError(f'{name} (architecture {arch}, from {run.args_source if not args.model else "--model"}) is not '
                        f'an SSM model: this tool publishes models with a Split-and-Share head, <arch>_ssm (e.g. '
