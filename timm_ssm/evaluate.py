@@ -46,11 +46,11 @@ from tqdm import tqdm
 from timm.data import create_dataset, create_loader
 from timm.utils import setup_default_logging
 
-from .complexity import count_params, head_macs, model_macs
+from .complexity import model_complexity
 from .runs import RunError, atomic_write, data_config_from_args, models_from_args, run_parser, split_head, \
     weights_digest
 
-__all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'model_complexity', 'format_table', 'main']
+__all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'format_table', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -173,27 +173,6 @@ class SplitMetrics:
                 chosen=[round(c / max(total, 1), 4) for c in chosen[i]] if rule in _HEAD_RULES else None,
             )
         return out
-
-
-def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Optional[int]]:
-    """Parameters and multiply-adds of one image (Table 4).
-
-    Args:
-        model: A timm model, with or without a Split-and-Share head.
-        input_size: (C, H, W) of one image.
-
-    Returns:
-        `param_count`, `head_param_count`, `macs` (counted by torch.utils.flop_counter in one forward pass) and
-        `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of Linear classifiers).
-    """
-    classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
-    classifier = classifier if isinstance(classifier, nn.Module) else None
-    return dict(
-        param_count=count_params(model),
-        head_param_count=count_params(classifier) if classifier is not None else None,
-        macs=model_macs(model, input_size),
-        head_macs=head_macs(classifier) if classifier is not None else None,
-    )
 
 
 @torch.inference_mode()
