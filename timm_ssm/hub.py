@@ -305,22 +305,9 @@ def model_card(
         evaluation_file: str = '',
 ) -> ModelCard:
     """The model card of an exported SSM model: timm's sections (Model Details, Model Usage, Citation) with the
-    run's results, sub-classifier results and training arguments.
-
-    Args:
-        run: The run the weights come from.
-        model: The model.
-        repo_id: `ORG/NAME` on the Hub.
-        data_config: Preprocessing of the run's evaluation.
-        license: License id.
-        ema: The weights are the checkpoint's EMA weights.
-        tags: Tags besides the default ones.
-        dataset_id: Hub id of the training data set.
-        base_model: Hub id of the weights the run started from.
-        label_names: Class names.
-        evaluation: The model's entry of `python -m timm_ssm.evaluate --json`, with its `data` entry.
-        evaluation_file: The JSON file it came from.
-    """
+    run's `summary.csv` results, the evaluation of the exported weights (`evaluation`, an entry of `python -m
+    timm_ssm.evaluate --json` with its `data`) and the training arguments; metadata from huggingface_hub's
+    `ModelCardData`."""
     head = model.head
     arch = model.pretrained_cfg['architecture']
     norm = 'all n prefixes pass' if head.norm_all else 'the first n - 1 prefixes pass'
