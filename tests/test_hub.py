@@ -815,3 +815,14 @@ def test_real_train_py_run(hub_cache, tmp_path):
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_repository_script_runs_the_package_tool(train_run, tmp_path):
+    """hub_upload/upload.py, run as a script from another folder, is timm_ssm.hub."""
+    out = tmp_path / 'out'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'hub_upload' / 'upload.py'), str(train_run[0]), '--repo-id', 'a/b', '--dry-run',
+         '--out', str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == EXPORT_FILES and 'Nothing was sent' in proc.stdout

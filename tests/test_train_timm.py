@@ -259,6 +259,7 @@ def test_report_of_a_run(tmp_path, capsys):
         assert float(line.split()[-1]) == pytest.approx(head['top1'], abs=0.005)
     assert f'last checkpoint:        {run / "last.pth.tar"}' in out
     assert 'FC4' in (run / 'eval_validation.txt').read_text()  # the evaluator's full table
+    assert f'python -m timm_ssm.hub {run} --checkpoint last.pth.tar --repo-id ORG/NAME --dry-run' in out
 
 
 @pytest.mark.parametrize('epochs_done, text', [

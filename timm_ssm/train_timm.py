@@ -347,6 +347,8 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
     ):
         if path.exists():
             print(f'  {name + ":":24s}{path}')
+    print(f'Publish the evaluated weights (docs/hub.md): python -m timm_ssm.hub {run_dir} --checkpoint '
+          f'{checkpoint.name} --repo-id ORG/NAME --dry-run')
     return 0
 
 
