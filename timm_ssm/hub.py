@@ -442,8 +442,15 @@ def check_remote(api: HfApi, repo_id: str, private: bool = False) -> str:
     return user
 
 
-def push_folder(api: HfApi, folder: Path, repo_id: str, commit_message: str, private: bool = False,
-                revision: Optional[str] = None, overwrite_card: bool = False):
+def push_folder(
+        api: HfApi,
+        folder: Path,
+        repo_id: str,
+        commit_message: str,
+        private: bool = False,
+        revision: Optional[str] = None,
+        overwrite_card: bool = False,
+):
     """Upload the checked export folder as `timm.models.push_to_hf_hub` uploads the folder it writes (create the
     repo, keep a README.md already there, `upload_folder`); the commit info and whether a README.md was kept."""
     api.create_repo(repo_id, private=True if private else None, exist_ok=True)  # None: the Hub's default
