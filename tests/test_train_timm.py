@@ -18,7 +18,7 @@ from torch.distributed.run import get_args_parser
 
 from timm_ssm import fashion_mnist, timm_source, train_timm
 from timm_ssm.timm_source import installed_timm_version
-from timm_ssm.train_timm import LaunchOptions, build_command, has_data_set, split_args
+from timm_ssm.train_timm import build_command, has_data_set, split_args
 
 REPO = Path(__file__).resolve().parent.parent
 TIMM_ROOT = os.environ.get('TIMM_ROOT')  # a real pytorch-image-models checkout, if any
@@ -63,11 +63,11 @@ def test_split_args_keeps_train_args_unchanged():
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--nproc'], '--nproc needs a value'),
-    (['--nproc', '--model', 'x'], '--nproc needs a value'),
-    (['--nproc', 'two'], "--nproc takes a number of processes, got 'two'"),
-    (['--nproc=0'], '--nproc must be 1 or more'),
-    (['--dry-run=yes'], '--dry-run takes no value'),
+    (['--nproc'], 'argument --nproc.*: expected one argument'),
+    (['--nproc', '--model', 'x'], 'argument --nproc.*: expected one argument'),
+    (['--nproc', 'two'], "argument --nproc.*: takes a number of processes, 1 or more, got 'two'"),
+    (['--nproc=0'], "argument --nproc.*: takes a number of processes, 1 or more, got '0'"),
+    (['--dry-run=yes'], "argument --dry-run: ignored explicit argument 'yes'"),
 ])
 def test_split_args_errors(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -89,7 +89,7 @@ def test_has_data_set(tmp_path):
 
 def test_torchrun_commands_parse_as_torchrun_options():
     train_py = Path('/src/train.py')
-    assert build_command(LaunchOptions(), train_py, ['--lr', '0.1']) == [
+    assert build_command(split_args([])[0], train_py, ['--lr', '0.1']) == [
         sys.executable, '-m', 'timm_ssm.launch', '/src/train.py', '--lr', '0.1']
 
     opts, rest = split_args(['--nproc', '8', '--model', 'resnet50_ssm'])
@@ -259,6 +259,7 @@ def test_report_of_a_run(tmp_path, capsys):
         assert float(line.split()[-1]) == pytest.approx(head['top1'], abs=0.005)
     assert f'last checkpoint:        {run / "last.pth.tar"}' in out
     assert 'FC4' in (run / 'eval_validation.txt').read_text()  # the evaluator's full table
+    assert f'python -m timm_ssm.hub {run} --checkpoint last.pth.tar --repo-id ORG/NAME --dry-run' in out
 
 
 @pytest.mark.parametrize('epochs_done, text', [

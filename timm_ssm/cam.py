@@ -28,17 +28,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from timm.data import ImageNetInfo, create_dataset, create_transform, infer_imagenet_subset
+from timm.data import ImageNetInfo, create_dataset, create_transform, get_img_extensions, infer_imagenet_subset
 from timm.utils import setup_default_logging
 
-from .evaluate import _atomic_write, _split_head, common_parser, create_models, resolve_eval_data_config
+from .runs import atomic_write, class_names, data_config_from_args, models_from_args, run_parser, split_head
 
 __all__ = ['feature_gradients', 'grad_cams', 'cam_grid', 'PANEL_PAD', 'main']
 
 _logger = logging.getLogger(__name__)
 
 PANEL_PAD = 8  # pixels between and around the panels of a grid
-_IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff', '.gif')
 
 
 def _spatial_features(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, bool]:
@@ -75,7 +74,7 @@ def feature_gradients(
     with torch.no_grad():
         feat, nhwc = _spatial_features(model, x)
     feat = feat.detach().requires_grad_()
-    head = _split_head(model)
+    head = split_head(model)
     with torch.enable_grad():
         if head is not None:
             pooled = model.trunk.forward_head(feat, pre_logits=True)
@@ -124,7 +123,7 @@ def grad_cams(
         _logger.warning(
             f'The last feature map is {feat.shape[-2]}x{feat.shape[-1]} for {x.shape[-2]}x{x.shape[-1]} images: the '
             f'heat maps carry no spatial information. Use larger images (--img-size).')
-    head = _split_head(model)
+    head = split_head(model)
     n = head.num_splits if head is not None else 0
     group = channels // n if n else channels
     ranges = [(j * group, (j + 1) * group - 1) for j in range(n)] + [(0, channels - 1)]
@@ -216,14 +215,11 @@ def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optiona
     if args.dataset or (args.input is None and args.data_dir):
         dataset = create_dataset(args.dataset, root=args.data_dir, split=args.split, class_map=args.class_map,
                                  download=args.dataset_download)
-        names = getattr(dataset, 'classes', None)
-        if names is None and hasattr(dataset, 'reader') and hasattr(dataset.reader, 'class_to_idx'):
-            names = sorted(dataset.reader.class_to_idx, key=dataset.reader.class_to_idx.get)
         items = []
         for i in range(min(args.num_images, len(dataset))):
             img, label = dataset[i]
             items.append((f'{i:05d}', img, int(label)))
-        return items, names
+        return items, class_names(dataset)
     if args.input is None:
         raise ValueError('Give an image file or folder, or a timm data set with --dataset and --data-dir.')
     if os.path.isfile(args.input):
@@ -235,25 +231,23 @@ def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optiona
     try:
         dataset = create_dataset('', root=args.input, split='', search_split=False, class_map=args.class_map)
     except RuntimeError as e:
-        raise ValueError(f'No images ({", ".join(_IMG_EXTENSIONS)}) in {args.input}: {e}') from e
-    class_to_idx = dataset.reader.class_to_idx
-    has_labels = '' not in class_to_idx
+        raise ValueError(f'No images ({", ".join(get_img_extensions())}) in {args.input}: {e}') from e
+    names = class_names(dataset)  # class folders give the ground truth; none for a flat folder
     items = []
     for i in range(min(args.num_images, len(dataset))):
         img, label = dataset[i]
         path = dataset.filename(i)
         stem = os.path.splitext(path)[0].replace(os.sep, '_')
-        items.append((stem, img, int(label) if has_labels else None))
+        items.append((stem, img, int(label) if names else None))
     if not items:
-        raise ValueError(f'No images ({", ".join(_IMG_EXTENSIONS)}) in {args.input}.')
-    names = sorted(class_to_idx, key=class_to_idx.get) if has_labels else None
+        raise ValueError(f'No images ({", ".join(get_img_extensions())}) in {args.input}.')
     return items, names
 
 
 parser = argparse.ArgumentParser(
     prog='python -m timm_ssm.cam',
     description='Grad-CAM per channel group of a Split-and-Share model (paper section 5): one PNG grid per image.',
-    parents=[common_parser],
+    parents=[run_parser],
 )
 parser.add_argument('input', nargs='?', default=None,
                     help='an image, or a folder of images (class folders give the ground truth)')
@@ -261,7 +255,7 @@ parser.add_argument('--out', default='cam', metavar='DIR', help='output folder (
 # one model: lists of one, as timm_ssm.evaluate's options of several
 parser.add_argument('--model', '-m', nargs=1, default=None, metavar='NAME',
                     help='model name, hf-hub:ORG/NAME or local-dir:DIR (default: from the checkpoint)')
-parser.add_argument('--checkpoint', nargs=1, default=[], metavar='PATH', help='train.py checkpoint or output folder')
+parser.add_argument('--checkpoint', nargs=1, default=[], metavar='RUN', help='train.py output folder or checkpoint')
 parser.add_argument('--target-class', type=int, default=None,
                     help='class of the heat maps (default: the ground truth when known, else the prediction)')
 parser.add_argument('--num-images', type=int, default=16, metavar='N',
@@ -270,15 +264,15 @@ parser.add_argument('--panel', type=int, default=224, metavar='PX', help='side o
 parser.add_argument('--alpha', type=float, default=0.5, help='weight of the heat map in the overlay')
 
 
-def run(args) -> List[str]:
-    """Write the grids the command line asks for and return their paths."""
+def run(args) -> List[Tuple[str, int, int]]:
+    """Write the grids the command line asks for; (path, target class, predicted class) of each."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    (spec,), (model,) = create_models(args, device)
-    head = _split_head(model)
+    ((run_, model),) = models_from_args(args, device)
+    head = split_head(model)
     if head is None:
-        _logger.warning(f'{spec["model"]} has no Split-and-Share head: only the full-feature Grad-CAM is drawn.')
+        _logger.warning(f'{run_.args["model"]} has no Split-and-Share head: only the full-feature Grad-CAM is drawn.')
 
-    config = resolve_eval_data_config(args, spec, model)
+    config = data_config_from_args(args, run_, model)
     transform = create_transform(**config)
     chans = config['input_size'][0]
     mean, std = torch.tensor(config['mean']).view(-1, 1, 1), torch.tensor(config['std']).view(-1, 1, 1)
@@ -308,25 +302,25 @@ def run(args) -> List[str]:
         shown = x[0].cpu() * std + mean
         grid = cam_grid(shown, cams[0], titles, header=header, panel=args.panel, alpha=args.alpha)
         path = os.path.join(args.out, f'{stem}_cam.png')
-        _atomic_write(path, lambda f: grid.save(f, format='PNG'))
-        written.append(path)
+        atomic_write(path, lambda f: grid.save(f, format='PNG'))
+        written.append((path, target, pred))
         _logger.info(f'{path}: target {_name(target)} ({source}), prediction {_name(pred)}')
     return written
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[str]:
+def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, int, int]]:
     """Run the command line `python -m timm_ssm.cam ARGS`.
 
     Args:
         argv: The arguments, sys.argv[1:] if None.
 
     Returns:
-        The paths of the PNG grids written.
+        (path, target class, predicted class) of each PNG grid written.
     """
     args = parser.parse_args(argv)
     try:
         written = run(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:  # RunError is a ValueError
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print(f'{len(written)} Grad-CAM grid(s) in {args.out}')
     return written

@@ -11,9 +11,11 @@ parameters and multiply-adds (Table 4), and the ensemble of several checkpoints 
 Plain timm models are evaluated too (averaged output, parameters, ensembles), so a baseline and its SSM twin
 go through the same code.
 
+The model, its options (global pool, BatchNorm eps, model kwargs, classes, channels) and the data config are
+those of the train.py run (`timm_ssm.runs`); options given here go over the run's.
+
 Examples:
-    python -m timm_ssm.evaluate --model resnet50_ssm --checkpoint output/train/run/model_best.pth.tar \
-        --data-dir /data/imagenet --split validation --json results.json --plot heads.png
+    python -m timm_ssm.evaluate --checkpoint output/train/run --data-dir /data/imagenet --json results.json
     python -m timm_ssm.evaluate --checkpoint run1/ run2/ --data-dir /data/imagenet   # ensemble of two runs
 
 Label-free rules (per sample, without labels):
@@ -23,34 +25,8 @@ Label-free rules (per sample, without labels):
     vote: the class most sub-classifiers predict, ties broken by the mean of their softmax probabilities.
     prob_avg: the mean of the sub-classifiers' softmax probabilities (instead of their logits).
 
-JSON schema (`--json FILE`); accuracies are percentages rounded to 4 decimals, as in `validate.py`:
-    {
-      "data": {"data_dir", "dataset", "split", "num_samples", "input_size", "interpolation", "crop_pct",
-               "crop_mode", "mean", "std"},
-      "models": [{
-          "model": name as given, "checkpoint": path or null, "use_ema": whether the checkpoint's EMA weights
-          were evaluated (--use-ema and the checkpoint has them),
-          "num_classes": K,
-          "num_splits": n (null for a model without Split-and-Share head),
-          "param_count": parameters, "head_param_count": parameters of the classifier head (null if unknown),
-          "macs": multiply-adds of one image (torch.utils.flop_counter), "head_macs": exact multiply-adds of
-          the head's Linear layers (sum over sub-classifiers of width_j * K; null if unknown),
-          "top1", "top1_err", "top5", "top5_err": the model's output (the average of the sub-classifiers),
-          "heads": [{"name": "FC1", "width": w, "group": [first, last], "top1", "top5"}, ...]
-                   (sub-classifier j sees channels 0..w-1 of the pooled feature, [first, last] is its own group
-                   of C/n channels, both ends included; [] without Split-and-Share head),
-          "oracle": {"top1"} (a sample counts when any sub-classifier's top-1 is right; null without head),
-          "selection": {rule: {"top1", "top5", "chosen": fraction of samples per sub-classifier or null}}
-                       ({} without head),
-      }, ...],
-      "ensemble": {"members", "top1", "top1_err", "top5", "top5_err", "gain_over_best"} or null
-                  (mean of the members' logits; only with two or more models),
-      "throughput": images per second over the timed pass, "seconds": seconds of that pass
-    }
-top5 is top-k with k = min(5, K).
-
-CSV (`--csv FILE`): one row per model and output: model, checkpoint, output (FC1.., averaged, oracle,
-select:<rule>, ensemble), top1, top5.
+JSON (`--json FILE`, schema in docs/analyses.md), CSV (`--csv FILE`: one row per model and output) and a bar chart
+(`--plot FILE`).
 """
 import argparse
 import csv
@@ -60,31 +36,26 @@ import os
 import time
 from contextlib import suppress
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from timm.data import create_dataset, create_loader, resolve_data_config
-from timm.models import create_model, load_checkpoint
-from timm.utils import ParseKwargs, setup_default_logging
+from timm.data import create_dataset, create_loader
+from timm.utils import setup_default_logging
 
-from .head import SplitShareHead
-from .profile import count_params, head_macs, model_macs
+from .complexity import model_complexity
+from .runs import RunError, atomic_write, data_config_from_args, models_from_args, run_parser, split_head, \
+    weights_digest
 
-__all__ = [
-    'SELECTION_RULES', 'SplitMetrics', 'evaluate', 'model_complexity', 'common_parser', 'create_models',
-    'resolve_eval_data_config', 'main',
-]
+__all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'format_table', 'main']
 
 _logger = logging.getLogger(__name__)
 
 SELECTION_RULES = ('max_prob', 'min_entropy', 'max_margin', 'vote', 'prob_avg')
 _HEAD_RULES = SELECTION_RULES[:3]  # the rules that pick one sub-classifier per sample
-# the data options of train.py's arguments that stand for unset evaluation options
-_DATA_ARGS = ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
 
 
 def _pct(count: int, total: int) -> float:
@@ -172,7 +143,7 @@ class SplitMetrics:
         return logits
 
     def compute(self, widths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-        """Accuracies in percent, with the keys of the `models` entries of the JSON schema (module docstring).
+        """Accuracies in percent, with the keys of the `models` entries of the JSON schema (docs/analyses.md).
 
         Args:
             widths: Channels seen by each sub-classifier (`SplitShareHead.widths`), to name their groups.
@@ -204,34 +175,6 @@ class SplitMetrics:
         return out
 
 
-def _split_head(model: nn.Module) -> Optional[SplitShareHead]:
-    head = getattr(model, 'head', None)
-    if hasattr(model, 'forward_splits') and isinstance(head, SplitShareHead) and head.num_classes > 0:
-        return head
-    return None
-
-
-def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Optional[int]]:
-    """Parameters and multiply-adds of one image (Table 4).
-
-    Args:
-        model: A timm model, with or without a Split-and-Share head.
-        input_size: (C, H, W) of one image.
-
-    Returns:
-        `param_count`, `head_param_count`, `macs` (counted by torch.utils.flop_counter in one forward pass) and
-        `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of Linear classifiers).
-    """
-    classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
-    classifier = classifier if isinstance(classifier, nn.Module) else None
-    return dict(
-        param_count=count_params(model),
-        head_param_count=count_params(classifier) if classifier is not None else None,
-        macs=model_macs(model, input_size),
-        head_macs=head_macs(classifier) if classifier is not None else None,
-    )
-
-
 @torch.inference_mode()
 def evaluate(
         models: Sequence[nn.Module],
@@ -255,14 +198,14 @@ def evaluate(
             validate.py), so that one-time set-up is not timed.
 
     Returns:
-        `models`: the accuracy part of each model's entry of the JSON schema (module docstring), `ensemble`,
+        `models`: the accuracy part of each model's entry of the JSON schema (docs/analyses.md), `ensemble`,
         `num_samples`, `throughput` and `seconds`.
     """
     param = next(models[0].parameters(), None)
     device = device or (param.device if param is not None else 'cpu')
     metrics = []
     for model in models:
-        head = _split_head(model)
+        head = split_head(model)
         metrics.append(SplitMetrics(model.num_classes, head.num_splits if head is not None else None, device))
     ensemble = SplitMetrics(models[0].num_classes, None, device) if len(models) > 1 else None
 
@@ -291,7 +234,7 @@ def evaluate(
 
     results = dict(
         models=[
-            m.compute(_split_head(model).widths if m.num_splits is not None else None)
+            m.compute(split_head(model).widths if m.num_splits is not None else None)
             for model, m in zip(models, metrics)
         ],
         ensemble=None,
@@ -310,50 +253,11 @@ def evaluate(
     return results
 
 
-# the data and model options that `python -m timm_ssm.cam` shares (argparse parents)
-common_parser = argparse.ArgumentParser(add_help=False)
-group = common_parser.add_argument_group(
-    'Data (as timm validate.py)',
-    'Unset input size, crop, normalization and interpolation options take the values of the first checkpoint\'s '
-    'train.py arguments, else those of the model\'s pretrained config.')
-group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
-group.add_argument('--dataset', metavar='NAME', default='',
-                   help='dataset type + name ("<type>/<name>") (default: ImageFolder or ImageTar if empty)')
-group.add_argument('--split', metavar='NAME', default='validation', help='dataset split (default: validation)')
-group.add_argument('--dataset-download', action='store_true', default=False,
-                   help='allow download of dataset for torch/ and tfds/ datasets that support it')
-group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
-                   help='path to class to idx mapping file (default: "")')
-group.add_argument('--img-size', default=None, type=int, metavar='N',
-                   help='input image dimension, uses model default if empty')
-group.add_argument('--in-chans', type=int, default=None, metavar='N',
-                   help='image input channels (default: from the checkpoint, else 3)')
-group.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N',
-                   help='input all image dimensions (d h w, e.g. --input-size 3 224 224)')
-group.add_argument('--crop-pct', default=None, type=float, metavar='N', help='input image center crop pct')
-group.add_argument('--crop-mode', default=None, type=str, metavar='N',
-                   help='input image crop mode (squash, border, center), model default if None')
-group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='override mean pixel value')
-group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='override std deviation')
-group.add_argument('--interpolation', default='', type=str, metavar='NAME',
-                   help='image resize interpolation type (overrides model)')
-
-group = common_parser.add_argument_group('Models')
-group.add_argument('--pretrained', action='store_true', default=False,
-                   help='use pretrained weights (default when no checkpoint is given)')
-group.add_argument('--use-ema', action='store_true', default=False, help='use EMA weights of the checkpoint')
-group.add_argument('--num-classes', type=int, default=None,
-                   help='number of classes (default: from the checkpoint, else the model)')
-group.add_argument('--gp', default=None, type=str, metavar='POOL', help='global pool type, model default if None')
-group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                   help='other model arguments (num_splits=2 ...), over those of the checkpoint')
-group.add_argument('--device', default=None, type=str, help='device (default: cuda when available, else cpu)')
-
 parser = argparse.ArgumentParser(
     prog='python -m timm_ssm.evaluate',
     description='Evaluate timm models with Split-and-Share heads: every sub-classifier, the oracle, label-free '
                 'head selection, parameters and multiply-adds, and ensembles of several checkpoints.',
-    parents=[common_parser],
+    parents=[run_parser],
 )
 group = parser.add_argument_group('Data loading (as timm validate.py)')
 group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
@@ -362,8 +266,6 @@ group.add_argument('--num-samples', default=None, type=int, metavar='N',
 group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
 group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
 group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
-group.add_argument('--use-train-size', action='store_true', default=False,
-                   help='force use of train input size, even when test size is specified in pretrained cfg')
 group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N', help='mini-batch size (default: 256)')
 group.add_argument('-j', '--workers', default=4, type=int, metavar='N',
                    help='number of data loading workers (default: 4)')
@@ -372,169 +274,25 @@ group.add_argument('--pin-mem', action='store_true', default=False, help='pin CP
 
 group = parser.add_argument_group('Evaluation')
 group.add_argument('--model', '-m', metavar='NAME', nargs='+', default=None,
-                   help='model name(s): a registered name (resnet50_ssm, resnet50_ssm.a1_in1k), hf-hub:ORG/NAME or '
-                        'local-dir:DIR; one name for all checkpoints, or one per checkpoint. Default: the model '
-                        'named in each train.py checkpoint')
-group.add_argument('--checkpoint', nargs='+', default=[], metavar='PATH',
-                   help='train.py checkpoint(s) or output folder(s) (model_best.pth.tar in the folder); several '
+                   help='model name(s): hf-hub:ORG/NAME, local-dir:DIR or a registered name with pretrained weights '
+                        '(resnet50_ssm.a1_in1k); with --checkpoint, one name for all checkpoints or one per '
+                        'checkpoint. Default: the model of each train.py run')
+group.add_argument('--checkpoint', nargs='+', default=[], metavar='RUN',
+                   help='train.py output folder(s) (model_best.pth.tar, else last.pth.tar) or checkpoint(s); several '
                         'form an ensemble')
+group.add_argument('--pretrained', action='store_true', default=False,
+                   help='accepted for validate.py\'s spelling: a --model without --checkpoint has pretrained weights')
 group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
 group.add_argument('--amp-dtype', default='float16', type=str, help='AMP dtype (float16, bfloat16)')
 group.add_argument('--channels-last', action='store_true', default=False, help='use channels_last memory layout')
 group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
 
 group = parser.add_argument_group('Output')
-group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON (schema: module docstring)')
+group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON (schema: docs/analyses.md)')
 group.add_argument('--csv', default='', metavar='FILE', help='write one row per model and output as CSV')
 group.add_argument('--plot', default='', metavar='FILE',
                    help='PNG bar chart of the sub-classifiers, averaged output and oracle (needs matplotlib)')
 group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
-
-
-def _fit_norm_to_chans(data_config: Dict[str, Any]) -> Dict[str, Any]:
-    """A pretrained mean and std of other channels than the input's become their average, as timm's prefetcher
-    does, so that the transforms without prefetcher work too (a 3-channel mean for 1-channel images)."""
-    chans = data_config['input_size'][0]
-    for key in ('mean', 'std'):
-        if len(data_config[key]) != chans:
-            data_config[key] = (sum(data_config[key]) / len(data_config[key]),) * chans
-    return data_config
-
-
-def resolve_eval_data_config(
-        args,
-        spec: Dict[str, Any],
-        model: nn.Module,
-        use_test_size: bool = True,
-        verbose: bool = False,
-) -> Dict[str, Any]:
-    """The data config of one model, as timm's `resolve_data_config` gives it, with the unset data options of the
-    command line taken from the model's train.py checkpoint and the channels of the model's input.
-
-    Args:
-        args: The parsed command line (the options of `common_parser`).
-        spec: The model's entry of `create_models`.
-        model: The model.
-        use_test_size: Prefer the pretrained config's test input size (when no input size is given).
-    """
-    data_args = dict(vars(args), in_chans=spec['in_chans'])
-    saved = spec['data_args']
-    if args.input_size is None and args.img_size is None:  # an input size given on the command line wins whole
-        data_args.update(input_size=saved.get('input_size'), img_size=saved.get('img_size'))
-    for key in ('mean', 'std', 'crop_pct', 'crop_mode', 'interpolation'):
-        if not data_args.get(key):
-            data_args[key] = saved.get(key) or data_args.get(key)
-    config = resolve_data_config(data_args, model=model, use_test_size=use_test_size, verbose=verbose)
-    if config['input_size'][0] != spec['in_chans']:  # a pretrained input size of other channels than the model's
-        config['input_size'] = (spec['in_chans'],) + tuple(config['input_size'][1:])
-    return _fit_norm_to_chans(config)
-
-
-def _resolve_checkpoint(path: str) -> str:
-    if os.path.isdir(path):
-        for name in ('model_best.pth.tar', 'last.pth.tar'):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise FileNotFoundError(
-            f'{path} is a folder without model_best.pth.tar or last.pth.tar: pass a checkpoint file or the output '
-            f'folder of a train.py run.')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Checkpoint {path} does not exist.')
-    return path
-
-
-def _checkpoint_info(path: str) -> Tuple[Dict[str, Any], bool]:
-    """The `args` a train.py checkpoint was trained with ({} for other files) and whether it has EMA weights."""
-    if path.endswith('.safetensors'):
-        return {}, False
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        try:
-            try:
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-            except RuntimeError:  # not in torch's zip format, which mmap needs
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise ValueError(
-                f'Cannot read checkpoint {path} with weights_only=True ({type(e).__name__}: {e}). Pass a '
-                f'checkpoint written by timm train.py, a state dict, or a .safetensors file.') from e
-    if not isinstance(checkpoint, dict):
-        return {}, False
-    args = checkpoint.get('args')
-    has_ema = any(checkpoint.get(k) is not None for k in ('state_dict_ema', 'model_ema'))
-    if isinstance(args, argparse.Namespace):
-        return vars(args), has_ema
-    return (args if isinstance(args, dict) else {}), has_ema
-
-
-def _model_specs(args) -> List[Dict[str, Any]]:
-    """(model name, checkpoint, creation arguments) of every model to evaluate."""
-    names = list(args.model or [])
-    checkpoints = [_resolve_checkpoint(c) for c in args.checkpoint]
-    if not names and not checkpoints:
-        raise ValueError('Give --model NAME (with --pretrained, hf-hub:ORG/NAME or local-dir:DIR) or --checkpoint.')
-    if checkpoints and len(names) > 1 and len(names) != len(checkpoints):
-        raise ValueError(
-            f'{len(names)} model names for {len(checkpoints)} checkpoints: give one model name for all checkpoints, '
-            f'or one per checkpoint in the same order.')
-    default_chans = args.in_chans or (args.input_size[0] if args.input_size is not None else 3)
-    if not checkpoints:
-        return [dict(model=n, checkpoint=None, num_classes=args.num_classes, in_chans=default_chans,
-                     model_kwargs=dict(args.model_kwargs), use_ema=False, data_args={}) for n in names]
-    specs = []
-    for i, path in enumerate(checkpoints):
-        ckpt_args, has_ema = _checkpoint_info(path)
-        name = names[i] if len(names) > 1 else names[0] if names else ckpt_args.get('model')
-        if not name:
-            raise ValueError(f'{path} does not name its model (no train.py args): give --model NAME.')
-        # train.py builds the model with in_chans, else the channels of input_size, else 3
-        saved_chans = ckpt_args.get('in_chans') or (ckpt_args.get('input_size') or [None])[0]
-        spec = dict(
-            model=name,
-            checkpoint=path,
-            num_classes=args.num_classes if args.num_classes is not None else ckpt_args.get('num_classes'),
-            in_chans=args.in_chans or saved_chans or default_chans,
-            model_kwargs={**(ckpt_args.get('model_kwargs') or {}), **args.model_kwargs},
-            use_ema=bool(args.use_ema and has_ema),
-            data_args={k: ckpt_args.get(k) for k in _DATA_ARGS},
-        )
-        specs.append(spec)
-    return specs
-
-
-def _create(spec: Dict[str, Any], args, device) -> nn.Module:
-    model = create_model(
-        spec['model'],
-        pretrained=args.pretrained or spec['checkpoint'] is None,
-        num_classes=spec['num_classes'],
-        in_chans=spec['in_chans'],
-        global_pool=args.gp,
-        **spec['model_kwargs'],
-    )
-    if spec['checkpoint']:
-        try:
-            load_checkpoint(model, spec['checkpoint'], use_ema=args.use_ema)
-        except RuntimeError as e:
-            raise ValueError(
-                f'The weights in {spec["checkpoint"]} do not fit {spec["model"]} with num_classes='
-                f'{model.num_classes}, in_chans={spec["in_chans"]} and model arguments {spec["model_kwargs"]}: '
-                f'give the --model, --num-classes, --in-chans and --model-kwargs it was trained with.\n{e}') from e
-    return model.to(device).eval()
-
-
-def create_models(args, device=None) -> Tuple[List[Dict[str, Any]], List[nn.Module]]:
-    """The models a command line names, from their checkpoints' train.py arguments where it leaves them unset.
-
-    Args:
-        args: The parsed command line: the options of `common_parser`, `model` (a list of names or None) and
-            `checkpoint` (a list of paths).
-        device: Device of the models.
-
-    Returns:
-        One spec per model (`model`, `checkpoint`, `num_classes`, `in_chans`, `model_kwargs`, `use_ema` and the
-        checkpoint's data options `data_args`) and the models in eval mode.
-    """
-    specs = _model_specs(args)
-    return specs, [_create(spec, args, device) for spec in specs]
 
 
 def _output_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -637,26 +395,12 @@ def plot_results(result: Dict[str, Any], path: str):
             title += '\n' + os.path.join(os.path.basename(os.path.dirname(checkpoint)), os.path.basename(checkpoint))
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
     plt.close(fig)
 
 
-def _atomic_write(path: str, write, mode: str = 'wb'):
-    """Write through a temporary file in the same folder, so a failure leaves any existing file as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, mode, **({} if 'b' in mode else dict(newline=''))) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_json(result: Dict[str, Any], path: str):
-    _atomic_write(path, lambda f: json.dump(result, f, indent=2), mode='w')
+    atomic_write(path, lambda f: json.dump(result, f, indent=2), mode='w')
 
 
 def write_csv(result: Dict[str, Any], path: str):
@@ -664,11 +408,11 @@ def write_csv(result: Dict[str, Any], path: str):
         writer = csv.DictWriter(f, fieldnames=['model', 'checkpoint', 'output', 'top1', 'top5'])
         writer.writeheader()
         writer.writerows(_output_rows(result))
-    _atomic_write(path, _write, mode='w')
+    atomic_write(path, _write, mode='w')
 
 
 def run(args) -> Dict[str, Any]:
-    """Evaluate as the command line asks and return the results (JSON schema: module docstring)."""
+    """Evaluate as the command line asks and return the results (JSON schema: docs/analyses.md)."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if args.plot:
         _pyplot()  # fail before the pass, not after it
@@ -679,20 +423,18 @@ def run(args) -> Dict[str, Any]:
         amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype))
     torch.manual_seed(args.seed)
 
-    specs, models = create_models(args, device)
+    runs, models = zip(*models_from_args(args, device))
     num_classes = {m.num_classes for m in models}
     if len(num_classes) > 1:
-        raise ValueError(f'An ensemble needs models with the same classes, got num_classes {sorted(num_classes)}.')
+        raise RunError(f'An ensemble needs models with the same classes, got num_classes {sorted(num_classes)}.')
     if min(num_classes) < 2:
-        raise ValueError(f'Evaluation needs a classifier of two or more classes, the model has num_classes='
-                         f'{min(num_classes)}: give --num-classes.')
-
-    data_config = resolve_eval_data_config(
-        args, specs[0], models[0], use_test_size=not args.use_train_size, verbose=True)
-    for spec, model in zip(specs[1:], models[1:]):
-        other = resolve_eval_data_config(args, spec, model, use_test_size=not args.use_train_size)
+        raise RunError(f'Evaluation needs a classifier of two or more classes, the model has num_classes='
+                       f'{min(num_classes)}: give --num-classes.')
+    data_config = data_config_from_args(args, runs[0], models[0], verbose=True)
+    for run, model in zip(runs[1:], models[1:]):
+        other = data_config_from_args(args, run, model)
         if other != data_config:
-            _logger.warning(f'{spec["model"]} has another data config ({other}): all models see the data of the '
+            _logger.warning(f'{run.source} has another data config ({other}): all models see the data of the '
                             f'first one ({data_config}).')
     complexity = [model_complexity(m, data_config['input_size']) for m in models]
 
@@ -747,12 +489,14 @@ def run(args) -> Dict[str, Any]:
         throughput=results['throughput'],
         seconds=results['seconds'],
     )
-    for spec, model, cost, accuracy in zip(specs, models, complexity, results['models']):
-        head = _split_head(model)
+    for run, model, cost, accuracy in zip(runs, models, complexity, results['models']):
+        head = split_head(model)
         out['models'].append(dict(
-            model=spec['model'],
-            checkpoint=spec['checkpoint'],
-            use_ema=spec['use_ema'],
+            model=run.args['model'],
+            checkpoint=str(run.checkpoint) if run.checkpoint else None,
+            epoch=run.epoch,
+            use_ema=args.use_ema,
+            weights_sha256=weights_digest(model),
             num_classes=model.num_classes,
             num_splits=head.num_splits if head is not None else None,
             **cost,
@@ -768,12 +512,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         argv: The arguments, sys.argv[1:] if None.
 
     Returns:
-        The results (JSON schema: module docstring).
+        The results (JSON schema: docs/analyses.md).
     """
     args = parser.parse_args(argv)
     try:
         result = run(args)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:  # RunError is a ValueError
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print(format_table(result))
     if args.json:

@@ -18,13 +18,13 @@ From the shell (prints ROOT):
 """
 import argparse
 import gzip
-import os
 import shutil
 import struct
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
+
+from .runs import atomic_write
 
 __all__ = ['prepare_fashion_mnist', 'default_root', 'DEBIAN_SOURCE', 'MEAN', 'STD', 'NUM_CLASSES']
 
@@ -98,22 +98,15 @@ def _find_source_file(source: Path, name: str) -> Optional[Path]:
 
 
 def _copy_checked(src: Path, dst: Path):
-    """Copy (decompressing a .gz) src to dst through a temporary file, replacing dst only with a checked copy."""
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + '.', suffix='.tmp', dir=dst.parent)
-    try:
-        opener = gzip.open if src.suffix == '.gz' else open
-        with opener(src, 'rb') as fin, os.fdopen(fd, 'wb') as fout:
-            shutil.copyfileobj(fin, fout)
-        problem = _check_idx(Path(tmp), *_FILES[dst.name])
+    """Copy (decompressing a .gz) src to dst, replacing dst only with a checked copy."""
+    def _check(tmp: Path):
+        problem = _check_idx(tmp, *_FILES[dst.name])
         if problem is not None:
-            raise RuntimeError(f'{src} is not the Fashion-MNIST file {dst.name}: {problem.replace(tmp, "its copy")}.')
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it: mkstemp's 0600 hides it in a shared folder
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            problem = problem.replace(str(tmp), 'its copy')
+            raise RuntimeError(f'{src} is not the Fashion-MNIST file {dst.name}: {problem}.')
+
+    with (gzip.open if src.suffix == '.gz' else open)(src, 'rb') as fin:
+        atomic_write(dst, lambda fout: shutil.copyfileobj(fin, fout), check=_check)
 
 
 def _download(root: Path):

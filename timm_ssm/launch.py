@@ -12,6 +12,7 @@ script's (`sys.exit(n)` exits n, an uncaught exception exits 1 with its tracebac
 SCRIPT.py is a path; a bare name that is not a file here (`train.py`) is taken from timm's source found by
 `timm_ssm.timm_source.find_timm_root` (`TIMM_ROOT`, else the cached copy for the installed timm version).
 """
+import argparse
 import builtins
 import importlib.machinery
 import os
@@ -26,12 +27,14 @@ from .timm_source import find_timm_root
 
 __all__ = ['main', 'resolve_script', 'run_script']
 
-USAGE = """usage: python -m timm_ssm.launch SCRIPT.py [ARGS...]
-
-Runs timm's SCRIPT.py (train.py, validate.py, inference.py, benchmark.py, ...) unchanged, with timm-ssm's
-<arch>_ssm models registered. ARGS go to the script. A bare script name that is not a file in the current
-folder is taken from TIMM_ROOT (a pytorch-image-models checkout) or the cached copy of timm's source.
-Works under torchrun: torchrun --nproc_per_node=N -m timm_ssm.launch train.py ARGS..."""
+parser = argparse.ArgumentParser(
+    prog='python -m timm_ssm.launch', usage='python -m timm_ssm.launch SCRIPT.py [ARGS...]',
+    description='Runs timm\'s SCRIPT.py (train.py, validate.py, inference.py, benchmark.py, ...) unchanged, with '
+                'timm-ssm\'s <arch>_ssm models registered. Works under torchrun: torchrun --nproc_per_node=N -m '
+                'timm_ssm.launch train.py ARGS...')
+parser.add_argument('script', metavar='SCRIPT.py', help='a path, or a bare name taken from TIMM_ROOT (a '
+                    'pytorch-image-models checkout) or the cached copy of timm\'s source when not a file here')
+parser.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help='the arguments of the script')
 
 
 def resolve_script(script: str) -> str:
@@ -84,17 +87,12 @@ def run_script(path: str, args: List[str]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ('-h', '--help'):
-        print(USAGE, file=sys.stdout if argv else sys.stderr)
-        sys.exit(0 if argv else 2)
-    script, args = argv[0], argv[1:]
+    args = parser.parse_args(argv)
     try:
-        path = resolve_script(script)
+        path = resolve_script(args.script)
     except (FileNotFoundError, RuntimeError) as e:
-        print(f'timm_ssm.launch: {e}', file=sys.stderr)
-        sys.exit(2)
-    run_script(path, args)
+        parser.exit(2, f'{parser.prog}: error: {e}\n')
+    run_script(path, args.args)
 
 
 if __name__ == '__main__':

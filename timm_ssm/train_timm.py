@@ -24,7 +24,6 @@ import runpy
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -32,119 +31,54 @@ import yaml
 
 from .timm_source import find_timm_root
 
-__all__ = ['main', 'split_args', 'has_data_set', 'default_run_args', 'build_command', 'LaunchOptions']
+__all__ = ['main', 'split_args', 'has_data_set', 'default_run_args', 'build_command', 'launch_parser']
 
 _logger = logging.getLogger(__name__)
 
-# launch option -> (destination, takes a value); all others go to train.py
-_OPTIONS: Dict[str, Tuple[str, bool]] = {
-    '--timm-root': ('timm_root', True),
-    '--nproc': ('nproc', True),
-    '--nproc-per-node': ('nproc', True),
-    '--nproc_per_node': ('nproc', True),
-    '--nnodes': ('nnodes', True),
-    '--node-rank': ('node_rank', True),
-    '--node_rank': ('node_rank', True),
-    '--master-addr': ('master_addr', True),
-    '--master_addr': ('master_addr', True),
-    '--master-port': ('master_port', True),
-    '--master_port': ('master_port', True),
-    '--rdzv-endpoint': ('rdzv_endpoint', True),
-    '--rdzv_endpoint': ('rdzv_endpoint', True),
-    '--rdzv-backend': ('rdzv_backend', True),
-    '--rdzv_backend': ('rdzv_backend', True),
-    '--rdzv-id': ('rdzv_id', True),
-    '--rdzv_id': ('rdzv_id', True),
-    '--dry-run': ('dry_run', False),
-    '--help': ('help', False),
-    '-h': ('help', False),
-}
-# torchrun options for several nodes, in the order they are passed on
+def _processes(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f'takes a number of processes, 1 or more, got {value!r}')
+    return int(value)
+
+
+class _LaunchParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(message)
+
+
+# the options train_timm.sh takes for itself; all others go to train.py as they are
+launch_parser = _LaunchParser(
+    prog='./train_timm.sh', usage='./train_timm.sh [LAUNCH OPTIONS] [train.py ARGS...]', add_help=False,
+    allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+    description='Runs timm\'s own train.py, unchanged, with timm-ssm\'s <arch>_ssm models registered.',
+    epilog='Without a data set (no --data-dir, --dataset, DIR first or -c config) it trains a small SSM model on '
+           'Fashion-MNIST,\nevaluates it and prints where the results are: the default run. A data folder goes first '
+           'or after --data-dir.\n\ntimm\'s train.py wraps the model in DistributedDataParallel with device_ids, so '
+           'several processes need GPUs;\non CPU use one process.')
+group = launch_parser.add_argument_group('Launch options (everything else goes to train.py as it is)')
+group.add_argument('--timm-root', metavar='DIR', help='pytorch-image-models checkout holding train.py (default: '
+                   '$TIMM_ROOT, else the source of the installed timm version, downloaded once into ~/.cache/timm_ssm)')
+group.add_argument('--nproc', '--nproc-per-node', '--nproc_per_node', type=_processes, metavar='N',
+                   help='processes on this node (default: the visible GPUs, 1 without GPU or with --device cpu); '
+                        'N > 1 starts torchrun')
+# torchrun options for several nodes, passed on in this order
 _NODE_OPTIONS = ('nnodes', 'node_rank', 'master_addr', 'master_port', 'rdzv_backend', 'rdzv_endpoint', 'rdzv_id')
-
-USAGE = """usage: ./train_timm.sh [LAUNCH OPTIONS] [train.py ARGS...]
-
-Runs timm's own train.py, unchanged, with timm-ssm's <arch>_ssm models registered.
-
-Launch options (everything else goes to train.py as it is):
-  --timm-root DIR       pytorch-image-models checkout holding train.py (default: $TIMM_ROOT, else the source of
-                        the installed timm version, downloaded once into ~/.cache/timm_ssm)
-  --nproc N             processes on this node (default: the visible GPUs, 1 without GPU or with --device cpu);
-                        N > 1 starts torchrun
-  --nnodes N            nodes (or MIN:MAX), for torchrun
-  --node-rank R         rank of this node (with --master-addr / --master-port)
-  --master-addr HOST    address of the rank-0 node
-  --master-port PORT    port of the rank-0 node
-  --rdzv-endpoint HOST:PORT, --rdzv-backend NAME, --rdzv-id ID
-                        torchrun rendezvous instead of --node-rank / --master-addr
-  --dry-run             print the commands instead of running them (and prepare no data)
-  -h, --help            this help, then train.py's
-
-Without a data set (no --data-dir, --dataset, DIR first or -c config) it trains a small SSM model on
-Fashion-MNIST, evaluates it and prints where the results are: the default run. A data folder goes first or
-after --data-dir: one after other options stops the default run with an error.
-
-timm's train.py wraps the model in DistributedDataParallel with device_ids, so several processes need GPUs;
-on CPU use one process."""
+for _name in _NODE_OPTIONS:
+    _flags = [f'--{_name.replace("_", "-")}'] + ([f'--{_name}'] if '_' in _name else [])
+    group.add_argument(*_flags, dest=_name, metavar=_name.split('_')[-1].upper(), help='for torchrun')
+group.add_argument('--dry-run', action='store_true', help='print the commands instead of running them (and prepare '
+                                                          'no data)')
+group.add_argument('-h', '--help', action='store_true', help='this help, then train.py\'s')
 
 
-@dataclass
-class LaunchOptions:
-    """The options train_timm.sh takes for itself; `split_args` fills them."""
-    timm_root: Optional[str] = None
-    nproc: Optional[int] = None
-    nnodes: Optional[str] = None
-    node_rank: Optional[str] = None
-    master_addr: Optional[str] = None
-    master_port: Optional[str] = None
-    rdzv_endpoint: Optional[str] = None
-    rdzv_backend: Optional[str] = None
-    rdzv_id: Optional[str] = None
-    dry_run: bool = False
-    help: bool = False
-
-    @property
-    def multi_node(self) -> bool:
-        return any(getattr(self, k) is not None for k in _NODE_OPTIONS)
-
-
-def split_args(argv: List[str]) -> Tuple[LaunchOptions, List[str]]:
+def split_args(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
     """Separate the launch options from the arguments of train.py, which keep their order and spelling.
 
     Raises:
         ValueError: A launch option without its value, or a bad --nproc.
     """
-    opts = LaunchOptions()
-    rest = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, value = arg.partition('=')
-        if name not in _OPTIONS:
-            rest.append(arg)
-            i += 1
-            continue
-        dest, takes_value = _OPTIONS[name]
-        if not takes_value:
-            if eq:
-                raise ValueError(f'{name} takes no value, got {arg}.')
-            setattr(opts, dest, True)
-            i += 1
-            continue
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith('--'):
-                raise ValueError(f'{name} needs a value: {name} VALUE.')
-            value = argv[i + 1]
-            i += 1
-        setattr(opts, dest, value)
-        i += 1
-    if opts.nproc is not None:
-        try:
-            opts.nproc = int(opts.nproc)
-        except ValueError:
-            raise ValueError(f'--nproc takes a number of processes, got {opts.nproc!r}.') from None
-        if opts.nproc < 1:
-            raise ValueError(f'--nproc must be 1 or more, got {opts.nproc}.')
+    opts, rest = launch_parser.parse_known_args(argv)
+    opts.multi_node = any(getattr(opts, k) is not None for k in _NODE_OPTIONS)
     return opts, rest
 
 
@@ -204,7 +138,7 @@ def default_run_args(data_root: Path, output: Path, experiment: str, device: str
     ]
 
 
-def build_command(opts: LaunchOptions, train_py: Path, args: List[str]) -> List[str]:
+def build_command(opts: argparse.Namespace, train_py: Path, args: List[str]) -> List[str]:
     """The command that runs train.py: the launcher in this Python, under torchrun for several processes or nodes.
     """
     launch = ['-m', 'timm_ssm.launch', str(train_py), *args]
@@ -271,10 +205,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         opts, args = split_args(argv)
     except ValueError as e:
-        return _error(f'{e}\n\n{USAGE}')
+        return _error(f'{e}\n\n{launch_parser.format_usage()}See ./train_timm.sh --help.')
 
     if opts.help:
-        print(USAGE + '\n\ntrain.py\'s options:', flush=True)
+        print(launch_parser.format_help() + '\ntrain.py\'s options:', flush=True)
     try:
         train_py = find_timm_root(opts.timm_root) / 'train.py'
     except RuntimeError as e:
@@ -283,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         return _error(str(e))
     if opts.help:
-        return _call(build_command(LaunchOptions(), train_py, ['--help']))
+        return _call(build_command(split_args([])[0], train_py, ['--help']))
 
     config = _option_value(args, '-c', '--config')
     if config is not None and not os.path.isfile(config):
@@ -320,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.execv(cmd[0], cmd)  # train.py (or torchrun) in this process: signals and exit code are its own
 
 
-def _default_run(opts: LaunchOptions, train_py: Path, user_args: List[str], device: str) -> int:
+def _default_run(opts: argparse.Namespace, train_py: Path, user_args: List[str], device: str) -> int:
     from .fashion_mnist import default_root, prepare_fashion_mnist
 
     data_dir = _positional_data_dir(train_py, user_args)
@@ -382,18 +316,14 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
 
     eval_json = run_dir / f'eval_{train_args["val_split"]}.json'
     eval_table = run_dir / f'eval_{train_args["val_split"]}.txt'
+    # the model, its options and the data config come from the run (timm_ssm.runs); the data set from here
     cmd = [sys.executable, '-m', 'timm_ssm.evaluate', '--checkpoint', str(checkpoint), '--json', str(eval_json),
            '--split', train_args['val_split'], '-b', str(train_args['validation_batch_size'] or
                                                          train_args['batch_size'])]
-    # the data; the evaluator takes the model, its classes, channels and arguments from the checkpoint's args
-    for option, key in (
-            ('--data-dir', 'data_dir'), ('--dataset', 'dataset'), ('--input-size', 'input_size'),
-            ('--img-size', 'img_size'), ('--mean', 'mean'), ('--std', 'std'), ('--crop-pct', 'crop_pct'),
-            ('--interpolation', 'interpolation'), ('--workers', 'workers'), ('--device', 'device'),
-    ):
-        value = train_args.get(key)
-        if value is not None and value != '':
-            cmd += [option, *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    for option, key in (('--data-dir', 'data_dir'), ('--dataset', 'dataset'), ('--workers', 'workers'),
+                        ('--device', 'device')):
+        if train_args.get(key) not in (None, ''):
+            cmd += [option, str(train_args[key])]
     if train_args.get('model_ema'):
         cmd.append('--use-ema')  # train.py validated the EMA weights
     _print_command(cmd)
@@ -404,7 +334,8 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
     with open(eval_json) as f:
         result = json.load(f)
 
-    print(format_summary(result, train_args, checkpoint, _epochs_done(checkpoint)), flush=True)
+    epoch = result['models'][0]['epoch']  # counted from 0
+    print(format_summary(result, train_args, checkpoint, None if epoch is None else epoch + 1), flush=True)
     print(f'\nResults and checkpoints are in {run_dir}:')
     for name, path in (
             ('last checkpoint', checkpoint),
@@ -416,20 +347,9 @@ def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
     ):
         if path.exists():
             print(f'  {name + ":":24s}{path}')
+    print(f'Publish the evaluated weights (docs/hub.md): python -m timm_ssm.hub {run_dir} --checkpoint '
+          f'{checkpoint.name} --repo-id ORG/NAME --dry-run')
     return 0
-
-
-def _epochs_done(checkpoint: Path) -> Optional[int]:
-    """Epochs trained when train.py saved the checkpoint (its `epoch` counts from 0), None if it does not say."""
-    import torch
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # train.py's args
-            state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except Exception as e:
-        _logger.warning(f'Cannot read the epoch of {checkpoint} ({type(e).__name__}: {e}).')
-        return None
-    epoch = state.get('epoch') if isinstance(state, dict) else None
-    return epoch + 1 if isinstance(epoch, int) else None
 
 
 def format_summary(result: Dict, train_args: Dict, checkpoint: Path, epochs_done: Optional[int] = None) -> str:

@@ -1,4 +1,5 @@
-"""hub_upload: export of train.py runs in timm's Hub format, round trips through local-dir:/hf-hub:, uploads.
+"""timm_ssm.hub (and hub_upload/upload.py over it): export of train.py runs in timm's Hub format, round trips
+through local-dir:/hf-hub:, uploads.
 
 Run folders are made as train.py makes them: a checkpoint written by timm's own `CheckpointSaver` (with model
 EMA), an args.yaml dumped from the arguments Namespace, a summary.csv by `timm.utils.update_summary`, and an
@@ -32,8 +33,9 @@ from timm.models import load_state_dict
 from timm.utils import CheckpointSaver, ModelEmaV3, update_summary
 
 from hub_server import FakeHub
-from hub_upload import export, upload
-from hub_upload.upload import main
+from timm_ssm import hub as ssm_hub
+from timm_ssm.hub import main
+from timm_ssm.runs import Run, RunError
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ['boot', 'coat', 'dress', 'shirt', 'sneaker']
@@ -114,9 +116,8 @@ def train_run(tmp_path_factory):
     run, states, ema_states = make_run(root)
     # the per-sub-classifier results of the analysis tool, written next to the checkpoint
     evaluate.main([
-        '--checkpoint', str(run), '--data-dir', str(root / 'data'), '--split', 'validation', '--device', 'cpu',
-        '-b', '4', '-j', '0', '--in-chans', '1', '--img-size', '48', '--mean', '0.3', '--std', '0.35',
-        '--json', str(run / 'eval.json'), '--no-progress'])
+        '--checkpoint', str(run), '--data-dir', str(root / 'data'), '--device', 'cpu', '-b', '4', '-j', '0',
+        '--json', str(run / 'eval.json'), '--no-progress'])  # model, channels, size, normalization: the run's
     return run, states, ema_states
 
 
@@ -134,7 +135,7 @@ def dry_run_export(train_run, tmp_path_factory):
 
 
 def _reference_model(checkpoint: Path, use_ema: bool = False, **kwargs):
-    """The checkpoint's model, built and loaded independently of hub_upload (timm's loader, weights_only)."""
+    """The checkpoint's model, built and loaded independently of timm_ssm (timm's loader, weights_only)."""
     model = timm.create_model('test_resnet_ssm', num_classes=len(CLASSES), in_chans=1, **(kwargs or HEAD))
     model.load_state_dict(load_state_dict(str(checkpoint), use_ema=use_ema, weights_only=True))
     return model.eval()
@@ -161,6 +162,9 @@ def test_dry_run_writes_the_three_files_only(dry_run_export, train_run):
     for name in EXPORT_FILES:
         assert re.search(rf'{re.escape(name)}\s+[\d.]+ k?M?B', stdout), stdout
     assert 'Dry run' in stdout and 'Nothing was sent' in stdout
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(out / name).stat().st_mode & 0o777 for name in EXPORT_FILES} == {0o666 & ~umask}  # as open() makes files
     assert 'https://huggingface.co/someone/tiny-ssm' in stdout
 
 
@@ -409,28 +413,30 @@ def test_hf_hub_model_that_is_not_ssm(hub_cache, tmp_path, capsys):
 
 
 def test_eval_json_of_the_exported_weights(train_run, tmp_path, capsys):
-    run = _copy_run(train_run[0], tmp_path / 'run')
-    result = json.loads((run / 'eval.json').read_text())
-    assert result['models'][0]['use_ema'] is False
-    result['models'][0]['use_ema'] = True
-    (run / 'eval.json').write_text(json.dumps(result))
+    """eval.json (the fixture's) evaluated model_best.pth.tar's non-EMA weights: the card of those weights shows it,
+    that of the EMA weights does not, and naming it for the EMA weights is an error."""
+    run = train_run[0]
     for i, ema in enumerate((True, False)):
         out = tmp_path / f'out{i}'
         assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)] + ['--ema'] * ema) == 0
-        readme = (out / 'README.md').read_text()
-        assert ('## Sub-classifiers' in readme) == ema
-    assert '; the EMA weights; `eval.json`' in (tmp_path / 'out0' / 'README.md').read_text()
-    # named with --eval-json, the evaluation of other weights is an error
-    _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'x'), '--eval-json',
-            str(run / 'eval.json')], capsys, 'no evaluation of the non-EMA weights of model_best.pth.tar')
+        assert ('## Sub-classifiers' in (out / 'README.md').read_text()) != ema
+    _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'x'), '--ema', '--eval-json',
+            str(run / 'eval.json')], capsys, 'no evaluation of the exported weights.*--use-ema')
 
 
-def test_eval_json_older_than_the_checkpoint_is_ignored(train_run, tmp_path):
+def test_default_run_then_upload_shows_its_evaluation(train_run, tmp_path):
+    """The default run evaluates last.pth.tar; when model_best.pth.tar holds the same weights (train.py's link of
+    the last epoch when it is the best), the upload of model_best shows that evaluation."""
     run = _copy_run(train_run[0], tmp_path / 'run')
-    checkpoint_time = (run / 'model_best.pth.tar').stat().st_mtime
-    os.utime(run / 'eval.json', (checkpoint_time - 60, checkpoint_time - 60))
+    (run / 'eval.json').unlink()
+    (run / 'model_best.pth.tar').unlink()
+    os.link(run / 'last.pth.tar', run / 'model_best.pth.tar')
+    evaluate.main(['--checkpoint', str(run / 'last.pth.tar'), '--data-dir', str(train_run[0].parent.parent / 'data'),
+                   '--device', 'cpu', '-b', '4', '-j', '0', '--json', str(run / 'eval_validation.json'),
+                   '--no-progress'])
     assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out')]) == 0
-    assert '## Sub-classifiers' not in (tmp_path / 'out' / 'README.md').read_text()
+    readme = (tmp_path / 'out' / 'README.md').read_text()
+    assert '`model_best.pth.tar`, epoch 2' in readme and '`eval_validation.json`' in readme
 
 
 def test_deprecated_positional_data_path(tmp_path):
@@ -471,7 +477,7 @@ def test_programming_errors_are_not_hub_errors(train_run, tmp_path, monkeypatch)
     def broken(*args, **kwargs):
         raise AttributeError('a bug, not the Hub')
     monkeypatch.setenv('HF_TOKEN', TOKEN)
-    monkeypatch.setattr(upload, 'check_remote', broken)
+    monkeypatch.setattr(ssm_hub, 'check_remote', broken)
     with pytest.raises(AttributeError, match='a bug'):
         main([str(train_run[0]), '--repo-id', 'a/b', '--out', str(tmp_path / 'out')])
 
@@ -479,7 +485,7 @@ def test_programming_errors_are_not_hub_errors(train_run, tmp_path, monkeypatch)
 def test_failed_export_removes_the_folders_it_created(train_run, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(export, '_verify', interrupted)
+    monkeypatch.setattr(ssm_hub.timm, 'create_model', interrupted)  # the check after writing
     (tmp_path / 'kept').mkdir()
     with pytest.raises(KeyboardInterrupt):
         main([str(train_run[0]), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'kept' / 'new' / 'out')])
@@ -500,27 +506,26 @@ def test_label_names_from_torchvision_dataset(tmp_path):
     for prefix in ('train', 't10k'):
         _write_idx(raw / f'{prefix}-images-idx3-ubyte', np.zeros((3, 28, 28)))
         _write_idx(raw / f'{prefix}-labels-idx1-ubyte', np.arange(3))
-    run = export.Run(
-        checkpoint=tmp_path / 'x.pth.tar', state_dict={},
-        args=dict(dataset='torch/fashion_mnist', data_dir=str(tmp_path), val_split='test'))
-    names, note = export.find_label_names(run, 10)
+    run = Run(source='x', checkpoint=tmp_path / 'x.pth.tar',
+              args=dict(dataset='torch/fashion_mnist', data_dir=str(tmp_path), val_split='test'))
+    names, note = ssm_hub.label_names(run, 10)
     assert names == ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
                      'Ankle boot']
-    names, note = export.find_label_names(run, 7)
+    names, note = ssm_hub.label_names(run, 7)
     assert names is None and 'has 10 classes, the model 7' in note
-    missing = export.Run(checkpoint=run.checkpoint, state_dict={}, args=dict(run.args, data_dir=str(tmp_path / 'no')))
-    names, note = export.find_label_names(missing, 10)
+    missing = Run(source='x', checkpoint=run.checkpoint, args=dict(run.args, data_dir=str(tmp_path / 'no')))
+    names, note = ssm_hub.label_names(missing, 10)
     assert names is None and '--label-names' in note
 
 
 def test_label_names_file(tmp_path):
-    run = export.Run(checkpoint=tmp_path / 'x.pth.tar', state_dict={})
+    run = Run(source='x', checkpoint=tmp_path / 'x.pth.tar')
     (tmp_path / 'names.txt').write_text('a\nb\nc\n')
     (tmp_path / 'names.json').write_text('["x", "y", "z"]')
-    assert export.find_label_names(run, 3, tmp_path / 'names.txt')[0] == ['a', 'b', 'c']
-    assert export.find_label_names(run, 3, tmp_path / 'names.json')[0] == ['x', 'y', 'z']
-    with pytest.raises(export.ExportError, match='has 3 names, but the model has 4 classes'):
-        export.find_label_names(run, 4, tmp_path / 'names.txt')
+    assert ssm_hub.label_names(run, 3, tmp_path / 'names.txt')[0] == ['a', 'b', 'c']
+    assert ssm_hub.label_names(run, 3, tmp_path / 'names.json')[0] == ['x', 'y', 'z']
+    with pytest.raises(RunError, match='has 3 names, but the model has 4 classes'):
+        ssm_hub.label_names(run, 4, tmp_path / 'names.txt')
 
 
 def test_eval_json_that_is_not_an_evaluation(train_run, tmp_path, capsys):
@@ -550,9 +555,11 @@ def _fails(argv, capsys, match, out=None, rc=2):
 def test_missing_checkpoint(train_run, tmp_path, capsys):
     run = _copy_run(train_run[0], tmp_path / 'run')
     (run / 'model_best.pth.tar').unlink()
+    (run / 'last.pth.tar').unlink()
     out = tmp_path / 'out'
-    err = _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)], capsys, 'No model_best.pth.tar', out)
-    assert 'last.pth.tar' in err and '--checkpoint' in err
+    err = _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out)], capsys,
+                 'No model_best.pth.tar or last.pth.tar', out)
+    assert 'it has checkpoint-' in err
     _fails([str(tmp_path / 'nowhere'), '--repo-id', 'a/b', '--dry-run'], capsys, 'does not exist')
 
 
@@ -572,9 +579,9 @@ def test_checkpoint_with_pickled_objects_is_not_loaded(train_run, tmp_path, caps
 
 
 @pytest.mark.parametrize('change, match', [
-    (dict(model_kwargs=dict(num_splits=4)), r'keys missing from the checkpoint \(head\.fc\.3\.weight'),
-    (dict(num_classes=7), r'of another shape \(head\.fc\.0\.weight: checkpoint \(5, 32\), model \(7, 32\)'),
-    (dict(model='test_convnext_ssm', model_kwargs=dict(num_splits=4)), 'does not match test_convnext_ssm'),
+    (dict(model_kwargs=dict(num_splits=4)), r'do not fit (.|\n)*Missing key\(s\) in state_dict: "head\.fc\.3\.weight'),
+    (dict(num_classes=7), r'size mismatch for head\.fc\.0\.weight: copying a param with shape torch.Size\(\[5, 32\]\)'),
+    (dict(model='test_convnext_ssm', model_kwargs=dict(num_splits=4)), 'do not fit test_convnext_ssm'),
     (dict(model='test_resnet'), 'test_resnet .* is not an SSM model'),
 ], ids=['num_splits', 'num_classes', 'architecture', 'not_ssm'])
 def test_args_yaml_not_matching_checkpoint(change, match, train_run, tmp_path, capsys):
@@ -614,7 +621,7 @@ def test_existing_out_folder_is_never_touched(train_run, tmp_path, capsys):
 def test_interrupted_export_leaves_nothing(train_run, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # after the weights, config and card were written
-    monkeypatch.setattr(export, '_verify', interrupted)
+    monkeypatch.setattr(ssm_hub.timm, 'create_model', interrupted)  # the check after writing
     with pytest.raises(KeyboardInterrupt):
         main([str(train_run[0]), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out')])
     _no_leftovers(tmp_path)
@@ -630,7 +637,7 @@ OWN_CARD = b'---\nlicense: mit\n---\n# Our own card\n'
 _UPLOADS = """
 import contextlib, io, json, logging, os, sys
 logging.basicConfig(level=logging.DEBUG)
-from hub_upload.upload import main
+from timm_ssm.hub import main
 results = []
 for token, argv in json.loads(sys.argv[1]):
     os.environ['HF_TOKEN'] = token
@@ -718,7 +725,7 @@ def test_existing_remote_card_is_kept_unless_asked(uploads):
     first, second = [c for c in hub.commits if c['repo_id'] == 'someone/carded']
     assert first['files'] == ['config.json', 'model.safetensors']  # README.md left as it was
     assert second['files'] == EXPORT_FILES
-    assert hub.files('someone/carded')['README.md'].startswith(b'---\ntags:')
+    assert hub.files('someone/carded')['README.md'].startswith(b'---\n') != OWN_CARD
 
 
 def test_private_refuses_an_existing_public_repo(uploads):
@@ -808,3 +815,14 @@ def test_real_train_py_run(hub_cache, tmp_path):
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_repository_script_runs_the_package_tool(train_run, tmp_path):
+    """hub_upload/upload.py, run as a script from another folder, is timm_ssm.hub."""
+    out = tmp_path / 'out'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'hub_upload' / 'upload.py'), str(train_run[0]), '--repo-id', 'a/b', '--dry-run',
+         '--out', str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == EXPORT_FILES and 'Nothing was sent' in proc.stdout

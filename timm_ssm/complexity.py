@@ -1,7 +1,7 @@
 """ Parameters and multiply-adds of SSM models and their baselines (the paper's Table 4)
 
-`python -m timm_ssm.profile` prints the README's table for the paper's models; pass model names to profile
-others, e.g. `python -m timm_ssm.profile convnext_tiny vit_base_patch16_224`.
+`python -m timm_ssm.complexity` prints the README's table for the paper's models; pass model names to profile
+others, e.g. `python -m timm_ssm.complexity convnext_tiny vit_base_patch16_224`.
 
 Models are built on the meta device, so profiling ResNeXt-101 takes no memory and about a second.
 """
@@ -16,7 +16,7 @@ import timm
 
 from .split_share import PAPER_MODELS, SUFFIX
 
-__all__ = ['count_params', 'head_macs', 'model_macs', 'profile', 'markdown_table']
+__all__ = ['count_params', 'head_macs', 'model_macs', 'model_complexity', 'profile', 'markdown_table']
 
 # the paper's Table 4 (ResNet-50 only)
 PAPER_PARAMS = {'resnet50': (25.55e6, 28.63e6)}
@@ -40,6 +40,27 @@ def model_macs(model: nn.Module, input_size: Sequence[int]) -> int:
         model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
     model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Optional[int]]:
+    """Parameters and multiply-adds of one image (Table 4).
+
+    Args:
+        model: A timm model, with or without a Split-and-Share head.
+        input_size: (C, H, W) of one image.
+
+    Returns:
+        `param_count`, `head_param_count`, `macs` (counted by torch.utils.flop_counter in one forward pass) and
+        `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of Linear classifiers).
+    """
+    classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    classifier = classifier if isinstance(classifier, nn.Module) else None
+    return dict(
+        param_count=count_params(model),
+        head_param_count=count_params(classifier) if classifier is not None else None,
+        macs=model_macs(model, input_size),
+        head_macs=head_macs(classifier) if classifier is not None else None,
+    )
 
 
 def profile(arch: str, num_classes: int = 1000, input_size: Optional[Sequence[int]] = None) -> Dict[str, float]:

@@ -1,0 +1,10 @@
+"""Parameters and multiply-adds (`timm_ssm.complexity`, the paper's Table 4)."""
+import timm_ssm  # noqa: F401
+from timm_ssm.complexity import profile
+
+
+def test_head_macs_agree_with_the_flop_counter():
+    row = profile('resnet50')
+    assert row['head_macs'] == 2048 * 1000 and row['ssm_head_macs'] == (512 + 1024 + 1536 + 2048) * 1000
+    assert row['ssm_macs'] - row['macs'] == row['ssm_head_macs'] - row['head_macs']
+    assert row['params'] == 25557032 and 28.63e6 <= row['ssm_params'] <= 28.64e6
