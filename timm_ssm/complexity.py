@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm
 
-from .split_share import PAPER_MODELS, SUFFIX
+from .split_share import PAPER_MODELS, SUFFIX, base_model_name
 
 __all__ = ['count_params', 'head_macs', 'model_macs', 'model_complexity', 'profile', 'markdown_table']
 
@@ -64,9 +64,9 @@ def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Dict[str, O
 
 
 def profile(arch: str, num_classes: int = 1000, input_size: Optional[Sequence[int]] = None) -> Dict[str, float]:
-    """Parameters and multiply-adds of timm model `arch` and of `<arch>_ssm`."""
+    """Parameters and multiply-adds of timm model `arch` and of `<arch>_ssm` (`resnext50`: the paper's name)."""
     with torch.device('meta'):
-        base = timm.create_model(arch, num_classes=num_classes)
+        base = timm.create_model(base_model_name(arch + SUFFIX), num_classes=num_classes)
         ssm = timm.create_model(arch + SUFFIX, num_classes=num_classes)
     input_size = input_size or base.pretrained_cfg['input_size']
     return dict(
