@@ -84,7 +84,7 @@ def check_data_dir(path: Optional[Union[str, Path]], option: str = '--data-dir',
         return
     if path.exists():
         raise RunError(f'{option} {path} is a file, not a folder: give the folder that holds the data set.')
-    parent = next((p for p in path.parents if p.is_dir()), None)
+    parent = next((p for p in path.absolute().parents if p.is_dir()), None)
     raise RunError(f'{option} {path} does not exist (the nearest existing folder is {parent}): check the path, or '
                    f'prepare the data there first.')
 
