@@ -328,3 +328,15 @@ def test_default_run_leaves_out_train_py_result_json(capfd):
     assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
     assert train_timm._call([sys.executable, '-c', script]) == 0
     assert '--result' in capfd.readouterr().out
+
+
+def test_default_run_with_a_cache_that_is_a_file(fake_timm_root, tmp_path, capsys, monkeypatch):
+    """The default run's data folder (`<cache>/timm_ssm/data`) under a file: a clear error before train.py."""
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    monkeypatch.setattr(train_timm, '_call', _not_called)
+    (tmp_path / 'cache').write_text('x')  # fake_timm_root's XDG_CACHE_HOME
+    assert train_timm.main(['--epochs', '1']) == 2
+    err = capsys.readouterr().err
+    assert f'error: The data cache folder {tmp_path / "cache" / "timm_ssm" / "data"} cannot be used as a folder: ' \
+           f'{tmp_path / "cache"} is a file' in err
+    assert 'Traceback' not in err and (tmp_path / 'cache').read_text() == 'x'
