@@ -215,4 +215,4 @@ def test_one_by_one_feature_map_gives_flat_maps(caplog):
     with caplog.at_level('WARNING'):
         cams, _, _ = grad_cams(model, torch.randn(2, 3, 28, 28), torch.tensor([1, 3]))
     assert cams.shape[-2:] == (28, 28) and torch.all(cams == 0)
-    assert 'drawn flat' in caplog.text
+    assert 'no spatial information, so they are drawn flat (one colour)' in caplog.text

@@ -121,11 +121,10 @@ def grad_cams(
     feat, grads, logits = feature_gradients(model, x, target)
     channels = feat.shape[1]
     if min(feat.shape[-2:]) < 2:
+        flat = ', so they are drawn flat (one colour)' if feat.shape[-2] * feat.shape[-1] == 1 else ''
         _logger.warning(
             f'The last feature map is {feat.shape[-2]}x{feat.shape[-1]} for {x.shape[-2]}x{x.shape[-1]} images: the '
-            f'heat maps carry no spatial information. Use larger images (--img-size).')
-        if feat.shape[-2] * feat.shape[-1] == 1:
-            _logger.warning('A 1x1 feature map: the heat map panels are drawn flat (no overlay colours).')
+            f'heat maps carry no spatial information{flat}. Use larger images (--img-size).')
     head = split_head(model)
     n = head.num_splits if head is not None else 0
     group = channels // n if n else channels
