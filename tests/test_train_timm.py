@@ -328,6 +328,9 @@ def test_default_run_leaves_out_train_py_result_json(capfd):
     assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
     assert train_timm._call([sys.executable, '-c', script]) == 0
     assert '--result' in capfd.readouterr().out
+    assert train_timm._call([sys.executable, '-c', script.replace('[{"epoch": 1}, {"epoch": 0}]', '[]')],
+                            result_json=False) == 0
+    assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
 
 
 def test_default_run_with_a_cache_that_is_a_file(fake_timm_root, tmp_path, capsys, monkeypatch):

@@ -62,8 +62,12 @@ def atomic_write(path: Union[str, Path], write: Callable, mode: str = 'wb', chec
         tmp.unlink(missing_ok=True)
 
 
-def check_data_dir(path: Optional[Union[str, Path]], option: str = '--data-dir', dataset: str = '',
-        download: bool = False):
+def check_data_dir(
+        path: Optional[Union[str, Path]],
+        option: str = '--data-dir',
+        dataset: str = '',
+        download: bool = False,
+):
     """Raise a RunError that says what is missing when a data folder does not exist (before timm's bare assert).
 
     Args:

@@ -216,7 +216,7 @@ def _call(cmd: List[str], result_json: bool = True, **kwargs) -> int:
                     elif not in_result:
                         sys.stdout.write(line)
                         sys.stdout.flush()
-                    elif line.rstrip('\n') == ']':
+                    elif line.rstrip('\n') in (']', '[]'):  # the end of the JSON list
                         in_result = False
             return proc.wait()
         except KeyboardInterrupt:
