@@ -289,7 +289,8 @@ def test_help_without_timm_root_does_not_download(tmp_path, monkeypatch, capsys)
     assert train_timm.main(['--help']) == 0
     out = capsys.readouterr().out
     assert out.startswith('usage: ./train_timm.sh') and '--timm-root DIR' in out
-    assert "(shown once timm's source is found: timm's scripts are not in the cache" in out
+    assert "(listed once timm's source is on this machine: the first run without --timm-root or TIMM_ROOT " \
+           "downloads it" in out and "timm's scripts are not in the cache" in out
     assert not (tmp_path / 'cache').exists()
 
 

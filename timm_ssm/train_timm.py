@@ -250,7 +250,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         train_py = find_timm_root(opts.timm_root, download=not opts.help) / 'train.py'
     except RuntimeError as e:
         if opts.help:
-            print(f'(shown once timm\'s source is found: {e})')
+            print('(listed once timm\'s source is on this machine: the first run without --timm-root or TIMM_ROOT '
+                  'downloads it.) Offline: ' + str(e))
             return 0
         return _error(str(e))
     if opts.help:
