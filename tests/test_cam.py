@@ -1,8 +1,10 @@
 """Grad-CAM per channel group (`python -m timm_ssm.cam`) on tiny models."""
 import argparse
+import re
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -151,3 +153,66 @@ def test_cli_grayscale_checkpoint(class_folders, tmp_path):
     written = main([str(class_folders), '--checkpoint', str(tmp_path / 'gray.pth.tar'), '--out', str(tmp_path / 'o'),
                     '--panel', '64', '--device', 'cpu'])
     assert len(written) == 2
+
+
+def _fails(argv, capsys, match):
+    """main() exits 2 with a message matching `match` and no traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'Traceback' not in err
+    assert re.search(match, err), err
+    return err
+
+
+def test_bad_inputs_and_outputs_leave_nothing_behind(class_folders, tmp_path, capsys):
+    _checkpoint(_model('test_resnet_ssm'), 'test_resnet_ssm', tmp_path / 'r.pth.tar')
+    common = ['--checkpoint', str(tmp_path / 'r.pth.tar'), '--img-size', '64', '--panel', '32', '--device', 'cpu']
+    (tmp_path / 'afile').write_text('x')
+    _fails([str(class_folders), '--out', str(tmp_path / 'afile')] + common, capsys,
+           '--out .*afile cannot be used as a folder: it is a file')
+    assert (tmp_path / 'afile').read_text() == 'x'
+
+    (tmp_path / 'notes.png').write_text('not an image')
+    _fails([str(tmp_path / 'notes.png'), '--out', str(tmp_path / 'o1')] + common, capsys,
+           'notes.png is not an image that Pillow can read')
+    assert not (tmp_path / 'o1').exists()
+
+    _fails([str(class_folders), '--target-class', '5', '--out', str(tmp_path / 'o2')] + common, capsys,
+           '--target-class 5 is outside the model\'s 5 classes \\(0..4\\)')
+    assert not (tmp_path / 'o2').exists()
+
+
+def test_existing_grids_are_kept_unless_overwrite(class_folders, tmp_path, capsys):
+    _checkpoint(_model('test_resnet_ssm'), 'test_resnet_ssm', tmp_path / 'r.pth.tar')
+    out = tmp_path / 'cams'
+    out.mkdir()
+    (out / 'cat_a_cam.png').write_bytes(b'mine')
+    argv = [str(class_folders), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--img-size', '64', '--panel', '32',
+            '--out', str(out), '--device', 'cpu']
+    _fails(argv, capsys, '1 grid\\(s\\) already in .*cat_a_cam.png.*--overwrite to replace them')
+    assert sorted(p.name for p in out.iterdir()) == ['cat_a_cam.png']
+    assert (out / 'cat_a_cam.png').read_bytes() == b'mine'
+    assert len(main(argv + ['--overwrite'])) == 2
+    with Image.open(out / 'cat_a_cam.png') as im:
+        assert im.size[0] == 6 * (32 + PANEL_PAD) + PANEL_PAD  # the image, 4 groups, all channels
+
+
+def test_truncated_safetensors(class_folders, tmp_path, capsys):
+    safetensors.torch.save_file(_model('test_resnet_ssm').state_dict(), tmp_path / 'm.safetensors')
+    data = (tmp_path / 'm.safetensors').read_bytes()
+    (tmp_path / 'm.safetensors').write_bytes(data[:len(data) // 3])
+    _fails([str(class_folders), '--checkpoint', str(tmp_path / 'm.safetensors'), '--model', 'test_resnet_ssm',
+            '--num-classes', '5', '--out', str(tmp_path / 'o'), '--device', 'cpu'], capsys,
+           'it is truncated or not a safetensors file')
+    assert not (tmp_path / 'o').exists()
+
+
+def test_one_by_one_feature_map_gives_flat_maps(caplog):
+    """At 28 px a stride-32 trunk leaves a 1x1 map: no spatial information, so flat maps, not rounding noise
+    stretched to the full colour range."""
+    model = _model('test_resnet_ssm')
+    with caplog.at_level('WARNING'):
+        cams, _, _ = grad_cams(model, torch.randn(2, 3, 28, 28), torch.tensor([1, 3]))
+    assert cams.shape[-2:] == (28, 28) and torch.all(cams == 0)
+    assert 'no spatial information, so they are drawn flat (one colour)' in caplog.text

@@ -2,9 +2,12 @@
 import argparse
 import csv
 import json
+import os
+import re
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 import torch.nn as nn
 from PIL import Image
@@ -12,6 +15,7 @@ from PIL import Image
 import timm
 import timm_ssm  # noqa: F401  (registers the *_ssm models)
 from timm.data import create_transform, resolve_data_config
+from timm_ssm import evaluate as evaluate_module
 from timm_ssm.evaluate import main
 
 NUM_CLASSES = 6
@@ -292,3 +296,60 @@ def test_evaluate_model_kwargs_over_checkpoint(image_folder, tmp_path):
                    '--data-dir', str(image_folder), '--img-size', str(IMG_SIZE), '-b', '24', '-j', '0',
                    '--device', 'cpu', '--no-progress'])
     assert result['models'][0]['num_splits'] == 2
+
+
+def _fails(argv, capsys, match):
+    """main() exits 2 with a message matching `match` and no traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'Traceback' not in err
+    assert re.search(match, err), err
+    return err
+
+
+def test_truncated_safetensors_and_random_bytes(image_folder, tmp_path, capsys):
+    model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES)
+    safetensors.torch.save_file(model.state_dict(), tmp_path / 'model.safetensors')
+    data = (tmp_path / 'model.safetensors').read_bytes()
+    (tmp_path / 'cut.safetensors').write_bytes(data[:len(data) // 2])
+    common = ['--model', 'test_resnet_ssm', '--num-classes', str(NUM_CLASSES), '--data-dir', str(image_folder),
+              '--device', 'cpu', '-j', '0']
+    _fails(['--checkpoint', str(tmp_path / 'cut.safetensors')] + common, capsys,
+           'Cannot read .*cut.safetensors: it is truncated or not a safetensors file')
+    (tmp_path / 'random.pth.tar').write_bytes(np.random.default_rng(0).bytes(4096))
+    _fails(['--checkpoint', str(tmp_path / 'random.pth.tar')] + common, capsys, 'random.pth.tar is not a checkpoint')
+
+
+def test_outputs_are_checked_before_the_pass(image_folder, tmp_path, capsys, monkeypatch):
+    """An output that cannot be written stops the tool before the pass, which would otherwise be lost."""
+    model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES)
+    ckpt = tmp_path / 'a.pth.tar'
+    _train_checkpoint(model, 'test_resnet_ssm', ckpt)
+    monkeypatch.setattr(evaluate_module, 'evaluate', _not_called)
+    data = ['--checkpoint', str(ckpt), '--data-dir', str(image_folder), '--device', 'cpu', '-j', '0']
+    (tmp_path / 'folder').mkdir()
+    _fails(data + ['--json', str(tmp_path / 'folder')], capsys, '--json .*folder is a folder: give a file name')
+    (tmp_path / 'afile').write_text('x')
+    _fails(data + ['--csv', str(tmp_path / 'afile' / 'r.csv')], capsys, f'{tmp_path / "afile"} is a file')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a.pth.tar', 'afile', 'folder']
+
+
+def test_missing_data_dir(tmp_path, capsys, monkeypatch):
+    model = timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES)
+    ckpt = tmp_path / 'a.pth.tar'
+    _train_checkpoint(model, 'test_resnet_ssm', ckpt)
+    monkeypatch.setattr(evaluate_module, 'evaluate', _not_called)
+    _fails(['--checkpoint', str(ckpt), '--data-dir', str(tmp_path / 'no' / 'data'), '--device', 'cpu'], capsys,
+           f'--data-dir .*data does not exist \\(the nearest existing folder is {tmp_path}\\)')
+    _fails(['--checkpoint', str(ckpt), '--data-dir', str(ckpt), '--device', 'cpu'], capsys, 'is a file, not a folder')
+    _fails(['--checkpoint', str(ckpt), '--device', 'cpu'], capsys, 'No data folder: give --data-dir DIR')
+
+
+def test_default_workers_at_most_the_cpus():
+    """4 loader workers, fewer on a machine with fewer cores (torch warns once per loader otherwise)."""
+    assert evaluate_module.parser.get_default('workers') == min(4, os.cpu_count() or 1)
+
+
+def _not_called(*args, **kwargs):
+    raise AssertionError('not to be called')

@@ -3,11 +3,13 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import stat
 import struct
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +126,7 @@ def test_wrong_source_file_is_refused_and_nothing_is_half_written(tmp_path):
         prepare_fashion_mnist(root, source=source, download=False)
     assert not any(p.name.endswith('.tmp') for p in (root / 'FashionMNIST' / 'raw').iterdir())
     assert not (root / 'FashionMNIST' / 'raw' / 't10k-labels-idx1-ubyte').exists()
+    assert len(list((root / 'FashionMNIST' / 'raw').iterdir())) == 3  # the three good files are kept
 
 
 def test_no_source_no_download(tmp_path):
@@ -151,3 +154,72 @@ def test_shell_command_prints_root(prepared, capsys):
         fashion_mnist.main([str(prepared / 'elsewhere'), '--source', str(prepared / 'no-such-folder'), '--no-download'])
     assert e.value.code == 1
     assert 'error: Fashion-MNIST is not in' in capsys.readouterr().err
+
+
+def _fails(argv, capsys, match):
+    """The shell command exits 1 with `error: ...` matching `match`, and no traceback."""
+    with pytest.raises(SystemExit) as e:
+        fashion_mnist.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and 'Traceback' not in err
+    assert re.search(match, err), err
+    return err
+
+
+def test_root_that_is_a_file(tmp_path, capsys):
+    (tmp_path / 'afile').write_text('x')
+    _fails([str(tmp_path / 'afile'), '--no-download'], capsys, 'afile cannot be used as a folder: it is a file')
+    _fails([str(tmp_path / 'afile' / 'sub'), '--no-download'], capsys, f'{tmp_path / "afile"} is a file')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['afile']
+
+
+def test_read_only_root(tmp_path, capsys, monkeypatch):
+    """A folder that cannot be written (simulated: the tests may run as root, who writes everywhere)."""
+    access = os.access
+    monkeypatch.setattr(os, 'access', lambda p, mode: False if Path(p) == tmp_path / 'ro' else access(p, mode))
+    (tmp_path / 'ro').mkdir()
+    _fails([str(tmp_path / 'ro' / 'fm'), '--no-download'], capsys, f'{tmp_path / "ro"} is not writable')
+    assert not any((tmp_path / 'ro').iterdir())
+
+
+def test_write_error_is_clear_and_leaves_no_empty_folders(tmp_path, capsys, monkeypatch):
+    """An OSError while writing (a read-only file system, a full disk) is reported, and the folders made for the
+    data are removed again."""
+    def _refuse(*args, **kwargs):
+        raise PermissionError(13, 'Permission denied')
+
+    source = tmp_path / 'source'
+    source.mkdir()
+    for name in RAW:
+        (source / name).write_bytes(b'')
+    monkeypatch.setattr(fashion_mnist, 'atomic_write', _refuse)
+    _fails([str(tmp_path / 'root'), '--source', str(source), '--no-download'], capsys,
+           'Cannot write Fashion-MNIST into .*Permission denied.*Give a writable ROOT')
+    assert not (tmp_path / 'root').exists()
+
+
+@pytest.mark.parametrize('content, match', [
+    (gzip.compress(os.urandom(5000))[:1000], 'is truncated'),
+    (b'not gzip at all', 'is not a gzip file'),
+], ids=['truncated', 'not_gzip'])
+def test_bad_gzip_source(tmp_path, capsys, content, match):
+    source = tmp_path / 'source'
+    source.mkdir()
+    for name in RAW:
+        (source / (name + '.gz')).write_bytes(content)
+    _fails([str(tmp_path / 'root'), '--source', str(source), '--no-download'], capsys,
+           f'train-images-idx3-ubyte.gz {match} .*copy the original Fashion-MNIST file')
+    assert not (tmp_path / 'root').exists()  # no empty FashionMNIST/raw left behind
+
+
+def test_default_cache_that_is_a_file(tmp_path, capsys, monkeypatch):
+    """The default run's data folder (`<cache>/timm_ssm/data`) under a file: a clear error, nothing written."""
+    (tmp_path / 'cache').write_text('x')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    _fails(['--no-download'], capsys, 'The data cache folder .*cache is a file')
+
+
+def test_no_empty_folders_after_a_failed_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    _fails(['--source', str(tmp_path / 'nothing'), '--no-download'], capsys, 'Fashion-MNIST is not in')
+    assert not (tmp_path / 'cache').exists()

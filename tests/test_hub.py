@@ -578,6 +578,22 @@ def test_checkpoint_with_pickled_objects_is_not_loaded(train_run, tmp_path, caps
     _fails([str(path), '--repo-id', 'a/b', '--dry-run', '--model', 'test_resnet_ssm'], capsys, 'weights_only=True')
 
 
+def test_random_bytes_are_not_a_checkpoint(tmp_path, capsys):
+    """A file of random bytes is no checkpoint, not one with pickled objects to re-save; the same through
+    hub_upload/upload.py, run as a script: a clear error, no traceback, nothing written."""
+    path = tmp_path / 'random.pth.tar'
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    out = tmp_path / 'out'
+    err = _fails([str(path), '--repo-id', 'a/b', '--dry-run', '--model', 'test_resnet_ssm', '--out', str(out)],
+                 capsys, 'random.pth.tar is not a checkpoint: it is neither a PyTorch checkpoint')
+    assert 'pickled Python objects' not in err
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'hub_upload' / 'upload.py'), str(path), '--repo-id', 'a/b', '--dry-run', '--model',
+         'test_resnet_ssm', '--out', str(out)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and 'is not a checkpoint' in proc.stderr and 'Traceback' not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['random.pth.tar']
+
+
 @pytest.mark.parametrize('change, match', [
     (dict(model_kwargs=dict(num_splits=4)), r'do not fit (.|\n)*Missing key\(s\) in state_dict: "head\.fc\.3\.weight'),
     (dict(num_classes=7), r'size mismatch for head\.fc\.0\.weight: copying a param with shape torch.Size\(\[5, 32\]\)'),

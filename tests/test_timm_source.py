@@ -80,12 +80,30 @@ def test_explicit_root_then_env(clean_env, monkeypatch, caplog):
 
 
 def test_version_mismatch_warns(clean_env, caplog):
-    root = _checkout(clean_env / 'old', '0.9.16')
-    with caplog.at_level(logging.WARNING):
+    """A checkout newer than the installed timm: a warning whose advice keeps the install working (upgrade timm,
+    or check out the installed version's tag), never installing timm from the checkout."""
+    root = _checkout(clean_env / 'new', '99.1.0.dev0')
+    with caplog.at_level(logging.INFO):
         assert find_timm_root(root) == root.resolve()
-    message = caplog.text
-    assert 'timm 0.9.16' in message and installed_timm_version() in message
-    assert f'checkout v{installed_timm_version()}' in message
+    (record,) = caplog.records
+    assert record.levelname == 'WARNING'
+    message = record.getMessage()
+    assert 'timm 99.1.0.dev0, newer than the installed timm ' + installed_timm_version() in message
+    assert 'pip install --upgrade timm' in message and f'checkout v{installed_timm_version()}' in message
+    assert 'pip install -e' not in message and 'timm==' not in message
+
+
+def test_older_checkout_is_fine(clean_env, caplog):
+    """An older checkout (its scripts run with the newer installed timm) is described as such, not as a problem:
+    no warning, and no advice to install its older timm, which would break timm_ssm."""
+    root = _checkout(clean_env / 'old', '1.0.29.dev0')
+    with caplog.at_level(logging.INFO):
+        assert find_timm_root(root) == root.resolve()
+    (record,) = caplog.records
+    assert record.levelname == 'INFO'
+    message = record.getMessage()
+    assert 'timm 1.0.29.dev0, older than the installed timm' in message and 'that is fine' in message
+    assert 'pip install' not in message and 'checkout v' not in message
 
 
 def test_not_a_checkout(clean_env, monkeypatch):

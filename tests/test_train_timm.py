@@ -124,6 +124,7 @@ def test_train_timm_sh_runs_train_py_unchanged(fake_timm_root, tmp_path):
     """The shell script runs timm's train.py through the launcher, with every train.py argument as given."""
     out = tmp_path / 'argv.json'
     args = ['--model', 'test_resnet_ssm', '--data-dir', 'my data', '--device', 'cpu', '--lr', '0.1']
+    (tmp_path / 'my data').mkdir()
     proc = _run_sh(args, {'FAKE_TRAIN_OUT': str(out), 'FAKE_TRAIN_EXIT': '7'}, cwd=tmp_path)
     assert proc.returncode == 7, proc.stderr  # train.py's exit code
     recorded = yaml.safe_load(out.read_text())
@@ -169,11 +170,11 @@ def test_offline_without_timm_root(tmp_path, monkeypatch, capsys):
 
 
 def test_version_mismatch_warning_and_dry_run(fake_timm_root, capsys, caplog):
-    (fake_timm_root / 'timm' / 'version.py').write_text("__version__ = '0.9.2'\n")
+    (fake_timm_root / 'timm' / 'version.py').write_text("__version__ = '99.0.0.dev0'\n")
     with caplog.at_level(logging.WARNING):
         assert train_timm.main(['--dry-run', '--data-dir', '/d', '--device', 'cpu']) == 0
     captured = capsys.readouterr()
-    assert 'from timm 0.9.2 but the installed timm is' in caplog.text
+    assert 'from timm 99.0.0.dev0, newer than the installed timm' in caplog.text
     assert captured.out.startswith(f'+ {sys.executable} -m timm_ssm.launch {fake_timm_root.resolve()}/train.py')
 
 
@@ -271,3 +272,75 @@ def test_summary_names_the_epochs_trained(epochs_done, text):
     train_args = dict(model='m', epochs=1 if epochs_done == 1 else 5, val_split='test', dataset='torch/fashion_mnist')
     summary = train_timm.format_summary(result, train_args, Path('last.pth.tar'), epochs_done)
     assert f'm {text}, last.pth.tar, on the test split of torch/fashion_mnist (10 images):' in summary
+
+
+def test_empty_timm_root(fake_timm_root, tmp_path, capsys):
+    assert train_timm.main(['--timm-root=', '--data-dir', str(tmp_path), '--dry-run']) == 2
+    err = capsys.readouterr().err
+    assert 'error: --timm-root is empty: give the folder of a pytorch-image-models checkout' in err
+    assert 'Traceback' not in err
+
+
+def test_help_without_timm_root_does_not_download(tmp_path, monkeypatch, capsys):
+    """--help prints the launch options at once; train.py's follow only when timm's source is already there."""
+    monkeypatch.delenv('TIMM_ROOT', raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.setattr(timm_source, '_download_source', _not_called)
+    assert train_timm.main(['--help']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('usage: ./train_timm.sh') and '--timm-root DIR' in out
+    assert "(listed once timm's source is on this machine: the first run without --timm-root or TIMM_ROOT " \
+           "downloads it" in out and "timm's scripts are not in the cache" in out
+    assert not (tmp_path / 'cache').exists()
+
+
+@pytest.mark.parametrize('where', ['option', 'positional'])
+def test_missing_data_dir(fake_timm_root, tmp_path, capsys, monkeypatch, where):
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    monkeypatch.setattr(train_timm, '_call', _not_called)
+    monkeypatch.setattr(os, 'execv', _not_called)
+    data = str(tmp_path / 'imagenet')
+    args = ['--data-dir', data] if where == 'option' else [data]
+    assert train_timm.main([*args, '--device', 'cpu', '--model', 'test_resnet_ssm']) == 2
+    err = capsys.readouterr().err
+    assert f'error: --data-dir {data} does not exist (the nearest existing folder is {tmp_path})' in err
+    assert 'Traceback' not in err
+
+
+def test_default_run_shows_each_option_once(fake_timm_root, tmp_path, capsys, monkeypatch):
+    """The user's --model (and any other option of the default run) replaces the default's in the command."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    monkeypatch.setattr(fashion_mnist, 'default_root', lambda: tmp_path / 'fm')
+    assert train_timm.main(['--dry-run', '--model', 'test_convnext_ssm', '--mean', '0.5', '--epochs', '1']) == 0
+    args = capsys.readouterr().out.strip().splitlines()[-1].split(' ')
+    for option in ('--model', '--mean', '--epochs', '--std', '--input-size'):
+        assert args.count(option) == 1, option
+    assert args[args.index('--model') + 1] == 'test_convnext_ssm'
+    assert args[args.index('--mean') + 1:args.index('--mean') + 3] == ['0.5', '--epochs']
+    assert args[args.index('--input-size') + 1:args.index('--input-size') + 4] == ['1', '28', '28']
+
+
+def test_default_run_leaves_out_train_py_result_json(capfd):
+    """train.py's closing `--result` JSON (its last epochs' metrics) is not shown before the default run's table."""
+    script = ('import json\nprint("epoch 4 done")\nprint("--result")\n'
+              'print(json.dumps([{"epoch": 1}, {"epoch": 0}], indent=4))\nprint("after")\n')
+    assert train_timm._call([sys.executable, '-c', script], result_json=False) == 0
+    assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
+    assert train_timm._call([sys.executable, '-c', script]) == 0
+    assert '--result' in capfd.readouterr().out
+    assert train_timm._call([sys.executable, '-c', script.replace('[{"epoch": 1}, {"epoch": 0}]', '[]')],
+                            result_json=False) == 0
+    assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
+
+
+def test_default_run_with_a_cache_that_is_a_file(fake_timm_root, tmp_path, capsys, monkeypatch):
+    """The default run's data folder (`<cache>/timm_ssm/data`) under a file: a clear error before train.py."""
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    monkeypatch.setattr(train_timm, '_call', _not_called)
+    (tmp_path / 'cache').write_text('x')  # fake_timm_root's XDG_CACHE_HOME
+    assert train_timm.main(['--epochs', '1']) == 2
+    err = capsys.readouterr().err
+    assert f'error: The data cache folder {tmp_path / "cache" / "timm_ssm" / "data"} cannot be used as a folder: ' \
+           f'{tmp_path / "cache"} is a file' in err
+    assert 'Traceback' not in err and (tmp_path / 'cache').read_text() == 'x'

@@ -26,12 +26,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from timm.data import ImageNetInfo, create_dataset, create_transform, get_img_extensions, infer_imagenet_subset
 from timm.utils import setup_default_logging
 
-from .runs import atomic_write, class_names, data_config_from_args, models_from_args, run_parser, split_head
+from .runs import atomic_write, check_output_folder, class_names, data_config_from_args, models_from_args, run_parser, \
+    split_head
 
 __all__ = ['feature_gradients', 'grad_cams', 'cam_grid', 'PANEL_PAD', 'main']
 
@@ -120,9 +121,10 @@ def grad_cams(
     feat, grads, logits = feature_gradients(model, x, target)
     channels = feat.shape[1]
     if min(feat.shape[-2:]) < 2:
+        flat = ', so they are drawn flat (one colour)' if feat.shape[-2] * feat.shape[-1] == 1 else ''
         _logger.warning(
             f'The last feature map is {feat.shape[-2]}x{feat.shape[-1]} for {x.shape[-2]}x{x.shape[-1]} images: the '
-            f'heat maps carry no spatial information. Use larger images (--img-size).')
+            f'heat maps carry no spatial information{flat}. Use larger images (--img-size).')
     head = split_head(model)
     n = head.num_splits if head is not None else 0
     group = channels // n if n else channels
@@ -134,10 +136,11 @@ def grad_cams(
         cams.append(F.relu((w * feat[:, first:last + 1]).sum(1)))
     cams = torch.stack(cams, 1)
     cams = F.interpolate(cams, size=x.shape[-2:], mode='bilinear', align_corners=False)
-    # min-max scaling of each map, as the grad-cam package shows them
-    low = cams.flatten(2).amin(-1)[..., None, None]
-    cams = cams - low
-    cams = cams / (cams.flatten(2).amax(-1)[..., None, None] + 1e-7)
+    # min-max scaling of each map, as the grad-cam package shows them; a map without spatial information (a 1x1
+    # feature map, or values equal up to rounding) stays flat at 0 instead of stretching rounding noise to colours
+    low, high = cams.flatten(2).amin(-1)[..., None, None], cams.flatten(2).amax(-1)[..., None, None]
+    flat = (high - low <= 1e-4 * high.abs()) | (feat.shape[-2] * feat.shape[-1] == 1)
+    cams = torch.where(flat, torch.zeros_like(cams), (cams - low) / (high - low + 1e-7))
     return cams, ranges, logits
 
 
@@ -224,7 +227,11 @@ def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optiona
         raise ValueError('Give an image file or folder, or a timm data set with --dataset and --data-dir.')
     if os.path.isfile(args.input):
         stem = os.path.splitext(os.path.basename(args.input))[0]
-        return [(stem, Image.open(args.input), None)], None
+        try:
+            return [(stem, Image.open(args.input), None)], None
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f'{args.input} is not an image that Pillow can read ({e}): give an image file '
+                             f'({", ".join(get_img_extensions())}) or a folder of them.') from e
     if not os.path.isdir(args.input):
         raise FileNotFoundError(f'{args.input} is neither an image file nor a folder.')
     # a folder of class folders gives the ground truth, as timm's ImageFolder reads it
@@ -252,6 +259,8 @@ parser = argparse.ArgumentParser(
 parser.add_argument('input', nargs='?', default=None,
                     help='an image, or a folder of images (class folders give the ground truth)')
 parser.add_argument('--out', default='cam', metavar='DIR', help='output folder (default: cam)')
+parser.add_argument('--overwrite', action='store_true', default=False,
+                    help='replace grids already in --out (default: refuse, and write nothing)')
 # one model: lists of one, as timm_ssm.evaluate's options of several
 parser.add_argument('--model', '-m', nargs=1, default=None, metavar='NAME',
                     help='model name, hf-hub:ORG/NAME or local-dir:DIR (default: from the checkpoint)')
@@ -267,7 +276,11 @@ parser.add_argument('--alpha', type=float, default=0.5, help='weight of the heat
 def run(args) -> List[Tuple[str, int, int]]:
     """Write the grids the command line asks for; (path, target class, predicted class) of each."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    check_output_folder(args.out, '--out')
     ((run_, model),) = models_from_args(args, device)
+    if args.target_class is not None and not 0 <= args.target_class < model.num_classes:
+        raise ValueError(f'--target-class {args.target_class} is outside the model\'s {model.num_classes} classes '
+                         f'(0..{model.num_classes - 1}).')
     head = split_head(model)
     if head is None:
         _logger.warning(f'{run_.args["model"]} has no Split-and-Share head: only the full-feature Grad-CAM is drawn.')
@@ -279,7 +292,11 @@ def run(args) -> List[Tuple[str, int, int]]:
 
     items, dataset_names = _inputs(args)
     names = _label_names(model, dataset_names)
-    os.makedirs(args.out, exist_ok=True)
+    existing = [p for p in (os.path.join(args.out, f'{stem}_cam.png') for stem, _, _ in items) if os.path.exists(p)]
+    if existing and not args.overwrite:
+        raise ValueError(f'{len(existing)} grid(s) already in {args.out} ({", ".join(existing[:3])}'
+                         f'{", ..." if len(existing) > 3 else ""}): give another --out, or --overwrite to replace '
+                         f'them.')
     written = []
     for stem, img, label in items:
         img = img.convert('RGB' if chans == 3 else 'L')

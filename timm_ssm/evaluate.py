@@ -47,8 +47,8 @@ from timm.data import create_dataset, create_loader
 from timm.utils import setup_default_logging
 
 from .complexity import model_complexity
-from .runs import RunError, atomic_write, data_config_from_args, models_from_args, run_parser, split_head, \
-    weights_digest
+from .runs import RunError, atomic_write, check_data_dir, check_output_file, data_config_from_args, \
+    models_from_args, run_parser, split_head, weights_digest
 
 __all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'format_table', 'main']
 
@@ -267,8 +267,8 @@ group.add_argument('--input-key', default=None, type=str, help='dataset key for 
 group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
 group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
 group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N', help='mini-batch size (default: 256)')
-group.add_argument('-j', '--workers', default=4, type=int, metavar='N',
-                   help='number of data loading workers (default: 4)')
+group.add_argument('-j', '--workers', default=min(4, os.cpu_count() or 1), type=int, metavar='N',
+                   help='number of data loading workers (default: 4, at most the CPU count)')
 group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
 group.add_argument('--pin-mem', action='store_true', default=False, help='pin CPU memory in DataLoader')
 
@@ -414,8 +414,13 @@ def write_csv(result: Dict[str, Any], path: str):
 def run(args) -> Dict[str, Any]:
     """Evaluate as the command line asks and return the results (JSON schema: docs/analyses.md)."""
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    for option in ('json', 'csv', 'plot'):  # fail before the pass, not after it
+        if getattr(args, option):
+            check_output_file(getattr(args, option), f'--{option}')
     if args.plot:
-        _pyplot()  # fail before the pass, not after it
+        _pyplot()
+    root = args.data or args.data_dir
+    check_data_dir(root, '--data-dir', args.dataset, args.dataset_download)
     amp_autocast = suppress
     if args.amp:
         if args.amp_dtype not in ('float16', 'bfloat16'):
@@ -438,7 +443,6 @@ def run(args) -> Dict[str, Any]:
                             f'first one ({data_config}).')
     complexity = [model_complexity(m, data_config['input_size']) for m in models]
 
-    root = args.data or args.data_dir
     dataset = create_dataset(
         root=root,
         name=args.dataset,

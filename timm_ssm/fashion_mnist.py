@@ -18,13 +18,14 @@ From the shell (prints ROOT):
 """
 import argparse
 import gzip
+import os
 import shutil
 import struct
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
-from .runs import atomic_write
+from .runs import RunError, atomic_write, check_output_folder
 
 __all__ = ['prepare_fashion_mnist', 'default_root', 'DEBIAN_SOURCE', 'MEAN', 'STD', 'NUM_CLASSES']
 
@@ -105,8 +106,14 @@ def _copy_checked(src: Path, dst: Path):
             problem = problem.replace(str(tmp), 'its copy')
             raise RuntimeError(f'{src} is not the Fashion-MNIST file {dst.name}: {problem}.')
 
-    with (gzip.open if src.suffix == '.gz' else open)(src, 'rb') as fin:
-        atomic_write(dst, lambda fout: shutil.copyfileobj(fin, fout), check=_check)
+    try:
+        with (gzip.open if src.suffix == '.gz' else open)(src, 'rb') as fin:
+            atomic_write(dst, lambda fout: shutil.copyfileobj(fin, fout), check=_check)
+    except (EOFError, gzip.BadGzipFile) as e:
+        what = 'truncated' if isinstance(e, EOFError) else 'not a gzip file'
+        raise RuntimeError(
+            f'{src} is {what} ({e}): copy the original Fashion-MNIST file {src.name} again, or pass another '
+            f'--source folder.') from e
 
 
 def _download(root: Path):
@@ -144,6 +151,25 @@ def prepare_fashion_mnist(
     if not missing:
         return root
 
+    created = [p for p in (raw, *raw.parents) if not p.exists()]  # removed again if nothing lands in them
+    try:
+        _prepare(root, source, download, raw, missing)
+    except OSError as e:
+        raise RuntimeError(f'Cannot write Fashion-MNIST into {raw}: {e}. Give a writable ROOT folder.') from e
+    finally:
+        for folder in created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+    return root
+
+
+def _prepare(root: Path, source: Path, download: bool, raw: Path, missing: Dict[str, str]):
+    try:
+        check_output_folder(root, 'ROOT' if root != default_root() else 'The data cache folder')
+    except RunError as e:
+        raise RuntimeError(str(e)) from None
     raw.mkdir(parents=True, exist_ok=True)
     sources = {name: _find_source_file(source, name) for name in missing}
     if all(sources.values()):
@@ -171,7 +197,6 @@ def prepare_fashion_mnist(
     missing = _problems(raw)
     if missing:
         raise RuntimeError('Fashion-MNIST could not be prepared: ' + '; '.join(missing.values()) + '.')
-    return root
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ from .head import SplitShareHead
 __all__ = [
     'Run', 'RunError', 'load_run', 'create_run_model', 'run_data_config', 'read_checkpoint', 'atomic_write',
     'weights_digest', 'class_names', 'split_head', 'run_parser', 'models_from_args', 'data_config_from_args',
-    'CHECKPOINT_NAMES', 'DATA_ARGS',
+    'check_data_dir', 'check_output_file', 'check_output_folder', 'CHECKPOINT_NAMES', 'DATA_ARGS',
 ]
 
 CHECKPOINT_NAMES = ('model_best.pth.tar', 'last.pth.tar')  # looked for in a run folder, in this order
@@ -62,11 +62,77 @@ def atomic_write(path: Union[str, Path], write: Callable, mode: str = 'wb', chec
         tmp.unlink(missing_ok=True)
 
 
+def check_data_dir(
+        path: Optional[Union[str, Path]],
+        option: str = '--data-dir',
+        dataset: str = '',
+        download: bool = False,
+):
+    """Raise a RunError that says what is missing when a data folder does not exist (before timm's bare assert).
+
+    Args:
+        path: The folder, None or '' when not given.
+        option: The option that gave it, for the message.
+        dataset: The data set name (`torch/NAME` with `download` may create its folder).
+        download: Whether the data set may be downloaded into the folder.
+    """
+    if download and '/' in (dataset or ''):
+        return
+    if not path:
+        if dataset and '/' in dataset:  # torch/, hfds/, tfds/, wds/ readers find their data elsewhere or say so
+            return
+        raise RunError(f'No data folder: give {option} DIR (an image folder with class sub-folders, or the root '
+                       f'folder of --dataset NAME).')
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise RunError(f'{option} {path} is a file, not a folder: give the folder that holds the data set.')
+    parent = next((p for p in path.absolute().parents if p.is_dir()), None)
+    raise RunError(f'{option} {path} does not exist (the nearest existing folder is {parent}): check the path, or '
+                   f'prepare the data there first.')
+
+
+def check_output_file(path: Union[str, Path], option: str):
+    """Raise a RunError when a file cannot be written at `path`, so that a long pass does not end in a lost
+    result: the path is a folder, a parent is a file, or the folder is not writable."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise RunError(f'{option} {path} is a folder: give a file name (such as {path / "results"}.json).')
+    parent = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not parent.is_dir():
+        raise RunError(f'{option} {path} cannot be written: {parent} is a file, not a folder.')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f'{option} {path} cannot be written: {parent} is not writable. Give a path in a folder '
+                       f'of yours.')
+
+
+def check_output_folder(folder: Union[str, Path], option: str):
+    """Raise a RunError that says why `folder` cannot be made or written to (a file in its place or above it, a
+    read-only folder), before anything is written."""
+    folder = Path(folder).expanduser()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = 'it' if existing == folder else existing
+        raise RunError(f'{option} {folder} cannot be used as a folder: {where} is a file. Give a folder.')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f'{option} {folder} cannot be written: {existing} is not writable. Give a folder of yours, '
+                       f'or make it writable.')
+
+
 def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """The entries of a checkpoint, loaded with `weights_only=True` (train.py's `args` Namespace allowed), tensors
     memory-mapped; {} for a `.safetensors` file, which holds weights only."""
     path = Path(path)
     if path.name.endswith('.safetensors'):
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework='pt') as f:
+                f.keys()
+        except Exception as e:
+            raise RunError(
+                f'Cannot read {path}: it is truncated or not a safetensors file ({e}). If it was copied or is still '
+                f'being written, copy it again or wait for it to finish.') from e
         return {}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -77,6 +143,12 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
                     raise
                 checkpoint = torch.load(path, map_location='cpu', weights_only=True)  # legacy format: no mmap
     except pickle.UnpicklingError as e:
+        with open(path, 'rb') as f:
+            magic = f.read(4)
+        if magic != b'PK\x03\x04' and not magic.startswith(b'\x80'):  # neither torch.save's zip nor a pickle
+            raise RunError(f'{path} is not a checkpoint: it is neither a PyTorch checkpoint (torch.save) nor a '
+                           f'safetensors file. Give the file train.py saved (model_best.pth.tar, '
+                           f'last.pth.tar) or its run folder.') from e
         raise RunError(
             f'{path} holds pickled Python objects besides tensors and train.py arguments, which are not loaded '
             f'(weights_only=True). Save its weights alone with torch.save(model.state_dict(), PATH).') from e

@@ -79,15 +79,28 @@ def _check_root(root: Path, origin: str) -> Path:
 
 
 def _warn_on_mismatch(root: Path):
+    """Say what a checkout of another timm version than the installed one means, with advice that keeps the
+    install working (never a timm below the installed one, which timm-ssm may need)."""
+    from packaging.version import InvalidVersion, Version
     installed = installed_timm_version()
     found = source_version(root)
-    if found is not None and found != installed:
-        match = f'install timm from that checkout (pip install -e {root})' if '.dev' in found else \
-            f'install timm=={found}'
-        _logger.warning(
-            f'timm\'s scripts in {root} are from timm {found} but the installed timm is {installed}: a script may '
-            f'use options or functions that this timm lacks. Use a checkout at the matching tag '
-            f'(git -C {root} checkout v{installed}) or {match}.')
+    if found is None or found == installed:
+        return
+    try:
+        older = Version(found) < Version(installed)
+    except InvalidVersion:
+        older = False
+    if older:
+        _logger.info(
+            f'timm\'s scripts in {root} are from timm {found}, older than the installed timm {installed}: that is '
+            f'fine, a newer timm runs older scripts (their options are a subset of today\'s). Update the checkout '
+            f'(git -C {root} pull) for the newest options.')
+        return
+    _logger.warning(
+        f'timm\'s scripts in {root} are from timm {found}, newer than the installed timm {installed}: a script may '
+        f'use options or functions that this timm lacks. Upgrade timm (pip install --upgrade timm), or use a '
+        f'checkout at the installed version\'s tag (git -C {root} fetch --tags && git -C {root} checkout '
+        f'v{installed}).')
 
 
 def _download_source(version: str, target: Path, timeout: float = 60.) -> Path:

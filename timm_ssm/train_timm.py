@@ -138,6 +138,21 @@ def default_run_args(data_root: Path, output: Path, experiment: str, device: str
     ]
 
 
+def _without_given(defaults: List[str], given: List[str]) -> List[str]:
+    """The default arguments less the options the user gives (each with its values), so that the command shows
+    each option once."""
+    groups, out = [], []
+    for arg in defaults:
+        if arg.startswith('-') and not arg.lstrip('-').replace('.', '').isdigit():
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    for group in groups:
+        if _option_value(given, group[0]) is None and group[0] not in given:
+            out += group
+    return out
+
+
 def build_command(opts: argparse.Namespace, train_py: Path, args: List[str]) -> List[str]:
     """The command that runs train.py: the launcher in this Python, under torchrun for several processes or nodes.
     """
@@ -180,11 +195,29 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _call(cmd: List[str], **kwargs) -> int:
-    """Run a command to its end; Ctrl-C reaches it too, and it decides (train.py stops after saving)."""
+def _call(cmd: List[str], result_json: bool = True, **kwargs) -> int:
+    """Run a command to its end; Ctrl-C reaches it too, and it decides (train.py stops after saving).
+
+    Args:
+        cmd: The command.
+        result_json: Show train.py's closing `--result` JSON; without it the output passes through here and the
+            JSON (the epochs' metrics, which the default run's own table follows) is left out.
+    """
+    if not result_json:
+        kwargs.update(stdout=subprocess.PIPE, text=True, bufsize=1)
     proc = subprocess.Popen(cmd, **kwargs)
     while True:
         try:
+            if not result_json:
+                in_result = False
+                for line in proc.stdout:
+                    if line.rstrip('\n') == '--result':
+                        in_result = True
+                    elif not in_result:
+                        sys.stdout.write(line)
+                        sys.stdout.flush()
+                    elif line.rstrip('\n') in (']', '[]'):  # the end of the JSON list
+                        in_result = False
             return proc.wait()
         except KeyboardInterrupt:
             pass
@@ -202,18 +235,23 @@ def _error(message: str) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(format='train_timm.sh: %(levelname)s: %(message)s')
+    logging.getLogger('timm_ssm.timm_source').setLevel(logging.INFO)  # what a checkout of another version means
     try:
         opts, args = split_args(argv)
     except ValueError as e:
         return _error(f'{e}\n\n{launch_parser.format_usage()}See ./train_timm.sh --help.')
 
+    if opts.timm_root is not None and not opts.timm_root.strip():
+        return _error('--timm-root is empty: give the folder of a pytorch-image-models checkout (it holds train.py), '
+                      'or leave the option out to use TIMM_ROOT or the cached source.')
     if opts.help:
         print(launch_parser.format_help() + '\ntrain.py\'s options:', flush=True)
     try:
-        train_py = find_timm_root(opts.timm_root) / 'train.py'
+        train_py = find_timm_root(opts.timm_root, download=not opts.help) / 'train.py'
     except RuntimeError as e:
         if opts.help:
-            print(f'(shown once timm\'s source is found: {e})')
+            print('(listed once timm\'s source is on this machine: the first run without --timm-root or TIMM_ROOT '
+                  'downloads it.) Offline: ' + str(e))
             return 0
         return _error(str(e))
     if opts.help:
@@ -247,6 +285,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     if not data_given:
         return _default_run(opts, train_py, args, device or 'cuda')
+    data_dir = _option_value(args, '--data-dir') or (args[0] if args and not args[0].startswith('-') else None)
+    if data_dir is not None and not opts.dry_run:
+        from .runs import RunError, check_data_dir
+        try:
+            check_data_dir(data_dir, '--data-dir', _option_value(args, '--dataset') or '',
+                           '--dataset-download' in args)
+        except RunError as e:
+            return _error(str(e))
     cmd = build_command(opts, train_py, args)
     _print_command(cmd)
     if opts.dry_run:
@@ -283,7 +329,7 @@ def _default_run(opts: argparse.Namespace, train_py: Path, user_args: List[str],
             return _error(str(e))
         print(f'Fashion-MNIST is ready in {data_root}', flush=True)
 
-    args = default_run_args(data_root, output, experiment, device) + user_args
+    args = _without_given(default_run_args(data_root, output, experiment, device), user_args) + user_args
     cmd = build_command(opts, train_py, args)
     env = None
     if device == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
@@ -294,7 +340,7 @@ def _default_run(opts: argparse.Namespace, train_py: Path, user_args: List[str],
     _print_command(cmd)
     if opts.dry_run:
         return 0
-    code = _call(cmd, env=env)
+    code = _call(cmd, env=env, result_json=False)
     if code != 0:
         return code
     return _report(run_dir, env=env)
