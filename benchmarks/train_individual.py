@@ -149,6 +149,8 @@ def main(argv: Optional[List[str]] = None):
         worker_seeding=args.worker_seeding,
     )
 
+    if len(loader) == 0:
+        sys.exit(f'The {args.train_split} split holds fewer than one batch of {args.batch_size} images.')
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     updates_per_epoch = len(loader)
     lr_scheduler, num_epochs = create_scheduler_v2(
@@ -184,8 +186,9 @@ def main(argv: Optional[List[str]] = None):
             seen += images.shape[0]
             lr_scheduler.step_update(num_updates=num_updates, metric=loss_sum / seen)
             if batch_idx % args.log_interval == 0 or batch_idx == updates_per_epoch - 1:
+                rate = seen / (time.perf_counter() - start)
                 _logger.info(f'Train: {epoch} [{batch_idx:>4d}/{updates_per_epoch}] loss {loss_sum / seen:.4f} '
-                             f'lr {optimizer.param_groups[0]["lr"]:.3e} {seen / (time.perf_counter() - start):.0f} img/s')
+                             f'lr {optimizer.param_groups[0]["lr"]:.3e} {rate:.0f} img/s')
         train_loss = loss_sum / seen
         lrs = [group['lr'] for group in optimizer.param_groups]
         update_summary(epoch, OrderedDict(loss=train_loss), None, filename=os.path.join(output_dir, 'summary.csv'),
