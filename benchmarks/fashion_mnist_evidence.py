@@ -33,7 +33,7 @@ split is never used to pick an epoch.
 
 Defaults on CPU: lcnet_050 (pooled C = 1280), baseline, ssm, 2fc and 3fc, 28 px, 3 seeds, 3 epochs, 2 runs at
 a time with one intra-op thread each (`--variants` adds ssm_norm_all and ssm_individual). On CUDA: resnet26
-(C = 2048), every variant, 32 px, 5 epochs, AMP, channels_last, 3 seeds, 6 runs at a time.
+(C = 2048), every variant, 32 px, 4 epochs, AMP, channels_last, 3 seeds, 6 runs at a time.
 Finished runs are kept and skipped when the command is run again with the same OUT and the same training
 arguments (recorded in each run's `run.json`), so an interrupted benchmark continues; a run trained otherwise
 is trained again. `--report` trains nothing and reports the runs that finished.
@@ -65,7 +65,7 @@ VARIANTS = ('baseline', 'ssm', 'ssm_norm_all', '2fc', '3fc', 'ssm_individual')
 DEVICE_DEFAULTS = dict(
     cpu=dict(model='lcnet_050', variants=['baseline', 'ssm', '2fc', '3fc'], img_size=28, epochs=3, jobs=2,
              threads=1, amp=False, channels_last=False),
-    cuda=dict(model='resnet26', variants=list(VARIANTS), img_size=32, epochs=5, jobs=6, threads=2, amp=True,
+    cuda=dict(model='resnet26', variants=list(VARIANTS), img_size=32, epochs=4, jobs=6, threads=2, amp=True,
               channels_last=True),
 )
 
@@ -78,7 +78,7 @@ parser.add_argument('--variants', nargs='+', default=None, choices=VARIANTS,
                     help='variants to train (default on CPU: baseline ssm 2fc 3fc; on CUDA: all)')
 parser.add_argument('--num-splits', type=int, default=4, help='sub-classifiers n of the SSM variants (default: 4)')
 parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds (default: 0 1 2)')
-parser.add_argument('--epochs', type=int, default=None, help='epochs per run (default: 3 on CPU, 5 on CUDA)')
+parser.add_argument('--epochs', type=int, default=None, help='epochs per run (default: 3 on CPU, 4 on CUDA)')
 parser.add_argument('--img-size', type=int, default=None, help='input size (default: 28 on CPU, 32 on CUDA)')
 parser.add_argument('-b', '--batch-size', type=int, default=128, help='batch size (default: 128)')
 parser.add_argument('--lr', type=float, default=0.1, help='SGD learning rate (default: 0.1)')
