@@ -332,7 +332,8 @@ def markdown(args, results: Dict[str, dict], seeds: Dict[str, List[int]], timing
         f'Fashion-MNIST test split ({num_samples:,} images). Every variant of `{args.model}` trained with the same '
         f'recipe and seeds: {_plural(args.epochs, "epoch")}, SGD momentum 0.9, lr {args.lr}, cosine schedule, '
         f'weight decay {args.weight_decay}, batch {args.batch_size}, {args.img_size} px, random-resized crop '
-        f'(scale 0.75-1) and flip{", AMP, channels_last" if args.amp else ""}; no per-epoch evaluation, the last '
+        f'(scale 0.75-1) and flip{", AMP" if args.amp else ""}{", channels_last" if args.channels_last else ""}; no '
+        f'per-epoch evaluation, the last '
         f'checkpoint is evaluated by `python -m timm_ssm.evaluate`. Top-1 in %, mean ± sample standard deviation '
         f'over seeds.',
         '',
