@@ -31,9 +31,9 @@ split is never used to pick an epoch.
     python benchmarks/fashion_mnist_evidence.py --device cuda --out /tmp/evidence_gpu   # resnet26, C = 2048
     python benchmarks/fashion_mnist_evidence.py --out /tmp/evidence --report   # report the finished runs only
 
-Defaults on CPU: lcnet_050 (pooled C = 1280), baseline, ssm, 2fc and 3fc, 28 px, 3 seeds, 3 epochs, 2 runs at
-a time with one intra-op thread each (`--variants` adds ssm_norm_all and ssm_individual). On CUDA: resnet26
-(C = 2048), every variant, 32 px, 4 epochs, AMP, channels_last, 3 seeds, 6 runs at a time.
+Defaults on CPU: lcnet_050 (pooled C = 1280), every variant, seeds 0-4, 28 px, 3 epochs, 2 runs at a time with
+one intra-op thread each: 30 runs, 86 minutes measured on 2 shared cores (docs/evidence.md). On CUDA: resnet26
+(C = 2048), every variant, seeds 0-2, 32 px, 4 epochs, AMP, channels_last, 6 runs at a time.
 Finished runs are kept and skipped when the command is run again with the same OUT and the same training
 arguments (recorded in each run's `run.json`), so an interrupted benchmark continues; a run trained otherwise
 is trained again. `--report` trains nothing and reports the runs that finished.
@@ -60,13 +60,13 @@ from timm_ssm.fashion_mnist import MEAN, NUM_CLASSES, STD, prepare_fashion_mnist
 RUN_RECORD = 'run.json'  # in each run's folder: its training arguments and wall time
 INDIVIDUAL_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train_individual.py')
 VARIANTS = ('baseline', 'ssm', 'ssm_norm_all', '2fc', '3fc', 'ssm_individual')
-# defaults that depend on the device: CPU (2 shared cores: the paper's two claims, SSM against the baseline and
-# against Table 4's controls, in about 90 minutes), CUDA (one H200-class GPU: every variant)
+# defaults that depend on the device: CPU (2 shared cores, about 90 minutes measured), CUDA (one H200-class GPU,
+# sized for 8 minutes)
 DEVICE_DEFAULTS = dict(
-    cpu=dict(model='lcnet_050', variants=['baseline', 'ssm', '2fc', '3fc'], img_size=28, epochs=3, jobs=2,
+    cpu=dict(model='lcnet_050', variants=list(VARIANTS), seeds=[0, 1, 2, 3, 4], img_size=28, epochs=3, jobs=2,
              threads=1, amp=False, channels_last=False),
-    cuda=dict(model='resnet26', variants=list(VARIANTS), img_size=32, epochs=4, jobs=6, threads=2, amp=True,
-              channels_last=True),
+    cuda=dict(model='resnet26', variants=list(VARIANTS), seeds=[0, 1, 2], img_size=32, epochs=4, jobs=6, threads=2,
+              amp=True, channels_last=True),
 )
 
 parser = argparse.ArgumentParser(description='Baseline, SSM and Table 4\'s controls on Fashion-MNIST through '
@@ -75,9 +75,10 @@ parser.add_argument('--model', default=None,
                     help='baseline timm model; the others are <model>_ssm (default: lcnet_050 on CPU, resnet26 '
                          'on CUDA)')
 parser.add_argument('--variants', nargs='+', default=None, choices=VARIANTS,
-                    help='variants to train (default on CPU: baseline ssm 2fc 3fc; on CUDA: all)')
+                    help=f'variants to train (default: all: {" ".join(VARIANTS)})')
 parser.add_argument('--num-splits', type=int, default=4, help='sub-classifiers n of the SSM variants (default: 4)')
-parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds (default: 0 1 2)')
+parser.add_argument('--seeds', type=int, nargs='+', default=None,
+                    help='seeds, the same for every variant (default: 0 1 2 3 4 on CPU, 0 1 2 on CUDA)')
 parser.add_argument('--epochs', type=int, default=None, help='epochs per run (default: 3 on CPU, 4 on CUDA)')
 parser.add_argument('--img-size', type=int, default=None, help='input size (default: 28 on CPU, 32 on CUDA)')
 parser.add_argument('-b', '--batch-size', type=int, default=128, help='batch size (default: 128)')
