@@ -317,10 +317,11 @@ def _label(args, variant: str) -> str:
 
 
 def comparisons(variants: Sequence[str]) -> List[tuple]:
-    """(variant, reference) pairs of the paired table: every variant against the baseline, SSM against the
-    controls."""
+    """(variant, reference) pairs of the paired table: every variant against the baseline, SSM against Table 4's
+    controls, and Algorithm 1's BatchNorm and Table 2's individual scheme against SSM."""
     pairs = [(v, 'baseline') for v in variants if v != 'baseline' and 'baseline' in variants]
     pairs += [('ssm', c) for c in ('2fc', '3fc') if 'ssm' in variants and c in variants]
+    pairs += [(v, 'ssm') for v in ('ssm_norm_all', 'ssm_individual') if 'ssm' in variants and v in variants]
     return pairs
 
 

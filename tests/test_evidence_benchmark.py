@@ -105,6 +105,15 @@ def test_variants_are_the_papers_heads(evidence, variant, widths, norm):
     assert model.forward_splits(torch.randn(2, 1, 28, 28)).shape == (2, len(widths), 10)
 
 
+def test_comparisons(evidence):
+    assert evidence.comparisons(evidence.VARIANTS) == [
+        ('ssm', 'baseline'), ('ssm_norm_all', 'baseline'), ('2fc', 'baseline'), ('3fc', 'baseline'),
+        ('ssm_individual', 'baseline'), ('ssm', '2fc'), ('ssm', '3fc'), ('ssm_norm_all', 'ssm'),
+        ('ssm_individual', 'ssm')]
+    assert evidence.comparisons(['ssm', '3fc']) == [('ssm', '3fc')]
+    assert evidence.comparisons(['baseline']) == []
+
+
 def _fake_run(runs, name, train_args, epochs):
     run_dir = runs / name
     run_dir.mkdir(parents=True)
