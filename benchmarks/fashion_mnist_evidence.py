@@ -300,6 +300,10 @@ def _plural(count: int, word: str, plural: Optional[str] = None) -> str:
     return f'{count} {word if count == 1 else plural or word + "s"}'
 
 
+def _p(p: float) -> str:
+    return '< 0.001' if p < 0.0005 else f'{p:.3f}'
+
+
 def _stats(values: List[float]) -> str:
     if len(values) == 1:
         return f'{values[0]:.2f}'
@@ -400,7 +404,7 @@ def markdown(args, results: Dict[str, dict], seeds: Dict[str, List[int]], timing
                                                          else '')
             lines.append(
                 f'| {a} − {b} | {", ".join(map(str, common))} | {_per_seed(diffs, signed=True)} | {mean_sd} | '
-                f'{wins} / {losses} | {p_sign:.3f} | {t:+.2f} ({df}) | {p_t:.3f} |')
+                f'{wins} / {losses} | {p_sign:.3f} | {t:+.2f} ({df}) | {_p(p_t)} |')
             verdict = 'beyond seed noise (paired t p < 0.05)' if p_t < 0.05 else 'within seed noise'
             findings.append(f'- {a} − {b}: {statistics.mean(diffs):+.2f} points over {_plural(len(diffs), "seed")} '
                             f'({_plural(wins, "win")}, {_plural(losses, "loss", "losses")}), {verdict}.')
