@@ -48,6 +48,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
@@ -57,6 +58,7 @@ import torch
 import timm_ssm
 from timm_ssm.fashion_mnist import MEAN, NUM_CLASSES, STD, prepare_fashion_mnist
 
+_PRINT_LOCK = threading.Lock()  # runs report from several threads
 RUN_RECORD = 'run.json'  # in each run's folder: its training arguments and wall time
 INDIVIDUAL_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train_individual.py')
 VARIANTS = ('baseline', 'ssm', 'ssm_norm_all', '2fc', '3fc', 'ssm_individual')
@@ -206,6 +208,11 @@ def finished_run(run_dir: str, train_args: List[str], epochs: int) -> Optional[D
     return result if result.get('train_args') == train_args else None
 
 
+def _log(message: str):
+    with _PRINT_LOCK:
+        print(message, flush=True)
+
+
 def train(args, variant: str, seed: int, data_dir: str, runs: str) -> Dict[str, float]:
     """Train one variant with one seed unless a run with the same training arguments is there; its record
     (`train_args`, wall time `seconds` and the load average `load` at its end)."""
@@ -214,7 +221,7 @@ def train(args, variant: str, seed: int, data_dir: str, runs: str) -> Dict[str, 
     train_args = train_arguments(args, variant, seed, data_dir)
     found = finished_run(run_dir, train_args, args.epochs)
     if found is not None:
-        print(f'{name}: finished run with the same training arguments found, kept', flush=True)
+        _log(f'{name}: finished run with the same training arguments found, kept')
         return found
     if os.path.isdir(run_dir):
         # unfinished, or trained otherwise: train.py would start a new folder beside it
@@ -223,7 +230,7 @@ def train(args, variant: str, seed: int, data_dir: str, runs: str) -> Dict[str, 
         cmd = [sys.executable, INDIVIDUAL_SCRIPT, *train_args, '--output', runs]
     else:
         cmd = [sys.executable, '-m', 'timm_ssm.launch', 'train.py', *train_args, '--output', runs]
-    print(f'{name}: training ({" ".join(cmd[1:3])} ...)', flush=True)
+    _log(f'{name}: training ({" ".join(cmd[1:3])} ...)')
     start = time.perf_counter()
     with open(os.path.join(runs, f'{name}.log'), 'w') as log:
         code = subprocess.call(cmd, env=_env(args), stdout=log, stderr=subprocess.STDOUT)
@@ -234,7 +241,7 @@ def train(args, variant: str, seed: int, data_dir: str, runs: str) -> Dict[str, 
     result = dict(train_args=train_args, seconds=round(seconds, 1), load=os.getloadavg()[0])
     with open(os.path.join(run_dir, RUN_RECORD), 'w') as f:
         json.dump(result, f)
-    print(f'{name}: {seconds / 60:.1f} min', flush=True)
+    _log(f'{name}: {seconds / 60:.1f} min')
     return result
 
 
@@ -251,7 +258,7 @@ def evaluate(args, variant: str, checkpoints: List[str], data_dir: str, out: str
         cmd += ['--amp']
     if args.channels_last:
         cmd += ['--channels-last']
-    print(f'{variant}: evaluating {len(checkpoints)} checkpoint(s)', flush=True)
+    _log(f'{variant}: evaluating {len(checkpoints)} checkpoint(s)')
     with open(os.path.join(out, f'eval_{variant}.log'), 'w') as log:
         code = subprocess.call(cmd, env=_env(args), stdout=log, stderr=subprocess.STDOUT)
     if code != 0:
