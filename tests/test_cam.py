@@ -1,6 +1,5 @@
 """Grad-CAM per channel group (`python -m timm_ssm.cam`) on tiny models."""
 import argparse
-import re
 
 import numpy as np
 import pytest
@@ -12,6 +11,8 @@ from PIL import Image
 import timm
 import timm_ssm  # noqa: F401  (registers the *_ssm models)
 from timm_ssm.cam import PANEL_PAD, feature_gradients, grad_cams, main
+
+from clean_exit import exits_clearly
 
 
 def _model(name: str, **kwargs):
@@ -156,13 +157,7 @@ def test_cli_grayscale_checkpoint(class_folders, tmp_path):
 
 
 def _fails(argv, capsys, match):
-    """main() exits 2 with a message matching `match` and no traceback."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and 'Traceback' not in err
-    assert re.search(match, err), err
-    return err
+    return exits_clearly(main, argv, capsys, match)
 
 
 def test_bad_inputs_and_outputs_leave_nothing_behind(class_folders, tmp_path, capsys):

@@ -18,6 +18,8 @@ from timm.data import create_transform, resolve_data_config
 from timm_ssm import evaluate as evaluate_module
 from timm_ssm.evaluate import main
 
+from clean_exit import exits_clearly
+
 NUM_CLASSES = 6
 IMG_SIZE = 32
 
@@ -299,13 +301,7 @@ def test_evaluate_model_kwargs_over_checkpoint(image_folder, tmp_path):
 
 
 def _fails(argv, capsys, match):
-    """main() exits 2 with a message matching `match` and no traceback."""
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and 'Traceback' not in err
-    assert re.search(match, err), err
-    return err
+    return exits_clearly(main, argv, capsys, match)
 
 
 def test_truncated_safetensors_and_random_bytes(image_folder, tmp_path, capsys):

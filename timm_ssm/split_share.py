@@ -246,12 +246,11 @@ class SplitShareNet(nn.Module):
         self.head.reset(num_classes, **dd)
 
     def _pooled_width(self, global_pool: str) -> int:
-        """Width of the trunk's pooled feature under `global_pool`, read off the classifier the trunk builds for it."""
+        """Width of the trunk's pooled feature under `global_pool`, read off the classifier the trunk builds for it
+        (the caller removes that classifier again)."""
         self.trunk.reset_classifier(1, global_pool)
         classifier = self.trunk.get_classifier()
-        width = getattr(classifier, 'in_features', getattr(classifier, 'in_channels', self.head.in_features))
-        self.trunk.reset_classifier(0, global_pool)
-        return width
+        return getattr(classifier, 'in_features', getattr(classifier, 'in_channels', self.head.in_features))
 
     # timm's newer model API, present exactly when the trunk has it: as properties, a trunk without the method
     # leaves hasattr(model, name) False, as timm's tests and downstream libraries check it
