@@ -1,4 +1,6 @@
 """SplitShareHead against a plain per-head reference written straight from the paper (section 3, Algorithm 1)."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -18,8 +20,8 @@ def _matched_pair(in_features=64, num_classes=10, num_splits=4, norm_all=False):
     with torch.no_grad():
         head.norm.weight.copy_(torch.cat([bn.weight for bn in reference.bns]))
         head.norm.bias.copy_(torch.cat([bn.bias for bn in reference.bns]))
-        for fc, ref_fc in zip(head.fc, reference.fcs):
-            fc.load_state_dict(ref_fc.state_dict())
+        head.weight.copy_(torch.cat([fc.weight for fc in reference.fcs], 1))
+        head.bias.copy_(torch.stack([fc.bias for fc in reference.fcs]))
     return head, reference
 
 
@@ -28,7 +30,13 @@ def _head_grads(head):
     num_norm = len(head.widths) if head.norm_all else len(head.widths) - 1
     bn_w = head.norm.weight.grad.split(head.widths[:num_norm])
     bn_b = head.norm.bias.grad.split(head.widths[:num_norm])
-    return list(bn_w) + list(bn_b) + [g for fc in head.fc for g in (fc.weight.grad, fc.bias.grad)]
+    fc = [g for w, b in zip(head.weight.grad.split(head.widths, 1), head.bias.grad) for g in (w, b)]
+    return list(bn_w) + list(bn_b) + fc
+
+
+def _sub_classifiers(head):
+    """(weight, bias) of each sub-classifier: the blocks of the head's one weight, its rows of biases."""
+    return list(zip(head.weight.split(head.widths, 1), head.bias))
 
 
 def _ref_grads(reference):
@@ -80,7 +88,7 @@ def test_matches_reference_train_and_eval(norm_all, num_splits):
 def test_parameter_layout_matches_paper():
     head = SplitShareHead(2048, 1000)
     assert head.widths == [512, 1024, 1536, 2048]
-    assert [fc.in_features for fc in head.fc] == head.widths
+    assert head.weight.shape == (1000, 512 + 1024 + 1536 + 2048) and head.bias.shape == (4, 1000)
     assert head.norm.num_features == 512 + 1024 + 1536  # the first n - 1 prefixes
     assert sum(p.numel() for p in head.parameters()) == 5120 * 1000 + 4 * 1000 + 2 * 3072
     head_all = SplitShareHead(2048, 1000, norm_all=True)
@@ -103,7 +111,7 @@ def test_training_batch_of_one_is_a_clear_error():
 def test_pass_through_and_pre_logits():
     x = torch.randn(3, 64)
     head = SplitShareHead(64, 0)
-    assert head(x) is x and len(head.fc) == 0 and not list(head.parameters())
+    assert head(x) is x and head.weight is None and not list(head.parameters())
     head = SplitShareHead(64, 10)
     assert head(x, pre_logits=True) is x
 
@@ -114,19 +122,19 @@ def test_reset_keeps_norm_device_dtype_and_mode():
         head.norm.running_mean.fill_(0.5)
     norm = head.norm
     head.reset(3)
-    assert head.norm is norm and head.num_classes == 3
-    assert all(fc.weight.dtype == torch.float64 and fc.out_features == 3 and not fc.training for fc in head.fc)
+    assert head.norm is norm and head.num_classes == head.out_features == 3
+    assert head.weight.dtype == head.bias.dtype == torch.float64 and head.weight.shape[0] == 3 and not head.training
     assert head(torch.randn(2, 64, dtype=torch.float64)).shape == (2, 3)
     # num_classes=0 drops the sub-classifiers only: the BatchNorm, its statistics and dtype survive to the next reset
     head.reset(0)
-    assert len(head.fc) == 0 and head.norm is norm
+    assert head.weight is None and head.bias is None and head.norm is norm
     head.reset(4)
     assert head.norm is norm and torch.all(norm.running_mean == 0.5)
-    assert all(fc.weight.dtype == torch.float64 and not fc.training for fc in head.fc)
+    assert head.weight.dtype == torch.float64 and head.weight.shape[0] == 4
     fresh = SplitShareHead(64, 0)
     assert not list(fresh.parameters())  # nothing to keep: a pass-through head has no layers
     fresh.reset(4, dtype=torch.float64)
-    assert isinstance(fresh.norm, nn.BatchNorm1d) and fresh.norm.weight.dtype == torch.float64
+    assert isinstance(fresh.norm, nn.BatchNorm2d) and fresh.norm.weight.dtype == torch.float64
 
 
 def test_training_batch_message_gives_the_batch_size():
@@ -154,10 +162,11 @@ def test_bad_sizes_fail_early():
 @pytest.mark.parametrize('norm_all', [False, True])
 def test_one_split_is_the_plain_classifier(norm_all):
     head = SplitShareHead(64, 10, num_splits=1, norm_all=norm_all).eval()
-    assert head.widths == [64] and len(head.fc) == 1
+    assert head.widths == [64] and head.weight.shape == (10, 64)
     x = torch.randn(4, 64)
     with torch.no_grad():
-        expected = head.fc[0](head.act(head.norm(x)) if norm_all else x)
+        expected = F.linear(F.batch_norm(x, head.norm.running_mean, head.norm.running_var, head.norm.weight,
+                                         head.norm.bias).relu() if norm_all else x, head.weight, head.bias[0])
         torch.testing.assert_close(head(x), expected)
         torch.testing.assert_close(head.forward_splits(x), expected[:, None])
     if not norm_all:
@@ -176,7 +185,7 @@ def test_unsplit_controls_are_parallel_plain_classifiers(k):
     assert sum(p.numel() for p in head.parameters()) == k * (64 * 10 + 10)
     x = torch.randn(1, 64)  # no BatchNorm, so a batch of 1 trains
     splits = head.forward_splits(x)
-    torch.testing.assert_close(splits, torch.stack([fc(x) for fc in head.fc], 1))
+    torch.testing.assert_close(splits, torch.stack([F.linear(x, w, b) for w, b in _sub_classifiers(head)], 1))
     torch.testing.assert_close(head(x), splits.mean(1))
     linear = nn.Linear(64, 10)
     head.init_from_classifier(linear.weight, linear.bias)
@@ -216,3 +225,62 @@ def test_individual_loss_is_each_sub_classifier_with_its_own_loss():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
     with pytest.raises(ValueError, match='forward_splits'):
         IndividualLoss()(head(x), target)
+
+
+def test_weight_and_bias_act_on_the_averaged_output_as_a_plain_classifiers():
+    """train.py's --head-init-scale (weight and bias times s) and --head-init-bias (constant_(bias, v)) on
+    `get_classifier()`: the averaged output is scaled by s and gets the bias v, as with a plain Linear."""
+    head = SplitShareHead(64, 10).eval()
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        out = head(x)
+        head.weight.mul_(0.5)
+        head.bias.mul_(0.5)
+        torch.testing.assert_close(head(x), out * 0.5)
+        nn.init.constant_(head.bias, -2.0)
+        no_bias = head(x) - head.bias.mean(0)
+        torch.testing.assert_close(head(x) - no_bias, torch.full((5, 10), -2.0))
+        head.weight.zero_()
+        torch.testing.assert_close(head(x), torch.full((5, 10), -2.0))
+
+
+def test_each_sub_classifier_starts_as_its_own_linear():
+    torch.manual_seed(0)
+    head = SplitShareHead(256, 500)
+    for i, (weight, bias) in enumerate(_sub_classifiers(head)):
+        bound = 1 / head.widths[i] ** 0.5  # nn.Linear(width, 500)'s uniform bound, weight and bias
+        for t in (weight, bias):
+            assert t.abs().max() <= bound and t.abs().max() > 0.95 * bound
+            torch.testing.assert_close(t.std(), torch.tensor(bound / 3 ** 0.5), rtol=0.1, atol=0)
+
+
+@pytest.mark.parametrize('norm_all', [False, True])
+def test_checkpoints_of_one_linear_per_sub_classifier_load_converted(norm_all):
+    """The earlier layout (fc.{i}.weight / fc.{i}.bias, one Linear each) loads into the fused weight."""
+    head, reference = _matched_pair(norm_all=norm_all)
+    reference.eval()
+    legacy = {f'fc.{i}.{k}': v for i, fc in enumerate(reference.fcs) for k, v in fc.state_dict().items()}
+    legacy.update({f'norm.{k}': v for k, v in head.norm.state_dict().items()})
+    fresh = SplitShareHead(64, 10, norm_all=norm_all).eval()
+    fresh.load_state_dict(legacy)
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-6)
+    del legacy['fc.2.bias']
+    with pytest.raises(RuntimeError, match=r'lacks fc\.2\.bias'):
+        fresh.load_state_dict(legacy)
+
+
+def test_head_norm_splits_by_augmentation_with_split_bn():
+    """timm's convert_splitbn_model (train.py --split-bn): each augmentation split of the batch is normalized by
+    its own BatchNorm in training; the clean split's is the one used in eval."""
+    from timm.layers import convert_splitbn_model
+    clean, augmented = SplitShareHead(64, 10).train(), SplitShareHead(64, 10).train()
+    augmented.load_state_dict(clean.state_dict())
+    split = convert_splitbn_model(copy.deepcopy(clean), 2).train()
+    x = torch.randn(8, 64)
+    out = split(x)
+    torch.testing.assert_close(out[:4], clean(x[:4]))
+    torch.testing.assert_close(out[4:], augmented(x[4:]))
+    with torch.no_grad():
+        torch.testing.assert_close(split.eval()(x), clean.eval()(x))  # the clean split's statistics

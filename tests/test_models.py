@@ -1,4 +1,5 @@
 """The timm model contract for `<arch>_ssm` models, as timm's own tests/test_models.py checks it."""
+import copy
 import warnings
 
 import pytest
@@ -79,10 +80,8 @@ def test_model_contract(model_name):
             torch.testing.assert_close(model(x).shape, out.shape)
 
     state_dict = model.state_dict() if model.num_classes else timm.create_model(model_name).state_dict()
-    classifier = cfg['classifier']
-    assert isinstance(classifier, tuple) and len(classifier) == 4
-    for name in classifier:
-        assert name + '.weight' in state_dict and name.startswith('head.fc.')
+    assert cfg['classifier'] == 'head'  # head.weight and head.bias hold every sub-classifier
+    assert state_dict['head.weight'].shape == (1000, sum(model.head.widths)) and state_dict['head.bias'].shape == (4, 1000)
     first_conv = (cfg['first_conv'],) if isinstance(cfg['first_conv'], str) else cfg['first_conv']
     for name in first_conv:
         assert name + '.weight' in state_dict
@@ -106,7 +105,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(model_name):
 def test_num_splits_and_norm_all_options():
     model = timm.create_model('test_resnet_ssm', num_splits=8, norm_all=True, num_classes=5)
     assert model.head.num_splits == 8 and model.head.norm_all
-    assert model.pretrained_cfg['classifier'] == tuple(f'head.fc.{i}' for i in range(8))
+    assert model.pretrained_cfg['classifier'] == 'head' and model.head.bias.shape == (8, 5)
     assert model.forward_splits(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 8, 5)
     with pytest.raises(ValueError, match=r'C=96 .* n=5'):
         timm.create_model('test_resnet_ssm', num_splits=5)
@@ -159,13 +158,13 @@ def test_reset_classifier_keeps_device_dtype_mode_and_frozen():
     norm = model.head.norm
     model.reset_classifier(4)
     assert model.num_classes == 4 and model.head.norm is norm
-    assert all(fc.weight.dtype == torch.float64 and not fc.training for fc in model.head.fc)
+    assert model.head.weight.dtype == torch.float64 and not model.head.training
     assert not any(p.requires_grad for p in model.trunk.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
     assert model(torch.randn(2, 3, SIZE, SIZE, dtype=torch.float64)).shape == (2, 4)
     model.train()
     model.reset_classifier(6, 'max')
-    assert model.training and model.head.fc[0].training
+    assert model.training and model.head.training and model.head.weight.shape[0] == 6
 
 
 def test_get_classifier_and_no_weight_decay():
@@ -347,8 +346,7 @@ def test_one_split(norm_all):
     out = model(x)
     assert out.shape == (2, 5) and model.forward_splits(x).shape == (2, 1, 5)
     out.sum().backward()
-    assert model.pretrained_cfg['classifier'] == ('head.fc.0',)
-    assert len(model.head.fc) == 1 and model.head.fc[0].in_features == model.head_hidden_size
+    assert model.head.weight.shape == (5, model.head_hidden_size) and model.head.bias.shape == (1, 5)
 
 
 def test_scripted_model_has_forward_splits():
@@ -383,13 +381,14 @@ def test_table_4_controls():
     assert round(counts[2] / 1e6, 2) == 27.61 and round(counts[3] / 1e6, 2) == 29.66  # paper: 27.60 M, 29.65 M
     model = timm.create_model('test_resnet_ssm', num_splits=3, split=False, num_classes=10).train()
     assert isinstance(model.head.norm, torch.nn.Identity)
-    assert [fc.in_features for fc in model.head.fc] == [model.head_hidden_size] * 3
+    assert model.head.widths == [model.head_hidden_size] * 3 and model.head.weight.shape == (10, 3 * 96)
     x = _input(model)
     splits = model.forward_splits(x)
     assert splits.shape == (2, 3, 10)
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-        torch.testing.assert_close(splits, torch.stack([fc(pooled) for fc in model.head.fc], 1))
+        blocks = zip(model.head.weight.split(model.head.widths, 1), model.head.bias)
+        torch.testing.assert_close(splits, torch.stack([torch.nn.functional.linear(pooled, w, b) for w, b in blocks], 1))
         torch.testing.assert_close(model(x), splits.mean(1))
 
 
@@ -406,7 +405,7 @@ def test_forward_intermediates_and_pruning_go_to_the_trunk():
         for a, b in zip(intermediates, base_intermediates):
             torch.testing.assert_close(a, b)
     assert model.prune_intermediate_layers(2) == base.prune_intermediate_layers(2)
-    assert model.num_classes == 0 and len(model.head.fc) == 0
+    assert model.num_classes == 0 and model.head.weight is None
     with torch.no_grad():
         assert model.forward_intermediates(x, indices=2, intermediates_only=True)[-1].ndim == 4
 
@@ -418,3 +417,90 @@ def test_set_input_size_exists_where_the_trunk_has_it():
     resnet = timm.create_model('test_resnet_ssm')
     assert not hasattr(resnet, 'set_input_size') and not hasattr(resnet.trunk, 'set_input_size')
     assert hasattr(resnet, 'forward_intermediates')
+
+
+@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_vit_ssm'])
+def test_quantize_dynamic_matches_eager(model_name):
+    """torch.ao's dynamic int8 quantization of the Linear layers: the trunk's quantize as in the plain model (same
+    features), the head's one weight stays float; the logits stay within int8 error of eager."""
+    model = timm.create_model(model_name, num_classes=10).eval()
+    plain = timm.create_model(model_name.replace('_ssm', ''), num_classes=0).eval()
+    plain.load_state_dict(model.trunk.state_dict())
+
+    def _quantize(m):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # torch.ao.quantization is deprecated in favour of torchao, still works
+            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(m), {torch.nn.Linear}, dtype=torch.qint8)
+
+    quantized = _quantize(model)
+    x = _input(model)
+    with torch.no_grad():
+        expected, out = model(x), quantized(x)
+        torch.testing.assert_close(out, model.head(_quantize(plain)(x)))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0.1 * expected.abs().max().item())
+
+
+def test_split_bn_splits_every_batchnorm_by_augmentation():
+    """train.py --aug-splits 2 --split-bn: timm's convert_splitbn_model on the whole model, head included; each
+    half of a training batch is normalized on its own, and eval uses the clean half's statistics."""
+    from timm.layers import SplitBatchNorm2d, convert_splitbn_model
+    model = timm.create_model('test_resnet_ssm', num_classes=5).train()
+    clean = copy.deepcopy(model)
+    split = convert_splitbn_model(copy.deepcopy(model), 2).train()
+    assert isinstance(split.head.norm, SplitBatchNorm2d)
+    x = _input(model, 8)
+    out = split(x)
+    torch.testing.assert_close(out[:4], clean(x[:4]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[4:], model(x[4:]), rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    assert split.head.norm.aux_bn[0].weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(split.eval()(x), clean.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_feature_info_is_the_trunks_under_trunk():
+    model = timm.create_model('test_resnet_ssm', num_classes=5)
+    trunk_info = model.trunk.feature_info
+    assert [f['num_chs'] for f in model.feature_info] == [f['num_chs'] for f in trunk_info]
+    assert [f['reduction'] for f in model.feature_info] == [f['reduction'] for f in trunk_info]
+    modules = dict(model.named_modules())
+    assert all(f['module'] in modules for f in model.feature_info)
+    # timm's hook-based feature extractor reads it off the model
+    hooked = timm.models.FeatureHookNet(model, out_indices=(1, 2)).eval()
+    outs = hooked(_input(model))
+    assert [o.shape[1] for o in outs] == [trunk_info[i]['num_chs'] for i in (1, 2)]
+    del model.trunk.feature_info
+    assert not hasattr(model, 'feature_info')  # present exactly when the trunk has it
+
+
+@pytest.mark.parametrize('kwargs, expected', [
+    (dict(split='false', norm_all='False'), dict(split=False, norm_all=False)),
+    (dict(split='TRUE', norm_all='true'), dict(split=True, norm_all=True)),
+    (dict(split=True, norm_all=False), dict(split=True, norm_all=False)),
+])
+def test_boolean_arguments_take_the_strings_of_model_kwargs(kwargs, expected):
+    model = timm.create_model('test_resnet_ssm', num_splits=2, device='meta', **kwargs)
+    assert dict(split=model.head.split, norm_all=model.head.norm_all) == expected
+
+
+@pytest.mark.parametrize('kwargs, name', [
+    (dict(split='no'), 'split'),
+    (dict(norm_all=1), 'norm_all'),
+    (dict(norm_all='yes'), 'norm_all'),
+    (dict(num_splits=2.5), 'num_splits'),
+    (dict(num_splits='2'), 'num_splits'),
+    (dict(num_splits=True), 'num_splits'),
+    (dict(num_classes=10.0), 'num_classes'),
+    (dict(num_classes='10'), 'num_classes'),
+])
+def test_bad_argument_types_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=rf'^{name} must be'):
+        timm.create_model('test_resnet_ssm', device='meta', **kwargs)
+
+
+def test_torch_export():
+    model = timm.create_model('test_resnet_ssm', num_classes=5).eval()
+    x = _input(model)
+    exported = torch.export.export(model, (x,)).module()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x))

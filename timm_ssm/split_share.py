@@ -30,7 +30,7 @@ from timm.models import (
     split_model_name_tag,
 )
 
-from .head import SplitShareHead
+from .head import SplitShareHead, check_bool_arg, check_int_arg
 
 __all__ = ['SplitShareNet', 'SUFFIX', 'PAPER_MODELS', 'PAPER_ALIASES', 'base_model_name']
 
@@ -79,6 +79,15 @@ def _classifier_as_linear(classifier: Any, in_features: int, num_classes: int):
     return weight, classifier.bias
 
 
+def _convert_on_load(module: nn.Module, state_dict: Dict[str, Any], prefix: str, *args):
+    module.convert_state_dict(state_dict, prefix)
+
+
+def _convert_weights(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """timm's `pretrained_filter_fn`: converts before timm adapts the input conv and the classifier to the model."""
+    return model.convert_state_dict(state_dict)
+
+
 class SplitShareNet(nn.Module):
     """A timm model with its classifier replaced by a Split-and-Share head."""
 
@@ -111,6 +120,10 @@ class SplitShareNet(nn.Module):
                 pretrained_cfg, ...).
         """
         super().__init__()
+        num_classes = check_int_arg('num_classes', num_classes)
+        num_splits = check_int_arg('num_splits', num_splits)
+        norm_all = check_bool_arg('norm_all', norm_all)
+        split = check_bool_arg('split', split)
         if num_classes < 0 or num_splits < 1:
             raise ValueError(
                 f'A Split-and-Share model needs num_classes >= 0 (0 for pooled features out) and num_splits >= 1, '
@@ -162,6 +175,9 @@ class SplitShareNet(nn.Module):
         )
         if classifier is not None and num_classes > 0 and pretrained_classes == num_classes:
             self._init_head_from(classifier, classifier_only, model_name)
+        # every load_state_dict (load_checkpoint, checkpoint_path=, resume, train.py) takes the layouts of
+        # convert_state_dict
+        self.register_load_state_dict_pre_hook(_convert_on_load)
 
     def _init_head_from(self, classifier: Any, classifier_only: bool, model_name: str):
         linear = None
@@ -179,6 +195,68 @@ class SplitShareNet(nn.Module):
                 f'the trunk is pretrained, the head starts fresh.')
             return
         self.head.init_from_classifier(*linear)
+
+    def convert_state_dict(self, state_dict: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+        """Bring the entries of a state dict under `prefix` into this model's layout, in place; returns it.
+
+        Three layouts load: this model's (`trunk.*`, `head.weight`, `head.bias`, `head.norm.*`), the earlier one of a
+        Linear per sub-classifier (`head.fc.{i}.weight`/`.bias`), and a plain timm model of the trunk's architecture
+        (`conv1.weight`, ..., `fc.weight`): its tensors go to the trunk and its classifier into the head as
+        `SplitShareHead.converted_classifier` makes it, so the model predicts as the plain one did. A plain
+        classifier that cannot start the head (other classes, a head of more than one Linear, `norm_all`) leaves
+        the head as it is, with a warning. Anything else is a RuntimeError that says what the state dict holds.
+        """
+        keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+        if any(k.startswith('trunk.') for k in keys):
+            self.head.convert_legacy_state_dict(state_dict, prefix + 'head.')
+            return state_dict
+        trunk_keys = set(self.trunk.state_dict())
+        key_set = set(keys)
+        missing = [k for k in self.trunk.state_dict() if k not in key_set]
+        arch = self.trunk.pretrained_cfg.get('architecture') or type(self.trunk).__name__
+        if not keys or missing:
+            held = f'it holds {len(keys)} tensors such as {", ".join(keys[:4])}' if keys else 'it is empty'
+            raise RuntimeError(
+                f'The weights fit neither a Split-and-Share model (keys trunk.*, head.*) nor a plain {arch} '
+                f'({len(missing)} of its {len(trunk_keys)} tensors are missing, such as {", ".join(missing[:3])}): '
+                f'{held}. Give the weights of a {arch}_ssm model, or of a plain {arch} saved by timm '
+                f'(model.state_dict() or a train.py checkpoint).')
+
+        names = self.trunk.pretrained_cfg.get('classifier')
+        names = (names,) if isinstance(names, str) else tuple(names or ())
+        rest = [k for k in keys if k not in trunk_keys]
+        converted, reason = None, ''
+        if self.num_classes > 0:
+            classifier = {f'{n}.{p}' for n in names for p in ('weight', 'bias')}
+            weight = state_dict.get(f'{prefix}{names[0]}.weight') if len(names) == 1 else None
+            if len(names) != 1:
+                reason = f'its classifier is {len(names)} layers ({", ".join(names)}), not one Linear'
+            elif weight is None:
+                reason = f'it has no classifier {names[0]}.weight (it was saved with num_classes=0)'
+            elif weight.shape[0] != self.num_classes:
+                reason = f'it has {weight.shape[0]} classes, the model {self.num_classes}'
+            elif any(k not in classifier for k in rest):
+                others = [k for k in rest if k not in classifier]
+                reason = f'its head holds more than the classifier {names[0]}, such as {", ".join(others[:3])}'
+            else:
+                try:
+                    converted = self.head.converted_classifier(weight, state_dict.get(f'{prefix}{names[0]}.bias'))
+                except ValueError as e:
+                    reason = str(e).rstrip('.')
+        for k in keys:
+            value = state_dict.pop(prefix + k)
+            if k in trunk_keys:
+                state_dict[f'{prefix}trunk.{k}'] = value
+        head_state = self.head.state_dict()  # the head's own entries where the plain model has none
+        if converted is not None:
+            head_state['weight'], head_state['bias'] = converted
+        for k, v in head_state.items():
+            state_dict[f'{prefix}head.{k}'] = v
+        if reason:
+            _logger.warning(
+                f'The weights are those of a plain {arch}, whose classifier cannot start the Split-and-Share head '
+                f'({reason}): the trunk loads them, the head starts fresh.')
+        return state_dict
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Union[Dict[str, Any], Callable]:
@@ -254,7 +332,13 @@ class SplitShareNet(nn.Module):
 
     # timm's newer model API, present exactly when the trunk has it: as properties, a trunk without the method
     # leaves hasattr(model, name) False, as timm's tests and downstream libraries check it
-    __jit_unused_properties__ = ['forward_intermediates', 'prune_intermediate_layers', 'set_input_size']
+    __jit_unused_properties__ = ['feature_info', 'forward_intermediates', 'prune_intermediate_layers', 'set_input_size']
+
+    @property
+    def feature_info(self) -> List[Dict[str, Any]]:
+        """The trunk's `feature_info`, its module names under `trunk.`."""
+        return [dict(info, module=f'trunk.{info["module"]}') if info.get('module') else dict(info)
+                for info in self.trunk.feature_info]
 
     @property
     def forward_intermediates(self) -> Callable:
@@ -303,8 +387,14 @@ class SplitShareNet(nn.Module):
 _MODEL_ARGS = ('num_classes', 'num_splits', 'norm_all', 'split', 'in_chans', 'global_pool', 'device', 'dtype')
 
 
-def _classifier_names(num_splits: int) -> tuple:
-    return tuple(f'head.fc.{i}' for i in range(num_splits))
+CLASSIFIER = 'head'  # head.weight and head.bias: every sub-classifier
+
+
+def _loads_whole_model(cfg: Dict[str, Any]) -> bool:
+    """Whether a pretrained cfg names weights for the whole model (hf-hub:, local-dir:, a `file` or `state_dict`
+    overlay), which `SplitShareNet.convert_state_dict` reads in any of its layouts, rather than a registry tag's timm
+    weights of the trunk architecture."""
+    return cfg.get('source') in ('hf-hub', 'local-dir') or bool(cfg.get('file')) or cfg.get('state_dict') is not None
 
 
 def _trunk_cfg(cfg: Dict[str, Any], arch: str) -> Dict[str, Any]:
@@ -312,6 +402,7 @@ def _trunk_cfg(cfg: Dict[str, Any], arch: str) -> Dict[str, Any]:
     base = get_pretrained_cfg(arch)
     return dict(
         cfg,
+        state_dict=None,  # loaded into the whole model, not kept twice
         architecture=arch,
         first_conv=base.first_conv if base is not None else None,
         classifier=base.classifier if base is not None else None,
@@ -320,10 +411,10 @@ def _trunk_cfg(cfg: Dict[str, Any], arch: str) -> Dict[str, Any]:
 
 def _create_features(variant: str, arch: str, pretrained: bool, cfg: Dict[str, Any], **kwargs) -> nn.Module:
     """`features_only=True`: the trunk's own feature extraction, with the trunk's weights of the SSM model."""
-    head_args = {k: kwargs.pop(k) for k in ('num_splits', 'norm_all') if k in kwargs}
+    head_args = {k: kwargs.pop(k) for k in ('num_splits', 'norm_all', 'split') if k in kwargs}
     trunk_cfg = _trunk_cfg(cfg, arch)
-    if pretrained and cfg.get('source') in ('hf-hub', 'local-dir'):
-        # weights published as a whole SSM model: load them, then hand the trunk's to timm's feature builder
+    if pretrained and _loads_whole_model(cfg):
+        # weights for the whole model: load them, then hand the trunk's to timm's feature builder
         model_args = {k: kwargs[k] for k in ('in_chans', 'img_size', 'cache_dir') if k in kwargs}
         model = _create_split_share(variant, True, pretrained_cfg=cfg, num_classes=0, **head_args, **model_args)
         trunk_cfg = dict(trunk_cfg, source=None, state_dict=model.trunk.state_dict())
@@ -340,13 +431,13 @@ def _create_split_share(variant: str, pretrained: bool = False, **kwargs) -> Spl
     if kwargs.pop('features_only', False):
         return _create_features(variant, arch, pretrained, cfg, **kwargs)
 
-    # Weights published as an SSM model (hf-hub:, local-dir:) load into the whole model. Registry tags name
-    # timm's weights of the trunk architecture: the trunk loads them with its own loader (checkpoint filters,
-    # input adaptation) and the head starts from its classifier.
-    ssm_weights = cfg.get('source') in ('hf-hub', 'local-dir')
+    # Weights for the whole model (hf-hub:, local-dir:, a file or state dict) load into it in any layout of
+    # convert_state_dict. Registry tags name timm's weights of the trunk architecture: the trunk loads them with its
+    # own loader (checkpoint filters, input adaptation) and the head starts from its classifier.
+    ssm_weights = _loads_whole_model(cfg)
     kwargs['pretrained_cfg'] = _trunk_cfg(cfg, arch)
     # the head's classifiers replace the trunk's, and any label offset of the trunk's weights is applied there
-    cfg = dict(cfg, classifier=_classifier_names(kwargs.get('num_splits', 4)), label_offset=None)
+    cfg = dict(cfg, classifier=CLASSIFIER, label_offset=None)
     model_args = {k: kwargs.pop(k) for k in _MODEL_ARGS if k in kwargs}
     build_args = {k: kwargs.pop(k) for k in ('cache_dir', 'pretrained_model_args') if k in kwargs}
     if build_args.get('cache_dir') is not None:
@@ -356,6 +447,7 @@ def _create_split_share(variant: str, pretrained: bool = False, **kwargs) -> Spl
         variant,
         pretrained=pretrained and ssm_weights,
         pretrained_cfg=cfg,
+        pretrained_filter_fn=_convert_weights,
         kwargs_filter=('img_size',),  # a trunk argument, passed on in trunk_kwargs
         model_name=arch,
         pretrained_trunk=pretrained and not ssm_weights,
@@ -380,7 +472,7 @@ def _split_share_cfgs(arch: str) -> Optional[DefaultCfg]:
         default_cfg.cfgs[tag] = dataclasses.replace(
             cfg,
             first_conv=_prefix(cfg.first_conv, 'trunk.'),
-            classifier=_classifier_names(4),
+            classifier=CLASSIFIER,
         )
         default_cfg.is_pretrained |= bool(cfg.has_weights)
     return default_cfg
