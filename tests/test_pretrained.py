@@ -1,4 +1,6 @@
 """Pretrained weights: timm's weights converted for `<arch>_ssm.<tag>`, and SSM weights through hf-hub:/local-dir:."""
+import argparse
+import json
 import logging
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 import timm
 import timm_ssm  # noqa: F401
-from timm.models import get_pretrained_cfg, save_for_hf
+from timm.models import get_pretrained_cfg, load_checkpoint, save_for_hf
 
 # tiny architectures with a timm pretrained tag, and their input sizes
 CONVERT_MODELS = [
@@ -70,8 +72,8 @@ def test_other_num_classes_loads_trunk_and_starts_head_fresh(hub_cache, tmp_path
     base_sd = base.state_dict()
     for k, v in model.trunk.state_dict().items():
         torch.testing.assert_close(v, base_sd[k])
-    assert model.num_classes == 7 and model.head.fc[0].out_features == 7
-    assert model.head.fc[0].weight.abs().sum() > 0  # a fresh init, not the zeros of a conversion
+    assert model.num_classes == 7 and model.head.weight.shape[0] == 7
+    assert model.head.weight[:, 0].abs().sum() > 0  # a fresh init, not the zeros of a conversion
 
 
 @pytest.mark.parametrize('name, reason', [
@@ -135,8 +137,8 @@ def test_hf_hub_fine_tune_drops_only_final_linears(hub_cache, tmp_path):
     tuned = timm.create_model('hf-hub:someone/test-resnet-ssm-ft', pretrained=True, num_classes=3)
     source = model.state_dict()
     for k, v in tuned.state_dict().items():
-        if k.startswith('head.fc.'):
-            assert v.shape[0] == 3
+        if k in ('head.weight', 'head.bias'):
+            assert v.shape[-1 if k == 'head.bias' else 0] == 3
         else:
             torch.testing.assert_close(v, source[k], msg=k)  # trunk and the head's BatchNorm
 
@@ -164,4 +166,145 @@ def test_one_split_and_the_controls_convert_exactly(kwargs, hub_cache, tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(model(x), base(x), rtol=1e-4, atol=1e-4)
     if kwargs['num_splits'] == 1:  # one Linear on all C channels is the plain classifier itself
-        torch.testing.assert_close(model.head.fc[0].weight, base.fc.weight)
+        torch.testing.assert_close(model.head.weight, base.fc.weight)
+
+
+def _plain(name='test_resnet', num_classes=5):
+    """A plain timm model, as a user fine-tuned it: random weights away from a fresh init."""
+    base = timm.create_model(name, num_classes=num_classes).eval()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.normal_(0, 0.2)
+    return base
+
+
+def _legacy_layout(model):
+    """The model's state dict in the earlier layout of one Linear per sub-classifier (head.fc.{i}.weight / .bias)."""
+    state_dict = dict(model.state_dict())
+    weight, bias = state_dict.pop('head.weight'), state_dict.pop('head.bias')
+    for i, (w, b) in enumerate(zip(weight.split(model.head.widths, 1), bias)):
+        state_dict[f'head.fc.{i}.weight'], state_dict[f'head.fc.{i}.bias'] = w.clone(), b.clone()
+    return state_dict
+
+
+@pytest.mark.parametrize('name', ['test_resnet', 'test_vit', 'test_convnext'])
+def test_plain_checkpoint_path_predicts_as_the_plain_model(name, tmp_path):
+    """checkpoint_path= with a plain timm model's state dict: the trunk loads it and the head is converted from
+    its classifier (test_vit's is `head`, test_convnext's `head.fc`): the logits are the plain model's."""
+    base = _plain(name)
+    torch.save(base.state_dict(), tmp_path / 'plain.pth')
+    model = timm.create_model(f'{name}_ssm', num_classes=5, checkpoint_path=str(tmp_path / 'plain.pth')).eval()
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), rtol=1e-4, atol=1e-4)
+
+
+def test_plain_train_py_checkpoint_through_load_checkpoint(tmp_path):
+    base = _plain()
+    args = argparse.Namespace(model='test_resnet', num_classes=5)
+    torch.save({'epoch': 3, 'arch': 'test_resnet', 'state_dict': base.state_dict(), 'args': args},
+               tmp_path / 'last.pth.tar')
+    model = timm.create_model('test_resnet_ssm', num_classes=5)
+    load_checkpoint(model, str(tmp_path / 'last.pth.tar'))
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), base(x), rtol=1e-4, atol=1e-4)
+
+
+def test_plain_checkpoint_of_other_classes_loads_the_trunk_with_one_warning(tmp_path, caplog):
+    base = _plain(num_classes=5)
+    torch.save(base.state_dict(), tmp_path / 'plain.pth')
+    with caplog.at_level(logging.WARNING):
+        model = timm.create_model('test_resnet_ssm', num_classes=3, checkpoint_path=str(tmp_path / 'plain.pth'))
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and 'it has 5 classes, the model 3' in warnings[0].getMessage()
+    assert 'the trunk loads them, the head starts fresh' in warnings[0].getMessage()
+    base_sd = base.state_dict()
+    for k, v in model.trunk.state_dict().items():
+        torch.testing.assert_close(v, base_sd[k], msg=k)
+    assert model.head.weight.shape == (3, 240) and model.head.weight[:, 0].abs().sum() > 0  # fresh, not converted
+
+
+@pytest.mark.parametrize('file_name', ['model.safetensors', 'last.pth.tar'])
+def test_pretrained_file_of_ssm_weights_loads_the_whole_model(file_name, tmp_path):
+    """pretrained_cfg_overlay=dict(file=F), what train.py --pretrained-path F does, with SSM weights."""
+    model = _trained_ssm()
+    path = tmp_path / file_name
+    if file_name.endswith('.safetensors'):
+        safetensors.torch.save_file(model.state_dict(), path)
+    else:
+        torch.save({'epoch': 0, 'state_dict': model.state_dict()}, path)
+    loaded = timm.create_model('test_resnet_ssm', pretrained=True, num_classes=5,
+                               pretrained_cfg_overlay=dict(file=str(path), num_classes=5)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    # as for a plain timm model, a file whose classes the cfg does not give (train.py's num_classes=-1) loads
+    # all but the classifier
+    tuned = timm.create_model('test_resnet_ssm', pretrained=True, num_classes=5,
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=-1))
+    for k, v in model.state_dict().items():
+        if k not in ('head.weight', 'head.bias'):
+            torch.testing.assert_close(tuned.state_dict()[k], v, msg=k)
+    assert not torch.equal(tuned.head.weight, model.head.weight)
+
+
+def test_pretrained_file_of_a_plain_model_converts_and_adapts_the_stem(tmp_path):
+    base = _plain()
+    safetensors.torch.save_file(base.state_dict(), tmp_path / 'plain.safetensors')
+    overlay = dict(file=str(tmp_path / 'plain.safetensors'), num_classes=5)
+    model = timm.create_model('test_resnet_ssm', pretrained=True, num_classes=5, pretrained_cfg_overlay=overlay).eval()
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), base(x), rtol=1e-4, atol=1e-4)
+    # timm's input conv adaptation runs on the converted weights
+    gray = timm.create_model('test_resnet_ssm', pretrained=True, num_classes=5, in_chans=1,
+                             pretrained_cfg_overlay=overlay)
+    first_conv = base.pretrained_cfg['first_conv'] + '.weight'
+    torch.testing.assert_close(gray.trunk.state_dict()[first_conv], base.state_dict()[first_conv].sum(1, keepdim=True))
+    features = timm.create_model('test_resnet_ssm', pretrained=True, features_only=True, pretrained_cfg_overlay=overlay)
+    reference = timm.create_model('test_resnet', features_only=True)
+    reference.load_state_dict({k: v for k, v in base.state_dict().items() if k in reference.state_dict()})
+    with torch.no_grad():
+        for a, b in zip(features.eval()(x), reference.eval()(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_checkpoints_of_the_earlier_head_layout_load(hub_cache, tmp_path):
+    """Checkpoints and exports written with one Linear per sub-classifier (head.fc.{i}.weight / .bias)."""
+    model = _trained_ssm()
+    legacy = _legacy_layout(model)
+    torch.save({'epoch': 1, 'state_dict': legacy}, tmp_path / 'old.pth.tar')
+    x = torch.randn(2, 3, 64, 64)
+    loaded = timm.create_model('test_resnet_ssm', num_classes=5)
+    load_checkpoint(loaded, str(tmp_path / 'old.pth.tar'), strict=True)
+    overlay = dict(file=str(tmp_path / 'old.pth.tar'), num_classes=5)
+    from_file = timm.create_model('test_resnet_ssm', pretrained=True, num_classes=5, pretrained_cfg_overlay=overlay)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x))
+        torch.testing.assert_close(from_file.eval()(x), model(x))
+
+    export = tmp_path / 'export'
+    save_for_hf(model, export, safe_serialization=True)
+    safetensors.torch.save_file(legacy, export / 'model.safetensors')
+    config = json.loads((export / 'config.json').read_text())
+    config['pretrained_cfg']['classifier'] = [f'head.fc.{i}' for i in range(4)]  # as the earlier exports have it
+    (export / 'config.json').write_text(json.dumps(config))
+    local = timm.create_model(f'local-dir:{export}', pretrained=True).eval()
+    tuned = timm.create_model(f'local-dir:{export}', pretrained=True, num_classes=3)  # fine-tune: new classifiers
+    with torch.no_grad():
+        torch.testing.assert_close(local(x), model(x))
+    assert tuned.head.weight.shape == (3, 240)
+    torch.testing.assert_close(tuned.head.norm.running_var, model.head.norm.running_var)
+
+
+def test_weights_of_neither_layout_are_an_error_that_says_what_they_hold(tmp_path):
+    other = timm.create_model('test_convnext', num_classes=5)
+    torch.save(other.state_dict(), tmp_path / 'other.pth')
+    safetensors.torch.save_file(other.state_dict(), tmp_path / 'other.safetensors')
+    first_key = next(iter(other.state_dict()))
+    with pytest.raises(RuntimeError, match=rf'fit neither .* nor a plain test_resnet .* such as {first_key}'):
+        timm.create_model('test_resnet_ssm', num_classes=5, checkpoint_path=str(tmp_path / 'other.pth'))
+    with pytest.raises(RuntimeError, match=r'fit neither'):  # also where timm loads without strict (num_classes=-1)
+        timm.create_model('test_resnet_ssm', pretrained=True, pretrained_cfg_overlay=dict(
+            file=str(tmp_path / 'other.safetensors'), num_classes=-1))

@@ -13,7 +13,8 @@ import safetensors.torch
 import torch
 import timm
 from PIL import Image
-from timm.models import load_checkpoint
+from timm.models import load_checkpoint, load_state_dict
+from timm.utils import random_seed
 
 import timm_ssm  # noqa: F401  registers test_resnet_ssm here too
 
@@ -104,8 +105,7 @@ def test_train_writes_ssm_checkpoints(runs):
     for name in ('last.pth.tar', 'model_best.pth.tar', 'args.yaml'):
         assert (first / name).is_file(), name
     state = _state(first / 'last.pth.tar')
-    assert [k for k in state if k.startswith('head.fc.') and k.endswith('weight')] == [
-        f'head.fc.{i}.weight' for i in range(4)]
+    assert state['head.weight'].shape == (3, 24 + 48 + 72 + 96) and state['head.bias'].shape == (4, 3)
     assert state['head.norm.num_batches_tracked'] == 1  # one training step
 
 
@@ -123,7 +123,7 @@ def test_resume_continues_where_it_stopped(runs):
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
         assert a['head.norm.num_batches_tracked'] == 2
-        assert not torch.allclose(a['head.fc.3.weight'], first['head.fc.3.weight'])
+        assert not torch.allclose(a['head.weight'], first['head.weight'])
     assert float(resumed[0]['eval_top1']) == pytest.approx(float(straight[1]['eval_top1']))
 
 
@@ -174,7 +174,7 @@ def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cach
     for key, value in base.state_dict().items():
         if not key.startswith('fc.') and 'running_' not in key and 'num_batches' not in key:
             torch.testing.assert_close(state['trunk.' + key], value, msg=key)
-    assert state['head.fc.3.weight'].shape == (3, 96)
+    assert state['head.weight'].shape == (3, 240)
 
 
 def test_train_py_trains_the_table_4_controls(image_folder, tmp_path):
@@ -185,7 +185,103 @@ def test_train_py_trains_the_table_4_controls(image_folder, tmp_path):
     model = timm.create_model('test_resnet_ssm', num_classes=3, num_splits=2, split=False)
     load_checkpoint(model, str(tmp_path / '2fc' / 'last.pth.tar'), strict=True)
     state = model.state_dict()
-    assert sorted(k for k in state if k.startswith('head.')) == [
-        'head.fc.0.bias', 'head.fc.0.weight', 'head.fc.1.bias', 'head.fc.1.weight']
-    assert state['head.fc.0.weight'].shape == state['head.fc.1.weight'].shape == (3, model.head_hidden_size)
-    assert not torch.equal(state['head.fc.0.weight'], state['head.fc.1.weight'])  # two classifiers, trained
+    assert sorted(k for k in state if k.startswith('head.')) == ['head.bias', 'head.weight']
+    assert state['head.weight'].shape == (3, 2 * model.head_hidden_size) and state['head.bias'].shape == (2, 3)
+    first, second = state['head.weight'].chunk(2, 1)
+    assert not torch.equal(first, second)  # two classifiers, trained
+
+
+def _args(model: str = 'test_resnet_ssm', lr_zero: bool = False, aug: bool = False) -> list:
+    """TRAIN_ARGS for one plain epoch: no EMA; `lr_zero` keeps the weights the ones train.py started from (only
+    BatchNorm statistics move), `aug` leaves timm's default augmentation on."""
+    args = [a for a in TRAIN_ARGS if a not in ('--model-ema', '--model-ema-decay', '0.5') and not (aug and a == '--no-aug')]
+    args[args.index('--model') + 1] = model
+    if lr_zero:
+        i = args.index('--lr')
+        args[i:i + 2] = ['--lr-base', '0']  # train.py takes --lr 0 for unset
+    return args + ['--epochs', '1']
+
+
+def _train_py(data: Path, out: Path, experiment: str, *extra, **kwargs) -> dict:
+    """One train.py epoch through the launcher; the state dict (not EMA) of its last checkpoint."""
+    _launch('train.py', '--data-dir', str(data), *_args(**kwargs), '--output', str(out), '--experiment', experiment,
+            *extra, cwd=out)
+    return load_state_dict(str(out / experiment / 'last.pth.tar'), use_ema=False)
+
+
+def _weights(state: dict) -> dict:
+    """The tensors of a state dict that training with lr 0 leaves as they were (no BatchNorm statistics)."""
+    return {k: v for k, v in state.items() if 'running_' not in k and 'num_batches' not in k}
+
+
+@pytest.fixture(scope='module')
+def plain_checkpoint(image_folder, tmp_path_factory) -> Path:
+    """A plain test_resnet trained by train.py on the same classes: the model a user already has."""
+    out = tmp_path_factory.mktemp('plain')
+    _train_py(image_folder, out, 'plain', model='test_resnet')
+    return out / 'plain' / 'last.pth.tar'
+
+
+def test_train_py_head_init_scale_and_bias(image_folder, tmp_path):
+    """--head-init-scale 0.5 --head-init-bias -2: train.py scales get_classifier().weight and .bias, then sets the
+    bias to -2, as on a plain model (lr 0 keeps what train.py set)."""
+    state = _train_py(image_folder, tmp_path, 'head_init', '--head-init-scale', '0.5', '--head-init-bias', '-2',
+                      lr_zero=True)
+    random_seed(42, 0)  # train.py's --seed, before it creates the model
+    init = timm.create_model('test_resnet_ssm', num_classes=3).state_dict()
+    torch.testing.assert_close(state['head.weight'], init['head.weight'] * 0.5)
+    assert state['head.bias'].shape == (4, 3) and torch.all(state['head.bias'] == -2)
+    for k, v in _weights(init).items():
+        if not k.startswith('head.'):
+            torch.testing.assert_close(state[k], v, msg=k)
+
+
+def test_train_py_augmix_with_split_bn(image_folder, tmp_path):
+    """timm's AugMix recipe, --aug-splits 2 --jsd-loss --split-bn: the head's BatchNorm splits by augmentation like
+    the trunk's (its auxiliary BatchNorm saw the augmented half of each batch)."""
+    state = _train_py(image_folder, tmp_path, 'augmix', '--aug-splits', '2', '--jsd-loss', '--split-bn', aug=True)
+    for prefix in ('head.norm.', 'trunk.bn1.'):
+        assert not torch.equal(state[prefix + 'aux_bn.0.running_mean'], state[prefix + 'running_mean'])
+    assert state['head.norm.num_batches_tracked'] == 1
+    assert [r['epoch'] for r in _summary(tmp_path / 'augmix')] == ['0']
+
+
+def test_train_py_pretrained_path_of_ssm_weights(image_folder, tmp_path):
+    """--pretrained --pretrained-path F with an SSM file: the trunk and the head's BatchNorm load; train.py's
+    num_classes=-1 starts the classifier fresh, as for a plain model."""
+    model = timm.create_model('test_resnet_ssm', num_classes=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    safetensors.torch.save_file(model.state_dict(), tmp_path / 'model.safetensors')
+    state = _train_py(image_folder, tmp_path, 'ssm_file', '--pretrained', '--pretrained-path',
+                      str(tmp_path / 'model.safetensors'), lr_zero=True)
+    for k, v in _weights(model.state_dict()).items():
+        if k in ('head.weight', 'head.bias'):
+            assert not torch.equal(state[k], v), k
+        else:
+            torch.testing.assert_close(state[k], v, msg=k)
+
+
+def test_train_py_pretrained_path_of_a_plain_model(image_folder, tmp_path, plain_checkpoint):
+    plain = _weights(load_state_dict(str(plain_checkpoint), use_ema=False))
+    state = _train_py(image_folder, tmp_path, 'plain_file', '--pretrained', '--pretrained-path', str(plain_checkpoint),
+                      lr_zero=True)
+    for k, v in plain.items():
+        if not k.startswith('fc.'):
+            torch.testing.assert_close(state['trunk.' + k], v, msg=k)
+
+
+def test_train_py_initial_checkpoint_of_a_plain_model(image_folder, tmp_path, plain_checkpoint):
+    """--initial-checkpoint with a plain train.py checkpoint: the trunk loads it and the head starts as exactly the
+    plain classifier (the last sub-classifier is 4 times it, the others zero)."""
+    plain = _weights(load_state_dict(str(plain_checkpoint), use_ema=False))
+    state = _train_py(image_folder, tmp_path, 'plain_init', '--initial-checkpoint', str(plain_checkpoint),
+                      lr_zero=True)
+    for k, v in plain.items():
+        if not k.startswith('fc.'):
+            torch.testing.assert_close(state['trunk.' + k], v, msg=k)
+    weight, bias = state['head.weight'], state['head.bias']
+    torch.testing.assert_close(weight[:, -96:], 4 * plain['fc.weight'])
+    torch.testing.assert_close(bias[-1], 4 * plain['fc.bias'])
+    assert not weight[:, :-96].any() and not bias[:-1].any()
