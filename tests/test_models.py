@@ -476,7 +476,6 @@ def test_feature_info_is_the_trunks_under_trunk():
 @pytest.mark.parametrize('kwargs, expected', [
     (dict(split='false', norm_all='False'), dict(split=False, norm_all=False)),
     (dict(split='TRUE', norm_all='true'), dict(split=True, norm_all=True)),
-    (dict(split=True, norm_all=False), dict(split=True, norm_all=False)),
 ])
 def test_boolean_arguments_take_the_strings_of_model_kwargs(kwargs, expected):
     model = timm.create_model('test_resnet_ssm', num_splits=2, device='meta', **kwargs)

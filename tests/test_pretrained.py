@@ -249,7 +249,7 @@ def test_pretrained_file_of_ssm_weights_loads_the_whole_model(file_name, tmp_pat
     assert not torch.equal(tuned.head.weight, model.head.weight)
 
 
-def test_pretrained_file_of_a_plain_model_converts_and_adapts_the_stem(tmp_path):
+def test_pretrained_file_of_a_plain_model_converts_and_adapts_the_stem(tmp_path, caplog):
     base = _plain()
     safetensors.torch.save_file(base.state_dict(), tmp_path / 'plain.safetensors')
     overlay = dict(file=str(tmp_path / 'plain.safetensors'), num_classes=5)
@@ -257,6 +257,9 @@ def test_pretrained_file_of_a_plain_model_converts_and_adapts_the_stem(tmp_path)
     x = _input(model)
     with torch.no_grad():
         torch.testing.assert_close(model(x), base(x), rtol=1e-4, atol=1e-4)
+    with caplog.at_level(logging.WARNING):  # other classes: the trunk loads, the head starts fresh, with a word
+        timm.create_model('test_resnet_ssm', pretrained=True, num_classes=3, pretrained_cfg_overlay=overlay)
+    assert [r.getMessage().count('it has 5 classes, the model 3') for r in caplog.records] == [1]
     # timm's input conv adaptation runs on the converted weights
     gray = timm.create_model('test_resnet_ssm', pretrained=True, num_classes=5, in_chans=1,
                              pretrained_cfg_overlay=overlay)
