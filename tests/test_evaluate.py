@@ -15,7 +15,7 @@ from PIL import Image
 import timm
 import timm_ssm  # noqa: F401  (registers the *_ssm models)
 from timm.data import create_transform, resolve_data_config
-from timm_ssm import evaluate as evaluate_module
+from timm_ssm import SplitShareHead, evaluate as evaluate_module
 from timm_ssm.evaluate import main
 
 from clean_exit import exits_clearly
@@ -109,7 +109,8 @@ def _reference_metrics(splits: np.ndarray, labels: np.ndarray):
 
 
 def _reference_macs(model, images):
-    """Multiply-adds of the Conv2d and Linear layers of one image, counted with forward hooks."""
+    """Multiply-adds of the Conv2d and Linear layers and the Split-and-Share head's one weight of one image, counted
+    with forward hooks."""
     total = [0]
 
     def conv_hook(m, inputs, out):
@@ -124,7 +125,8 @@ def _reference_macs(model, images):
         model.forward_splits(images[:1]) if hasattr(model, 'forward_splits') else model(images[:1])
     for h in handles:
         h.remove()
-    return total[0]
+    # the head's one weight holds every sub-classifier's block (width_j x classes)
+    return total[0] + sum(m.weight.numel() for m in model.modules() if isinstance(m, SplitShareHead) and m.num_classes)
 
 
 def test_evaluate_against_reference(image_folder, tmp_path):
@@ -257,9 +259,8 @@ def test_evaluate_input_size_from_checkpoint(image_folder, tmp_path):
                               input_size=[1, IMG_SIZE, IMG_SIZE], img_size=None, mean=[0.4], std=[0.2], crop_pct=1.0,
                               crop_mode=None, interpolation='bilinear', model_kwargs={})
     # EMA weights whose sub-classifiers always predict class 2: zero weights, a bias for class 2 only
-    ema = {k: torch.zeros_like(v) if k.startswith('head.fc') else v for k, v in model.state_dict().items()}
-    for j in range(4):
-        ema[f'head.fc.{j}.bias'][2] = 1.
+    ema = {k: torch.zeros_like(v) if k in ('head.weight', 'head.bias') else v for k, v in model.state_dict().items()}
+    ema['head.bias'][:, 2] = 1.
     torch.save({'state_dict': model.state_dict(), 'state_dict_ema': ema, 'args': args}, tmp_path / 'gray.pth.tar')
     data = ['--data-dir', str(image_folder), '-b', '24', '-j', '0', '--device', 'cpu', '--no-progress',
             '--no-prefetcher']

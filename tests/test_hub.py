@@ -177,7 +177,7 @@ def test_weights_are_the_best_epoch_as_safetensors(dry_run_export, train_run):
     assert tensors.keys() == best.keys()
     for k, v in best.items():
         torch.testing.assert_close(tensors[k], v, rtol=0, atol=0, msg=k)
-    assert not torch.equal(tensors['head.fc.0.weight'], states[-1]['head.fc.0.weight'])  # not the last epoch
+    assert not torch.equal(tensors['head.weight'], states[-1]['head.weight'])  # not the last epoch
 
 
 def test_config_json_fields(dry_run_export):
@@ -192,7 +192,7 @@ def test_config_json_fields(dry_run_export):
     assert cfg['input_size'] == [1, 48, 48]  # the run's --in-chans and --img-size
     assert (cfg['interpolation'], cfg['crop_pct'], cfg['mean'], cfg['std']) == ('bicubic', 0.9, [0.3], [0.35])
     assert cfg['num_classes'] == len(CLASSES)
-    assert cfg['classifier'] == ['head.fc.0', 'head.fc.1', 'head.fc.2']
+    assert cfg['classifier'] == 'head'
     assert cfg['first_conv'] == 'trunk.conv1.0'
     assert cfg['license'] == 'apache-2.0'
     for key in ('tag', 'hf_hub_id', 'url', 'file', 'source', 'test_input_size'):
@@ -279,8 +279,8 @@ def test_hf_hub_fine_tune_keeps_trunk_and_head_norm(dry_run_export, hub_cache):
     tuned = timm.create_model('hf-hub:someone/tiny-ssm', pretrained=True, num_classes=3)
     assert tuned.num_classes == 3
     for k, v in tuned.state_dict().items():
-        if k.startswith('head.fc.'):
-            assert v.shape[0] == 3, k
+        if k in ('head.weight', 'head.bias'):
+            assert v.shape[-1 if k == 'head.bias' else 0] == 3, k
         else:
             torch.testing.assert_close(v, exported[k], rtol=0, atol=0, msg=k)  # trunk and head.norm
     assert any(k.startswith('head.norm.') for k in tuned.state_dict())
@@ -294,7 +294,7 @@ def test_ema_weights(train_run, tmp_path, capsys):
     best = TOP1.index(max(TOP1))
     for k, v in ema_states[best].items():
         torch.testing.assert_close(tensors[k], v, rtol=0, atol=0, msg=k)
-    assert not torch.equal(tensors['head.fc.0.weight'], states[best]['head.fc.0.weight'])
+    assert not torch.equal(tensors['head.weight'], states[best]['head.weight'])
     readme = (out / 'README.md').read_text()
     assert 'EMA weights' in readme and 'non-EMA' not in readme
     assert '## Sub-classifiers' not in readme  # eval.json in the folder evaluated the non-EMA weights
@@ -311,7 +311,7 @@ def test_checkpoint_file_and_checkpoint_name(train_run, tmp_path):
         out = tmp_path / f'out{i}'
         assert main([*source, '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out)]) == 0
         tensors = safetensors.torch.load_file(out / 'model.safetensors')
-        torch.testing.assert_close(tensors['head.fc.0.weight'], states[-1]['head.fc.0.weight'], rtol=0, atol=0)
+        torch.testing.assert_close(tensors['head.weight'], states[-1]['head.weight'], rtol=0, atol=0)
         readme = (out / 'README.md').read_text()
         assert '`last.pth.tar`, epoch 2' in readme
         assert '## Sub-classifiers' not in readme  # eval.json in the folder is about model_best.pth.tar
@@ -595,8 +595,10 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('change, match', [
-    (dict(model_kwargs=dict(num_splits=4)), r'do not fit (.|\n)*Missing key\(s\) in state_dict: "head\.fc\.3\.weight'),
-    (dict(num_classes=7), r'size mismatch for head\.fc\.0\.weight: copying a param with shape torch.Size\(\[5, 32\]\)'),
+    (dict(model_kwargs=dict(num_splits=4)), r'do not fit (.|\n)*size mismatch for head\.bias: copying a param with '
+                                            r'shape torch.Size\(\[3, 5\]\) from checkpoint, the shape in current model '
+                                            r'is torch.Size\(\[4, 5\]\)'),
+    (dict(num_classes=7), r'size mismatch for head\.weight: copying a param with shape torch.Size\(\[5, 192\]\)'),
     (dict(model='test_convnext_ssm', model_kwargs=dict(num_splits=4)), 'do not fit test_convnext_ssm'),
     (dict(model='test_resnet'), 'test_resnet .* is not an SSM model'),
 ], ids=['num_splits', 'num_classes', 'architecture', 'not_ssm'])

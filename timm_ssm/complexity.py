@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import timm
 
+from .head import SplitShareHead
 from .split_share import PAPER_MODELS, SUFFIX, base_model_name
 
 __all__ = ['count_params', 'head_macs', 'model_macs', 'model_complexity', 'profile', 'markdown_table']
@@ -27,8 +28,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def head_macs(head: nn.Module) -> int:
-    """Multiply-adds of a classifier per image: its Linear layers (BatchNorm and ReLU are element-wise)."""
-    return sum(m.in_features * m.out_features for m in head.modules() if isinstance(m, nn.Linear))
+    """Multiply-adds of a classifier per image: its Linear layers and the one weight of a Split-and-Share head (every
+    sub-classifier's block; BatchNorm and ReLU are element-wise)."""
+    linear = sum(m.in_features * m.out_features for m in head.modules() if isinstance(m, nn.Linear))
+    return linear + sum(m.weight.numel() for m in head.modules() if isinstance(m, SplitShareHead) and m.num_classes)
 
 
 def model_macs(model: nn.Module, input_size: Sequence[int]) -> int:
