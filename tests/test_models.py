@@ -81,7 +81,8 @@ def test_model_contract(model_name):
 
     state_dict = model.state_dict() if model.num_classes else timm.create_model(model_name).state_dict()
     assert cfg['classifier'] == 'head'  # head.weight and head.bias hold every sub-classifier
-    assert state_dict['head.weight'].shape == (1000, sum(model.head.widths)) and state_dict['head.bias'].shape == (4, 1000)
+    assert state_dict['head.weight'].shape == (1000, sum(model.head.widths))
+    assert state_dict['head.bias'].shape == (4, 1000)
     first_conv = (cfg['first_conv'],) if isinstance(cfg['first_conv'], str) else cfg['first_conv']
     for name in first_conv:
         assert name + '.weight' in state_dict
@@ -388,7 +389,8 @@ def test_table_4_controls():
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
         blocks = zip(model.head.weight.split(model.head.widths, 1), model.head.bias)
-        torch.testing.assert_close(splits, torch.stack([torch.nn.functional.linear(pooled, w, b) for w, b in blocks], 1))
+        expected = torch.stack([torch.nn.functional.linear(pooled, w, b) for w, b in blocks], 1)
+        torch.testing.assert_close(splits, expected)
         torch.testing.assert_close(model(x), splits.mean(1))
 
 

@@ -194,7 +194,8 @@ def test_train_py_trains_the_table_4_controls(image_folder, tmp_path):
 def _args(model: str = 'test_resnet_ssm', lr_zero: bool = False, aug: bool = False) -> list:
     """TRAIN_ARGS for one plain epoch: no EMA; `lr_zero` keeps the weights the ones train.py started from (only
     BatchNorm statistics move), `aug` leaves timm's default augmentation on."""
-    args = [a for a in TRAIN_ARGS if a not in ('--model-ema', '--model-ema-decay', '0.5') and not (aug and a == '--no-aug')]
+    drop = ('--model-ema', '--model-ema-decay', '0.5') + (('--no-aug',) if aug else ())
+    args = [a for a in TRAIN_ARGS if a not in drop]
     args[args.index('--model') + 1] = model
     if lr_zero:
         i = args.index('--lr')

@@ -182,7 +182,7 @@ class SplitShareHead(nn.Module):
 
     @torch.no_grad()
     def init_from_classifier(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None):
-        """Start from a plain Linear classifier so that the averaged logits equal its logits (`converted_classifier`)."""
+        """Start from a plain Linear classifier so that the averaged logits equal its logits."""
         new_weight, new_bias = self.converted_classifier(weight, bias)
         self.weight.copy_(new_weight)
         self.bias.copy_(new_bias)

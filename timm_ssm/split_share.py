@@ -205,6 +205,10 @@ class SplitShareNet(nn.Module):
         `SplitShareHead.converted_classifier` makes it, so the model predicts as the plain one did. A plain
         classifier that cannot start the head (other classes, a head of more than one Linear, `norm_all`) leaves
         the head as it is, with a warning. Anything else is a RuntimeError that says what the state dict holds.
+
+        Args:
+            state_dict: The state dict, changed in place.
+            prefix: Where this model's entries are (`load_state_dict` of a model this one is a part of).
         """
         keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
         if any(k.startswith('trunk.') for k in keys):
