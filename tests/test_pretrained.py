@@ -311,3 +311,12 @@ def test_weights_of_neither_layout_are_an_error_that_says_what_they_hold(tmp_pat
     with pytest.raises(RuntimeError, match=r'fit neither'):  # also where timm loads without strict (num_classes=-1)
         timm.create_model('test_resnet_ssm', pretrained=True, pretrained_cfg_overlay=dict(
             file=str(tmp_path / 'other.safetensors'), num_classes=-1))
+
+
+def test_ssm_weights_without_some_trunk_tensors_say_so_without_strict(caplog):
+    model = timm.create_model('test_resnet_ssm', num_classes=5)
+    state = model.state_dict()
+    del state['trunk.conv1.0.weight']
+    with caplog.at_level(logging.WARNING):
+        timm.create_model('test_resnet_ssm', num_classes=5).load_state_dict(state, strict=False)
+    assert 'lack 1 of the 90 tensors of the test_resnet trunk, such as trunk.conv1.0.weight' in caplog.text

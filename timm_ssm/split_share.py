@@ -211,13 +211,18 @@ class SplitShareNet(nn.Module):
             prefix: Where this model's entries are (`load_state_dict` of a model this one is a part of).
         """
         keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
+        key_set = set(keys)
+        trunk_keys = set(self.trunk.state_dict())
+        arch = self.trunk.pretrained_cfg.get('architecture') or type(self.trunk).__name__
         if any(k.startswith('trunk.') for k in keys):
             self.head.convert_legacy_state_dict(state_dict, prefix + 'head.')
+            missing = [k for k in self.trunk.state_dict() if f'trunk.{k}' not in key_set]
+            if missing:  # said also where the caller loads without strict (train.py --pretrained-path)
+                _logger.warning(
+                    f'The weights lack {len(missing)} of the {len(trunk_keys)} tensors of the {arch} trunk, such as '
+                    f'trunk.{", trunk.".join(missing[:3])}: those keep their fresh values.')
             return state_dict
-        trunk_keys = set(self.trunk.state_dict())
-        key_set = set(keys)
         missing = [k for k in self.trunk.state_dict() if k not in key_set]
-        arch = self.trunk.pretrained_cfg.get('architecture') or type(self.trunk).__name__
         if not keys or missing:
             held = f'it holds {len(keys)} tensors such as {", ".join(keys[:4])}' if keys else 'it is empty'
             raise RuntimeError(
