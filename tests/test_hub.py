@@ -27,8 +27,8 @@ from PIL import Image
 
 import timm
 import timm_ssm  # noqa: F401
-from timm_ssm import evaluate
-from huggingface_hub import constants
+from timm_ssm import complexity, evaluate
+from huggingface_hub import ModelCard, ModelCardData, constants
 from timm.models import load_state_dict
 from timm.utils import CheckpointSaver, ModelEmaV3, update_summary
 
@@ -141,6 +141,32 @@ def _reference_model(checkpoint: Path, use_ema: bool = False, **kwargs):
     return model.eval()
 
 
+@pytest.fixture(scope='module')
+def rgb_export(tmp_path_factory):
+    """The dry-run export of a 3-channel run (no evaluation JSON)."""
+    root = tmp_path_factory.mktemp('rgb')
+    run = make_run(root, ema=False, in_chans=3, mean=[0.3] * 3, std=[0.35] * 3)[0]
+    out = root / 'export'
+    assert main([str(run), '--repo-id', 'someone/rgb-ssm', '--dry-run', '--out', str(out)]) == 0
+    return out
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        pytest.skip(f'transformers is not installed (it is in the test extra: pip install ".[test]"): {e}')
+    return transformers
+
+
 def _front_matter(readme: str) -> dict:
     assert readme.startswith('---\n')
     return yaml.safe_load(readme.split('---\n')[1])
@@ -186,7 +212,9 @@ def test_config_json_fields(dry_run_export):
     assert config['architecture'] == 'test_resnet_ssm'
     assert config['num_classes'] == len(CLASSES)
     assert config['num_features'] == 96
-    assert config['model_args'] == dict(in_chans=1, num_classes=len(CLASSES), **HEAD)
+    # every head argument explicit; num_classes at the top level only (transformers passes it itself)
+    assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
+    assert config['global_pool'] == 'avg'  # the trunk's pooling, as timm's own exports name it
     assert config['label_names'] == CLASSES  # the image folder's class folders, in index order
     cfg = config['pretrained_cfg']
     assert cfg['input_size'] == [1, 48, 48]  # the run's --in-chans and --img-size
@@ -235,15 +263,83 @@ def test_model_card_metadata_and_sections(dry_run_export, train_run):
     assert readme.index('## Results') < readme.index('## Training') < readme.index('## Citation')
 
 
-def test_card_usage_code_runs(dry_run_export, hub_cache, tmp_path, monkeypatch, capsys):
+def test_card_parses_with_huggingface_hub_and_round_trips(dry_run_export, train_run):
+    """huggingface_hub's own parser reads the card; its model-index holds the evaluate JSON's top-1/top-5 of the
+    averaged output with the split and data set, and the metadata round-trips through ModelCardData."""
     out, _ = dry_run_export
-    hub_cache.put('someone/tiny-ssm', out)
-    code = (out / 'README.md').read_text().split('```python\n')[1].split('```')[0]
+    run, _, _ = train_run
+    card = ModelCard.load(out / 'README.md')  # raises on metadata it cannot parse (ignore_metadata_errors=False)
+    evaluation = json.loads((run / 'eval.json').read_text())['models'][0]
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert sorted(results) == ['accuracy', 'top_5_accuracy']
+    assert results['accuracy'].metric_value == round(evaluation['top1'], 2)
+    assert results['top_5_accuracy'].metric_value == round(evaluation['top5'], 2)
+    for r in results.values():
+        assert (r.task_type, r.dataset_split, r.dataset_type) == ('image-classification', 'validation', 'imagefolder')
+        assert r.dataset_name == 'image folder data'  # the folder's name, not its path on the machine it ran on
+    assert card.data.model_name == 'tiny-ssm'
+    again = ModelCardData(**card.data.to_dict())
+    assert again.to_dict() == card.data.to_dict() == _front_matter((out / 'README.md').read_text())
+    assert again.eval_results == card.data.eval_results
+
+
+def test_card_install_link_params_gmacs_and_citations(dry_run_export, train_run):
+    out, _ = dry_run_export
+    readme = (out / 'README.md').read_text()
+    assert '```bash\npip install timm-ssm\n```' in readme and ssm_hub.PROJECT_URL in readme
+    assert 'RuntimeError: Unknown model (test_resnet_ssm)' in readme  # what fails without the plugin
+    model = _reference_model(train_run[0] / 'model_best.pth.tar')
+    cost = complexity.model_complexity(model, (1, 48, 48))
+    assert f'Params (M): {cost["param_count"] / 1e6:.3f}' in readme
+    assert f'GMACs: {cost["macs"] / 1e9:.3g}' in readme
+    assert 'doi     = {10.3390/electronics11020235}' in readme and '@misc{rw2019timm' in readme
+    for section in ('### Feature Map Extraction', '### Image Embeddings', '### Transformers', '### Fine-tuning'):
+        assert section in readme, section
+    # a wheel user has no docs/ or train_timm.sh: no message, help or card points there
+    for text in (readme, ssm_hub.parser.format_help(), ssm_hub.__doc__, (REPO / 'hub_upload' / 'upload.py').read_text()):
+        assert 'docs/' not in text and 'train_timm' not in text
+
+
+def test_card_cites_the_trunk_weights_paper(tmp_path):
+    run = make_run(tmp_path / 'train', ema=False, model='test_resnet_ssm.r160_in1k', pretrained=True)[0]
+    cfg = timm.models.get_pretrained_cfg('test_resnet.r160_in1k')
+    out = tmp_path / 'out'
+    # timm's test weights name no paper: the card then cites none of them, only the SSM paper and timm
+    assert not cfg.paper_ids and not cfg.paper_name
+    assert main([str(run), '--repo-id', 'someone/ft-ssm', '--dry-run', '--out', str(out)]) == 0
+    assert "the trunk's pretrained weights" not in (out / 'README.md').read_text()
+    papers = ssm_hub._papers(dict(paper_ids='arXiv:2110.00476', paper_name='ResNet strikes back'))
+    assert papers == [('ResNet strikes back', 'https://arxiv.org/abs/2110.00476')]
+    model = timm.create_model('test_resnet_ssm', num_classes=5, in_chans=1, **HEAD)
+    card = ssm_hub.model_card(Run(source='x', checkpoint=tmp_path / 'x.pth.tar'), model, 'a/b',
+                              dict(input_size=(1, 32, 32)), 'mit', trunk_papers=papers).content
+    assert "ResNet strikes back (the trunk's pretrained weights): https://arxiv.org/abs/2110.00476" in card
+    assert card.index('ResNet strikes back, https://arxiv.org/abs/2110.00476') > card.index('## Citation')
+
+
+def _python_blocks(readme: str):
+    return re.findall(r'```python\n(.*?)```', readme, re.S)
+
+
+@pytest.mark.parametrize('in_chans', [1, 3])
+def test_card_usage_code_runs(in_chans, dry_run_export, rgb_export, hub_cache, tmp_path, monkeypatch, capsys):
+    """Every code block of the card runs as written (timm, feature maps, embeddings, transformers, fine-tuning),
+    from the Hugging Face cache under the card's repo id."""
+    out = dry_run_export[0] if in_chans == 1 else rgb_export
+    repo_id = 'someone/tiny-ssm' if in_chans == 1 else 'someone/rgb-ssm'
+    hub_cache.put(repo_id, out)
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.random.randint(0, 255, (40, 40), dtype=np.uint8)).save('image.png')
-    exec(compile(code, 'README.md', 'exec'), {})
+    blocks = _python_blocks((out / 'README.md').read_text())
+    assert len(blocks) == 5
+    for code in blocks:
+        if 'transformers' in code and not _has_transformers():
+            continue
+        exec(compile(code, 'README.md', 'exec'), {})
     printed = capsys.readouterr().out
     assert any(c in printed for c in CLASSES), printed
+    assert 'torch.Size([1, 96])' in printed  # the embedding
+    assert re.search(r'torch.Size\(\[1, \d+, \d+, \d+\]\)', printed)  # a feature map
 
 
 # --- round trips ---
@@ -328,7 +424,7 @@ def test_bare_state_dict_needs_model(train_run, tmp_path, capsys):
     assert main([str(path), '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out),
                  '--model', 'test_resnet_ssm', '--model-kwargs', *kwargs]) == 0
     config = json.loads((out / 'config.json').read_text())
-    assert config['model_args'] == dict(in_chans=1, num_classes=5, **HEAD)
+    assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
     assert 'no accuracy' in (out / 'README.md').read_text()
 
 
@@ -368,7 +464,7 @@ def test_fine_tuned_from_hf_hub_ssm_weights(base_export, hub_cache, tmp_path, ca
         assert 'Fine-tuned from [someone/base-ssm](https://huggingface.co/someone/base-ssm)' in readme
         config = json.loads((out / 'config.json').read_text())
         assert config['architecture'] == 'test_resnet_ssm'
-        assert config['model_args'] == dict(in_chans=1, num_classes=len(CLASSES), **HEAD)
+        assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
         assert config['pretrained_cfg']['license'] == 'mit'
         assert 'hf_hub_id' not in config['pretrained_cfg']
 
@@ -397,8 +493,7 @@ def test_fine_tuned_from_local_dir(base_export, tmp_path):
     meta = _front_matter(readme)
     assert 'base_model' not in meta and meta['license'] == 'mit'
     assert 'Fine-tuned from pretrained weights' in readme
-    assert json.loads((out / 'config.json').read_text())['model_args'] == dict(
-        in_chans=1, num_classes=len(CLASSES), **HEAD)
+    assert json.loads((out / 'config.json').read_text())['model_args'] == dict(in_chans=1, split=True, **HEAD)
 
 
 def test_hf_hub_model_that_is_not_ssm(hub_cache, tmp_path, capsys):
@@ -815,7 +910,7 @@ def test_real_train_py_run(hub_cache, tmp_path):
     out = tmp_path / 'export'
     assert main([str(run), '--repo-id', 'someone/fm-ssm', '--dry-run', '--out', str(out), '--ema']) == 0
     config = json.loads((out / 'config.json').read_text())
-    assert config['model_args'] == dict(in_chans=1, num_classes=10, num_splits=2, norm_all=True)
+    assert config['model_args'] == dict(in_chans=1, num_splits=2, norm_all=True, split=True)
     assert config['pretrained_cfg']['input_size'] == [1, 32, 32]
     assert config['pretrained_cfg']['mean'] == [0.286] and config['pretrained_cfg']['std'] == [0.353]
     assert config['label_names'] == sorted(p.name for p in (data / 'validation').iterdir())

@@ -320,7 +320,7 @@ def _trunk_cfg(cfg: Dict[str, Any], arch: str) -> Dict[str, Any]:
 
 def _create_features(variant: str, arch: str, pretrained: bool, cfg: Dict[str, Any], **kwargs) -> nn.Module:
     """`features_only=True`: the trunk's own feature extraction, with the trunk's weights of the SSM model."""
-    head_args = {k: kwargs.pop(k) for k in ('num_splits', 'norm_all') if k in kwargs}
+    head_args = {k: kwargs.pop(k) for k in ('num_splits', 'norm_all', 'split') if k in kwargs}
     trunk_cfg = _trunk_cfg(cfg, arch)
     if pretrained and cfg.get('source') in ('hf-hub', 'local-dir'):
         # weights published as a whole SSM model: load them, then hand the trunk's to timm's feature builder
