@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections import OrderedDict
@@ -368,6 +369,81 @@ def test_local_dir_and_hf_hub_give_the_checkpoint_logits(head, train_run, hub_ca
     assert tuple(hub.pretrained_cfg['input_size']) == (1, 48, 48)
 
 
+@pytest.mark.parametrize('in_chans', [1, 3])
+def test_transformers_loads_the_export(in_chans, dry_run_export, rgb_export, hub_cache, tmp_path):
+    """After `import timm_ssm`, transformers' AutoModelForImageClassification, TimmWrapperModel and image
+    classification pipeline load the export (folder and Hub id, offline) and give timm's logits and features."""
+    tf = _transformers()
+    out = dry_run_export[0] if in_chans == 1 else rgb_export
+    repo_id = f'someone/tf{in_chans}-ssm'
+    hub_cache.put(repo_id, out)
+    model = timm.create_model(f'hf-hub:{repo_id}', pretrained=True).eval()
+    local = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn(3, in_chans, 48, 48)
+    with torch.no_grad():
+        logits, features = model(x), model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(local(x), logits, rtol=0, atol=0)
+        for source in (repo_id, str(out)):
+            auto = tf.AutoModelForImageClassification.from_pretrained(source).eval()
+            assert auto.config.id2label == dict(enumerate(CLASSES))
+            torch.testing.assert_close(auto(x).logits, logits, rtol=1e-5, atol=1e-5)
+            wrapper = tf.TimmWrapperModel.from_pretrained(source).eval()
+            torch.testing.assert_close(wrapper(x).pooler_output, features, rtol=1e-5, atol=1e-5)
+        # the same feature from timm as the card shows it (num_classes=0), and the trunk's stages
+        embeddings = timm.create_model(f'hf-hub:{repo_id}', pretrained=True, num_classes=0).eval()
+        torch.testing.assert_close(embeddings(x), features, rtol=1e-5, atol=1e-5)
+        stages = timm.create_model(f'hf-hub:{repo_id}', pretrained=True, features_only=True).eval()
+        torch.testing.assert_close(stages(x)[-1], model.forward_features(x), rtol=1e-5, atol=1e-5)
+    # the pipeline's top-3 are timm's, on the same image
+    pipe = tf.pipeline('image-classification', model=repo_id)
+    img = Image.fromarray(np.random.randint(0, 255, (40, 40), dtype=np.uint8))
+    transforms = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+    with torch.no_grad():
+        probs = model(transforms(img.convert('L' if in_chans == 1 else 'RGB')).unsqueeze(0)).softmax(-1)[0]
+    top = probs.topk(3)
+    # a 1-channel model takes the grey image as an (H, W, 1) array, as its card says
+    result = pipe(np.asarray(img)[..., None] if in_chans == 1 else img.convert('RGB'), top_k=3)
+    assert [r['label'] for r in result] == [CLASSES[i] for i in top.indices.tolist()]
+    np.testing.assert_allclose([r['score'] for r in result], top.values.numpy(), rtol=1e-5)
+    if in_chans == 1:  # what the card warns of: the pipeline reads a PIL image or a file as RGB
+        with pytest.raises(RuntimeError, match='to have 1 channels, but got 3'):
+            pipe(img)
+
+
+def test_without_the_plugin_the_card_says_what_fails(dry_run_export, hub_cache, tmp_path):
+    """Without `import timm_ssm`, timm and transformers fail with the errors the card quotes (and says how to fix)."""
+    out, _ = dry_run_export
+    hub_cache.put('someone/tiny-ssm', out)
+    code = """
+import sys, timm
+try:
+    timm.create_model('hf-hub:someone/tiny-ssm', pretrained=True)
+except Exception as e:
+    print(f'{type(e).__name__}: {e}')
+try:
+    import transformers
+except ImportError:
+    print('no transformers')
+else:
+    try:
+        transformers.AutoModelForImageClassification.from_pretrained('someone/tiny-ssm')
+    except Exception as e:
+        print(f'{type(e).__name__}: {e}')
+assert 'timm_ssm' not in sys.modules
+"""
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(hub_cache.path), OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    readme = (out / 'README.md').read_text()
+    assert lines[0] == 'RuntimeError: Unknown model (test_resnet_ssm)' and f'`{lines[0]}`' in readme
+    if lines[1] != 'no transformers':
+        quoted = "ImportError: The model architecture 'test_resnet_ssm' is not supported in your version of timm"
+        assert lines[1].startswith(quoted) and f'`{quoted}`' in readme
+    assert 'installing and importing timm-ssm does' in readme and 'pip install timm-ssm' in readme
+
+
 def test_hf_hub_fine_tune_keeps_trunk_and_head_norm(dry_run_export, hub_cache):
     out, _ = dry_run_export
     hub_cache.put('someone/tiny-ssm', out)
@@ -532,6 +608,123 @@ def test_default_run_then_upload_shows_its_evaluation(train_run, tmp_path):
     assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out')]) == 0
     readme = (tmp_path / 'out' / 'README.md').read_text()
     assert '`model_best.pth.tar`, epoch 2' in readme and '`eval_validation.json`' in readme
+
+
+@pytest.fixture(scope='module')
+def evaluated_splits(tmp_path_factory):
+    """A run whose folder holds evaluations of its weights on its train, validation and test splits and on an
+    unrelated folder (a 5-image check), named so that the alphabet would pick the wrong one."""
+    root = tmp_path_factory.mktemp('splits')
+    run = make_run(root, ema=False)[0]
+    for split in ('train', 'test'):
+        _image_folder(root / 'data', CLASSES, split=split)
+    _image_folder(root / 'other', CLASSES, per_class=1)
+    for name, data, split in (('eval_check', 'other', 'validation'), ('eval_test', 'data', 'test'),
+                              ('eval_train', 'data', 'train'), ('eval_validation', 'data', 'validation')):
+        evaluate.main(['--checkpoint', str(run), '--data-dir', str(root / data), '--split', split, '--device', 'cpu',
+                       '-b', '8', '-j', '0', '--json', str(run / f'{name}.json'), '--no-progress'])
+    return run
+
+
+def _chosen(run: Path, out: Path, capsys, *extra) -> tuple:
+    assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out), *extra]) == 0
+    stdout = capsys.readouterr().out
+    card = ModelCard.load(out / 'README.md')
+    splits = {r.dataset_split for r in card.data.eval_results or []}
+    return card.content, splits, stdout
+
+
+def test_card_evaluation_is_the_held_out_split_of_the_run_data(evaluated_splits, tmp_path, capsys):
+    """Test before validation, never train, never other data; the card and the output say which file and split."""
+    run = evaluated_splits
+    readme, splits, stdout = _chosen(run, tmp_path / 'out', capsys)
+    assert splits == {'test'}
+    assert 'on the `test` split of `an image folder`' in readme and '`eval_test.json`' in readme
+    assert 'test before validation, never the training split' in readme
+    assert 'Evaluation on the card: ' in stdout and 'eval_test.json (the test split of the run\'s data set)' in stdout
+    assert 'left out eval_train.json: the training split' in stdout
+    assert 'left out eval_check.json: other data' in stdout
+    assert 'left out eval_validation.json: the validation split, after test' in stdout
+    results = json.loads((run / 'eval_test.json').read_text())['models'][0]
+    assert f'| Averaged (the model) | all | {results["top1"]:.2f} | {results["top5"]:.2f} |' in readme
+
+    # without the test split's evaluation: validation; with neither: no results, not those of train or the check
+    work = _copy_run(run, tmp_path / 'run')
+    (work / 'eval_test.json').unlink()
+    readme, splits, _ = _chosen(work, tmp_path / 'out2', capsys)
+    assert splits == {'validation'} and '`eval_validation.json`' in readme
+    (work / 'eval_validation.json').unlink()
+    readme, splits, stdout = _chosen(work, tmp_path / 'out3', capsys)
+    assert not splits and '## Sub-classifiers' not in readme and 'model-index' not in readme
+    assert 'Evaluation on the card: none' in stdout
+
+
+def test_eval_json_of_the_training_split_is_labeled(evaluated_splits, tmp_path, capsys):
+    readme, splits, stdout = _chosen(evaluated_splits, tmp_path / 'out', capsys, '--eval-json',
+                                     str(evaluated_splits / 'eval_train.json'))
+    assert splits == {'train'} and '**the training split**, not held-out data' in readme
+    readme, splits, _ = _chosen(evaluated_splits, tmp_path / 'out2', capsys, '--eval-json',
+                                str(evaluated_splits / 'eval_check.json'))
+    assert "**not the run's data set** (folder other" in readme
+    meta = ModelCard.load(tmp_path / 'out2' / 'README.md').data
+    assert {r.dataset_name for r in meta.eval_results} == {'image folder other'}
+
+
+def test_second_dry_run_replaces_its_own_earlier_one(train_run, tmp_path, capsys):
+    """README's dry run (last.pth.tar) then docs/hub.md's (model_best) on the same run and repo id: the second
+    replaces the first's folder; a folder that is not such an export, or an explicit --out, is never replaced."""
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    before = sorted(p.name for p in run.iterdir())
+    assert main([str(run), '--checkpoint', 'last.pth.tar', '--repo-id', 'ORG/NAME', '--dry-run']) == 0
+    assert '`last.pth.tar`, epoch 2' in (run / 'hub-ORG--NAME' / 'README.md').read_text()
+    assert main([str(run), '--repo-id', 'ORG/NAME', '--dry-run']) == 0
+    assert 'Replacing the earlier dry run in' in capsys.readouterr().out
+    assert '`model_best.pth.tar`, epoch 1' in (run / 'hub-ORG--NAME' / 'README.md').read_text()
+    _no_leftovers(run, before + ['hub-ORG--NAME'])
+    _no_leftovers(run / 'hub-ORG--NAME', EXPORT_FILES)
+    # not an export of this tool: kept as it is
+    (run / 'hub-ORG--MINE').mkdir()
+    (run / 'hub-ORG--MINE' / 'README.md').write_text('my notes')
+    _fails([str(run), '--repo-id', 'ORG/MINE', '--dry-run'], capsys, 'already exists')
+    assert (run / 'hub-ORG--MINE' / 'README.md').read_text() == 'my notes'
+    _fails([str(run), '--repo-id', 'ORG/NAME', '--dry-run', '--out', str(run / 'hub-ORG--NAME')], capsys,
+           'already exists')
+    _no_leftovers(run, before + ['hub-ORG--NAME', 'hub-ORG--MINE'])
+
+
+def _in_mount_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a shell script in a new user and mount namespace, where it may mount a tmpfs or make a folder read-only
+    (real file systems, not a stand-in); skip where this machine allows no such namespace."""
+    probe = subprocess.run(['unshare', '-Urm', 'sh', '-c', f'mount -t tmpfs -o size=64k tmpfs {cwd}'],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f'cannot mount in a user namespace here (unshare -Urm: {probe.stderr.strip()[:200]})')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS='1')
+    return subprocess.run(['unshare', '-Urm', 'sh', '-c', script], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_full_disk_and_read_only_run_folder(train_run, tmp_path):
+    """A full disk while writing: a clear error and no partial file; --dry-run on a read-only run folder: a clear
+    error that names --out, before anything is exported."""
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    hub = f'{shlex.quote(sys.executable)} -m timm_ssm.hub'
+    script = (f'mount -t tmpfs -o size=256k tmpfs {disk} && '
+              f'{hub} {run} --repo-id a/b --dry-run --out {disk}/export/x; echo "rc=$?"; ls -A {disk}; '
+              f'mount --bind {run} {run} && mount -o remount,bind,ro {run} && '
+              f'{hub} {run} --repo-id a/b --dry-run; echo "rc=$?"')
+    proc = _in_mount_namespace(script, tmp_path)
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    full, read_only = proc.stdout.split('rc=')[1:3]
+    assert full.splitlines()[0] == '2' and full.splitlines()[1:] == [], proc.stdout  # the tmpfs is left empty
+    assert 'the disk is full' in proc.stderr and 'nothing was written' in proc.stderr
+    assert read_only.strip() == '2', proc.stdout
+    assert re.search(r"The dry run's export folder .*hub-a--b cannot be written: .* is not writable", proc.stderr)
+    assert '--out DIR' in proc.stderr
+    assert not (run / 'hub-a--b').exists()
 
 
 def test_deprecated_positional_data_path(tmp_path):

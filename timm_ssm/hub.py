@@ -595,7 +595,7 @@ def check_out(out: Path, option: str, replace: bool = False):
     earlier export that `replace` allows to replace), or its folder cannot be written."""
     if (out.exists() or out.is_symlink()) and not (replace and is_export(out)):
         raise RunError(f'{out} already exists: an export never overwrites anything; remove it or pass another --out.')
-    check_output_folder(out.parent, option)
+    check_output_folder(out.parent if out.exists() else out, option)  # the folder the export is renamed in
 
 
 def _config_json(path: Path, model: nn.Module):
