@@ -297,7 +297,8 @@ def test_card_install_link_params_gmacs_and_citations(dry_run_export, train_run)
     for section in ('### Feature Map Extraction', '### Image Embeddings', '### Transformers', '### Fine-tuning'):
         assert section in readme, section
     # a wheel user has no docs/ or train_timm.sh: no message, help or card points there
-    for text in (readme, ssm_hub.parser.format_help(), ssm_hub.__doc__, (REPO / 'hub_upload' / 'upload.py').read_text()):
+    upload = (REPO / 'hub_upload' / 'upload.py').read_text()
+    for text in (readme, ssm_hub.parser.format_help(), ssm_hub.__doc__, upload):
         assert 'docs/' not in text and 'train_timm' not in text
 
 

@@ -161,16 +161,18 @@ def _other_data(run: Run, data: Dict[str, Any]) -> Optional[str]:
     does not have), None when it is."""
     ours, theirs = (run.args.get('dataset') or '').lower(), (data.get('dataset') or '').lower()
     if (ours in _FOLDER_DATASETS) != (theirs in _FOLDER_DATASETS) or (ours not in _FOLDER_DATASETS and ours != theirs):
-        return f'data set {data.get("dataset") or "image folder"!r}, the run trained on {run.args.get("dataset") or "an image folder"!r}'
+        return (f'data set {data.get("dataset") or "image folder"!r}, the run trained on '
+                f'{run.args.get("dataset") or "an image folder"!r}')
     if ours not in _FOLDER_DATASETS:
         return None  # a named data set is the same whichever folder holds its files
     root, evaluated = _data_root(run.args), data.get('data_dir')
-    if not root or not evaluated or (
-            os.path.normpath(root) != os.path.normpath(evaluated) and os.path.realpath(root) != os.path.realpath(evaluated)):
+    same = root and evaluated and (os.path.normpath(root) == os.path.normpath(evaluated)
+                                   or os.path.realpath(root) == os.path.realpath(evaluated))
+    if not same:
         return f'folder {Path(evaluated).name if evaluated else "unknown"}, not the run\'s data folder'
     split = (data.get('split') or '').split('[')[0]
-    if Path(root).is_dir() and not (Path(root) / split).exists() and not any(
-            (Path(root) / s).exists() for names in (_TRAIN_SPLITS, _VALIDATION_SPLITS) if split in names for s in names):
+    synonyms = [s for names in (_TRAIN_SPLITS, _VALIDATION_SPLITS) if split in names for s in names]
+    if Path(root).is_dir() and not any((Path(root) / s).exists() for s in (split, *synonyms)):
         return f'the data folder has no {split!r} split, so timm read the whole folder'
     return None
 
@@ -329,8 +331,8 @@ def _eval_results(evaluation: Dict[str, Any], dataset_id: Optional[str]) -> List
     dataset_type, dataset_name = _dataset_names(data, dataset_id if not evaluation.get('other_data') else None)
     common = dict(task_type='image-classification', task_name='Image Classification', dataset_type=dataset_type,
                   dataset_name=dataset_name, dataset_split=data.get('split'))
-    return [EvalResult(metric_type='accuracy', metric_name='Top-1 accuracy (%)', metric_value=round(evaluation['top1'], 2),
-                       **common),
+    return [EvalResult(metric_type='accuracy', metric_name='Top-1 accuracy (%)',
+                       metric_value=round(evaluation['top1'], 2), **common),
             EvalResult(metric_type='top_5_accuracy', metric_name='Top-5 accuracy (%)',
                        metric_value=round(evaluation['top5'], 2), **common)]
 
@@ -392,8 +394,9 @@ import torch
 transforms = timm.data.create_transform(**data_config, is_training=False)
 """
     if in_chans == 1:
-        pipe = ("# the pipeline reads files and PIL images as RGB; this model takes 1-channel (grey) images: give it the\n"
-                "# grey image as an (H, W, 1) array\n"
+        pipe = ("# the pipeline reads files and PIL images as RGB; this model takes 1-channel (grey) images: give\n"
+                "# it the grey image as an (H, W, 1) array (transformers >= 5.13; with older ones, use the processor\n"
+                "# below)\n"
                 f"print(classifier(np.asarray(Image.open('image.png').convert('L'))[..., None], top_k={top_k}))")
     else:
         pipe = f"print(classifier('image.png', top_k={top_k}))"
@@ -752,8 +755,9 @@ parser = argparse.ArgumentParser(
 parser.add_argument('run', metavar='RUN', help='train.py output folder (model_best.pth.tar, else last.pth.tar, '
                                                'args.yaml, summary.csv) or a checkpoint')
 parser.add_argument('--repo-id', required=True, metavar='ORG/NAME', help='Hub repository: user or org / name')
-parser.add_argument('--out', metavar='DIR', default=None, help='new folder for the export (never overwritten); default: RUN/hub-ORG--NAME with --dry-run (which a '
-                    'later dry run replaces), a temporary folder for an upload')
+parser.add_argument('--out', metavar='DIR', default=None,
+                    help='new folder for the export (never overwritten); default: RUN/hub-ORG--NAME with --dry-run '
+                         '(which a later dry run replaces), a temporary folder for an upload')
 parser.add_argument('--dry-run', action='store_true',
                     help='write the export and print what would be uploaded; needs no token and sends nothing')
 group = parser.add_argument_group('Weights')
