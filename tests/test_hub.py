@@ -354,6 +354,9 @@ def test_local_dir_and_hf_hub_give_the_checkpoint_logits(head, train_run, hub_ca
         run = make_run(tmp_path / 'train', model_kwargs=head)[0]
     out = tmp_path / 'export'
     assert main([str(run), '--repo-id', 'someone/rt-ssm', '--out', str(out), '--dry-run']) == 0
+    # the head's arguments are explicit also where the run left them at their defaults (n4: norm_all, split)
+    assert json.loads((out / 'config.json').read_text())['model_args'] == dict(
+        in_chans=1, num_splits=head['num_splits'], norm_all=head.get('norm_all', False), split=True)
     reference = _reference_model(run / 'model_best.pth.tar', **head)
     local = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     hub_cache.put('someone/rt-ssm', out)
