@@ -715,17 +715,16 @@ def test_full_disk_and_read_only_run_folder(train_run, tmp_path):
     run = _copy_run(train_run[0], tmp_path / 'run')
     disk = tmp_path / 'disk'
     disk.mkdir()
-    hub = f'{shlex.quote(sys.executable)} -m timm_ssm.hub'
-    script = (f'mount -t tmpfs -o size=256k tmpfs {disk} && '
-              f'{hub} {run} --repo-id a/b --dry-run --out {disk}/export/x; echo "rc=$?"; ls -A {disk}; '
-              f'mount --bind {run} {run} && mount -o remount,bind,ro {run} && '
-              f'{hub} {run} --repo-id a/b --dry-run; echo "rc=$?"')
+    runs = [[str(run), '--repo-id', 'a/b', '--dry-run', '--out', f'{disk}/export/x'],  # onto the full disk
+            [str(run), '--repo-id', 'a/b', '--dry-run']]  # into the read-only run folder
+    code = f'from timm_ssm.hub import main\nfor argv in {runs!r}:\n    print(f"rc={{main(argv)}}", flush=True)'
+    script = (f'mount -t tmpfs -o size=256k tmpfs {disk} && mount --bind {run} {run} && '
+              f'mount -o remount,bind,ro {run} && {shlex.quote(sys.executable)} -c {shlex.quote(code)}; ls -A {disk}')
     proc = _in_mount_namespace(script, tmp_path)
     assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    full, read_only = proc.stdout.split('rc=')[1:3]
-    assert full.splitlines()[0] == '2' and full.splitlines()[1:] == [], proc.stdout  # the tmpfs is left empty
+    assert [line for line in proc.stdout.splitlines() if line.startswith('rc=')] == ['rc=2', 'rc=2'], proc.stdout
+    assert proc.stdout.splitlines()[-1] == 'rc=2'  # and `ls -A` of the full disk printed nothing: no partial file
     assert 'the disk is full' in proc.stderr and 'nothing was written' in proc.stderr
-    assert read_only.strip() == '2', proc.stdout
     assert re.search(r"The dry run's export folder .*hub-a--b cannot be written: .* is not writable", proc.stderr)
     assert '--out DIR' in proc.stderr
     assert not (run / 'hub-a--b').exists()
