@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections import OrderedDict
@@ -27,8 +28,8 @@ from PIL import Image
 
 import timm
 import timm_ssm  # noqa: F401
-from timm_ssm import evaluate
-from huggingface_hub import constants
+from timm_ssm import complexity, evaluate
+from huggingface_hub import ModelCard, ModelCardData, constants
 from timm.models import load_state_dict
 from timm.utils import CheckpointSaver, ModelEmaV3, update_summary
 
@@ -141,6 +142,32 @@ def _reference_model(checkpoint: Path, use_ema: bool = False, **kwargs):
     return model.eval()
 
 
+@pytest.fixture(scope='module')
+def rgb_export(tmp_path_factory):
+    """The dry-run export of a 3-channel run (no evaluation JSON)."""
+    root = tmp_path_factory.mktemp('rgb')
+    run = make_run(root, ema=False, in_chans=3, mean=[0.3] * 3, std=[0.35] * 3)[0]
+    out = root / 'export'
+    assert main([str(run), '--repo-id', 'someone/rgb-ssm', '--dry-run', '--out', str(out)]) == 0
+    return out
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        pytest.skip(f'transformers is not installed (it is in the test extra: pip install ".[test]"): {e}')
+    return transformers
+
+
 def _front_matter(readme: str) -> dict:
     assert readme.startswith('---\n')
     return yaml.safe_load(readme.split('---\n')[1])
@@ -186,7 +213,9 @@ def test_config_json_fields(dry_run_export):
     assert config['architecture'] == 'test_resnet_ssm'
     assert config['num_classes'] == len(CLASSES)
     assert config['num_features'] == 96
-    assert config['model_args'] == dict(in_chans=1, num_classes=len(CLASSES), **HEAD)
+    # every head argument explicit; num_classes at the top level only (transformers passes it itself)
+    assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
+    assert config['global_pool'] == 'avg'  # the trunk's pooling, as timm's own exports name it
     assert config['label_names'] == CLASSES  # the image folder's class folders, in index order
     cfg = config['pretrained_cfg']
     assert cfg['input_size'] == [1, 48, 48]  # the run's --in-chans and --img-size
@@ -235,15 +264,84 @@ def test_model_card_metadata_and_sections(dry_run_export, train_run):
     assert readme.index('## Results') < readme.index('## Training') < readme.index('## Citation')
 
 
-def test_card_usage_code_runs(dry_run_export, hub_cache, tmp_path, monkeypatch, capsys):
+def test_card_parses_with_huggingface_hub_and_round_trips(dry_run_export, train_run):
+    """huggingface_hub's own parser reads the card; its model-index holds the evaluate JSON's top-1/top-5 of the
+    averaged output with the split and data set, and the metadata round-trips through ModelCardData."""
     out, _ = dry_run_export
-    hub_cache.put('someone/tiny-ssm', out)
-    code = (out / 'README.md').read_text().split('```python\n')[1].split('```')[0]
+    run, _, _ = train_run
+    card = ModelCard.load(out / 'README.md')  # raises on metadata it cannot parse (ignore_metadata_errors=False)
+    evaluation = json.loads((run / 'eval.json').read_text())['models'][0]
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert sorted(results) == ['accuracy', 'top_5_accuracy']
+    assert results['accuracy'].metric_value == round(evaluation['top1'], 2)
+    assert results['top_5_accuracy'].metric_value == round(evaluation['top5'], 2)
+    for r in results.values():
+        assert (r.task_type, r.dataset_split, r.dataset_type) == ('image-classification', 'validation', 'imagefolder')
+        assert r.dataset_name == 'image folder data'  # the folder's name, not its path on the machine it ran on
+    assert card.data.model_name == 'tiny-ssm'
+    again = ModelCardData(**card.data.to_dict())
+    assert again.to_dict() == card.data.to_dict() == _front_matter((out / 'README.md').read_text())
+    assert again.eval_results == card.data.eval_results
+
+
+def test_card_install_link_params_gmacs_and_citations(dry_run_export, train_run):
+    out, _ = dry_run_export
+    readme = (out / 'README.md').read_text()
+    assert '```bash\npip install timm-ssm\n```' in readme and ssm_hub.PROJECT_URL in readme
+    assert 'RuntimeError: Unknown model (test_resnet_ssm)' in readme  # what fails without the plugin
+    model = _reference_model(train_run[0] / 'model_best.pth.tar')
+    cost = complexity.model_complexity(model, (1, 48, 48))
+    assert f'Params (M): {cost["param_count"] / 1e6:.3f}' in readme
+    assert f'GMACs: {cost["macs"] / 1e9:.3g}' in readme
+    assert 'doi     = {10.3390/electronics11020235}' in readme and '@misc{rw2019timm' in readme
+    for section in ('### Feature Map Extraction', '### Image Embeddings', '### Transformers', '### Fine-tuning'):
+        assert section in readme, section
+    # a wheel user has no docs/ or train_timm.sh: no message, help or card points there
+    upload = (REPO / 'hub_upload' / 'upload.py').read_text()
+    for text in (readme, ssm_hub.parser.format_help(), ssm_hub.__doc__, upload):
+        assert 'docs/' not in text and 'train_timm' not in text
+
+
+def test_card_cites_the_trunk_weights_paper(tmp_path):
+    run = make_run(tmp_path / 'train', ema=False, model='test_resnet_ssm.r160_in1k', pretrained=True)[0]
+    cfg = timm.models.get_pretrained_cfg('test_resnet.r160_in1k')
+    out = tmp_path / 'out'
+    # timm's test weights name no paper: the card then cites none of them, only the SSM paper and timm
+    assert not cfg.paper_ids and not cfg.paper_name
+    assert main([str(run), '--repo-id', 'someone/ft-ssm', '--dry-run', '--out', str(out)]) == 0
+    assert "the trunk's pretrained weights" not in (out / 'README.md').read_text()
+    papers = ssm_hub._papers(dict(paper_ids='arXiv:2110.00476', paper_name='ResNet strikes back'))
+    assert papers == [('ResNet strikes back', 'https://arxiv.org/abs/2110.00476')]
+    model = timm.create_model('test_resnet_ssm', num_classes=5, in_chans=1, **HEAD)
+    card = ssm_hub.model_card(Run(source='x', checkpoint=tmp_path / 'x.pth.tar'), model, 'a/b',
+                              dict(input_size=(1, 32, 32)), 'mit', trunk_papers=papers).content
+    assert "ResNet strikes back (the trunk's pretrained weights): https://arxiv.org/abs/2110.00476" in card
+    assert card.index('ResNet strikes back, https://arxiv.org/abs/2110.00476') > card.index('## Citation')
+
+
+def _python_blocks(readme: str):
+    return re.findall(r'```python\n(.*?)```', readme, re.S)
+
+
+@pytest.mark.parametrize('in_chans', [1, 3])
+def test_card_usage_code_runs(in_chans, dry_run_export, rgb_export, hub_cache, tmp_path, monkeypatch, capsys):
+    """Every code block of the card runs as written (timm, feature maps, embeddings, transformers, fine-tuning),
+    from the Hugging Face cache under the card's repo id."""
+    out = dry_run_export[0] if in_chans == 1 else rgb_export
+    repo_id = 'someone/tiny-ssm' if in_chans == 1 else 'someone/rgb-ssm'
+    hub_cache.put(repo_id, out)
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.random.randint(0, 255, (40, 40), dtype=np.uint8)).save('image.png')
-    exec(compile(code, 'README.md', 'exec'), {})
+    blocks = _python_blocks((out / 'README.md').read_text())
+    assert len(blocks) == 5
+    for code in blocks:
+        if 'transformers' in code and not _has_transformers():
+            continue
+        exec(compile(code, 'README.md', 'exec'), {})
     printed = capsys.readouterr().out
     assert any(c in printed for c in CLASSES), printed
+    assert 'torch.Size([1, 96])' in printed  # the embedding
+    assert re.search(r'torch.Size\(\[1, \d+, \d+, \d+\]\)', printed)  # a feature map
 
 
 # --- round trips ---
@@ -256,6 +354,9 @@ def test_local_dir_and_hf_hub_give_the_checkpoint_logits(head, train_run, hub_ca
         run = make_run(tmp_path / 'train', model_kwargs=head)[0]
     out = tmp_path / 'export'
     assert main([str(run), '--repo-id', 'someone/rt-ssm', '--out', str(out), '--dry-run']) == 0
+    # the head's arguments are explicit also where the run left them at their defaults (n4: norm_all, split)
+    assert json.loads((out / 'config.json').read_text())['model_args'] == dict(
+        in_chans=1, num_splits=head['num_splits'], norm_all=head.get('norm_all', False), split=True)
     reference = _reference_model(run / 'model_best.pth.tar', **head)
     local = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
     hub_cache.put('someone/rt-ssm', out)
@@ -270,6 +371,81 @@ def test_local_dir_and_hf_hub_give_the_checkpoint_logits(head, train_run, hub_ca
             torch.testing.assert_close(model.forward_splits(x), reference.forward_splits(x), rtol=1e-5, atol=1e-5)
     assert hub.pretrained_cfg['label_names'] == CLASSES
     assert tuple(hub.pretrained_cfg['input_size']) == (1, 48, 48)
+
+
+@pytest.mark.parametrize('in_chans', [1, 3])
+def test_transformers_loads_the_export(in_chans, dry_run_export, rgb_export, hub_cache, tmp_path):
+    """After `import timm_ssm`, transformers' AutoModelForImageClassification, TimmWrapperModel and image
+    classification pipeline load the export (folder and Hub id, offline) and give timm's logits and features."""
+    tf = _transformers()
+    out = dry_run_export[0] if in_chans == 1 else rgb_export
+    repo_id = f'someone/tf{in_chans}-ssm'
+    hub_cache.put(repo_id, out)
+    model = timm.create_model(f'hf-hub:{repo_id}', pretrained=True).eval()
+    local = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn(3, in_chans, 48, 48)
+    with torch.no_grad():
+        logits, features = model(x), model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(local(x), logits, rtol=0, atol=0)
+        for source in (repo_id, str(out)):
+            auto = tf.AutoModelForImageClassification.from_pretrained(source).eval()
+            assert auto.config.id2label == dict(enumerate(CLASSES))
+            torch.testing.assert_close(auto(x).logits, logits, rtol=1e-5, atol=1e-5)
+            wrapper = tf.TimmWrapperModel.from_pretrained(source).eval()
+            torch.testing.assert_close(wrapper(x).pooler_output, features, rtol=1e-5, atol=1e-5)
+        # the same feature from timm as the card shows it (num_classes=0), and the trunk's stages
+        embeddings = timm.create_model(f'hf-hub:{repo_id}', pretrained=True, num_classes=0).eval()
+        torch.testing.assert_close(embeddings(x), features, rtol=1e-5, atol=1e-5)
+        stages = timm.create_model(f'hf-hub:{repo_id}', pretrained=True, features_only=True).eval()
+        torch.testing.assert_close(stages(x)[-1], model.forward_features(x), rtol=1e-5, atol=1e-5)
+    # the pipeline's top-3 are timm's, on the same image
+    pipe = tf.pipeline('image-classification', model=repo_id)
+    img = Image.fromarray(np.random.randint(0, 255, (40, 40), dtype=np.uint8))
+    transforms = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+    with torch.no_grad():
+        probs = model(transforms(img.convert('L' if in_chans == 1 else 'RGB')).unsqueeze(0)).softmax(-1)[0]
+    top = probs.topk(3)
+    # a 1-channel model takes the grey image as an (H, W, 1) array, as its card says
+    result = pipe(np.asarray(img)[..., None] if in_chans == 1 else img.convert('RGB'), top_k=3)
+    assert [r['label'] for r in result] == [CLASSES[i] for i in top.indices.tolist()]
+    np.testing.assert_allclose([r['score'] for r in result], top.values.numpy(), rtol=1e-5)
+    if in_chans == 1:  # what the card warns of: the pipeline reads a PIL image or a file as RGB
+        with pytest.raises(RuntimeError, match='to have 1 channels, but got 3'):
+            pipe(img)
+
+
+def test_without_the_plugin_the_card_says_what_fails(dry_run_export, hub_cache, tmp_path):
+    """Without `import timm_ssm`, timm and transformers fail with the errors the card quotes (and says how to fix)."""
+    out, _ = dry_run_export
+    hub_cache.put('someone/tiny-ssm', out)
+    code = """
+import sys, timm
+try:
+    timm.create_model('hf-hub:someone/tiny-ssm', pretrained=True)
+except Exception as e:
+    print(f'{type(e).__name__}: {e}')
+try:
+    import transformers
+except ImportError:
+    print('no transformers')
+else:
+    try:
+        transformers.AutoModelForImageClassification.from_pretrained('someone/tiny-ssm')
+    except Exception as e:
+        print(f'{type(e).__name__}: {e}')
+assert 'timm_ssm' not in sys.modules
+"""
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(hub_cache.path), OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    readme = (out / 'README.md').read_text()
+    assert lines[0] == 'RuntimeError: Unknown model (test_resnet_ssm)' and f'`{lines[0]}`' in readme
+    if lines[1] != 'no transformers':
+        quoted = "ImportError: The model architecture 'test_resnet_ssm' is not supported in your version of timm"
+        assert lines[1].startswith(quoted) and f'`{quoted}`' in readme
+    assert 'installing and importing timm-ssm does' in readme and 'pip install timm-ssm' in readme
 
 
 def test_hf_hub_fine_tune_keeps_trunk_and_head_norm(dry_run_export, hub_cache):
@@ -328,7 +504,7 @@ def test_bare_state_dict_needs_model(train_run, tmp_path, capsys):
     assert main([str(path), '--repo-id', 'someone/tiny-ssm', '--dry-run', '--out', str(out),
                  '--model', 'test_resnet_ssm', '--model-kwargs', *kwargs]) == 0
     config = json.loads((out / 'config.json').read_text())
-    assert config['model_args'] == dict(in_chans=1, num_classes=5, **HEAD)
+    assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
     assert 'no accuracy' in (out / 'README.md').read_text()
 
 
@@ -368,7 +544,7 @@ def test_fine_tuned_from_hf_hub_ssm_weights(base_export, hub_cache, tmp_path, ca
         assert 'Fine-tuned from [someone/base-ssm](https://huggingface.co/someone/base-ssm)' in readme
         config = json.loads((out / 'config.json').read_text())
         assert config['architecture'] == 'test_resnet_ssm'
-        assert config['model_args'] == dict(in_chans=1, num_classes=len(CLASSES), **HEAD)
+        assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
         assert config['pretrained_cfg']['license'] == 'mit'
         assert 'hf_hub_id' not in config['pretrained_cfg']
 
@@ -397,8 +573,7 @@ def test_fine_tuned_from_local_dir(base_export, tmp_path):
     meta = _front_matter(readme)
     assert 'base_model' not in meta and meta['license'] == 'mit'
     assert 'Fine-tuned from pretrained weights' in readme
-    assert json.loads((out / 'config.json').read_text())['model_args'] == dict(
-        in_chans=1, num_classes=len(CLASSES), **HEAD)
+    assert json.loads((out / 'config.json').read_text())['model_args'] == dict(in_chans=1, split=True, **HEAD)
 
 
 def test_hf_hub_model_that_is_not_ssm(hub_cache, tmp_path, capsys):
@@ -437,6 +612,122 @@ def test_default_run_then_upload_shows_its_evaluation(train_run, tmp_path):
     assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out')]) == 0
     readme = (tmp_path / 'out' / 'README.md').read_text()
     assert '`model_best.pth.tar`, epoch 2' in readme and '`eval_validation.json`' in readme
+
+
+@pytest.fixture(scope='module')
+def evaluated_splits(tmp_path_factory):
+    """A run whose folder holds evaluations of its weights on its train, validation and test splits and on an
+    unrelated folder (a 5-image check), named so that the alphabet would pick the wrong one."""
+    root = tmp_path_factory.mktemp('splits')
+    run = make_run(root, ema=False)[0]
+    for split in ('train', 'test'):
+        _image_folder(root / 'data', CLASSES, split=split)
+    _image_folder(root / 'other', CLASSES, per_class=1)
+    for name, data, split in (('eval_check', 'other', 'validation'), ('eval_test', 'data', 'test'),
+                              ('eval_train', 'data', 'train'), ('eval_validation', 'data', 'validation')):
+        evaluate.main(['--checkpoint', str(run), '--data-dir', str(root / data), '--split', split, '--device', 'cpu',
+                       '-b', '8', '-j', '0', '--json', str(run / f'{name}.json'), '--no-progress'])
+    return run
+
+
+def _chosen(run: Path, out: Path, capsys, *extra) -> tuple:
+    assert main([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(out), *extra]) == 0
+    stdout = capsys.readouterr().out
+    card = ModelCard.load(out / 'README.md')
+    splits = {r.dataset_split for r in card.data.eval_results or []}
+    return card.content, splits, stdout
+
+
+def test_card_evaluation_is_the_held_out_split_of_the_run_data(evaluated_splits, tmp_path, capsys):
+    """Test before validation, never train, never other data; the card and the output say which file and split."""
+    run = evaluated_splits
+    readme, splits, stdout = _chosen(run, tmp_path / 'out', capsys)
+    assert splits == {'test'}
+    assert 'on the `test` split of `an image folder`' in readme and '`eval_test.json`' in readme
+    assert 'test before validation, never the training split' in readme
+    assert 'Evaluation on the card: ' in stdout and 'eval_test.json (the test split of the run\'s data set)' in stdout
+    assert 'left out eval_train.json: the training split' in stdout
+    assert 'left out eval_check.json: other data' in stdout
+    assert 'left out eval_validation.json: the validation split, after test' in stdout
+    results = json.loads((run / 'eval_test.json').read_text())['models'][0]
+    assert f'| Averaged (the model) | all | {results["top1"]:.2f} | {results["top5"]:.2f} |' in readme
+
+    # without the test split's evaluation: validation; with neither: no results, not those of train or the check
+    work = _copy_run(run, tmp_path / 'run')
+    (work / 'eval_test.json').unlink()
+    readme, splits, _ = _chosen(work, tmp_path / 'out2', capsys)
+    assert splits == {'validation'} and '`eval_validation.json`' in readme
+    (work / 'eval_validation.json').unlink()
+    readme, splits, stdout = _chosen(work, tmp_path / 'out3', capsys)
+    assert not splits and '## Sub-classifiers' not in readme and 'model-index' not in readme
+    assert 'Evaluation on the card: none' in stdout
+
+
+def test_eval_json_of_the_training_split_is_labeled(evaluated_splits, tmp_path, capsys):
+    readme, splits, stdout = _chosen(evaluated_splits, tmp_path / 'out', capsys, '--eval-json',
+                                     str(evaluated_splits / 'eval_train.json'))
+    assert splits == {'train'} and '**the training split**, not held-out data' in readme
+    readme, splits, _ = _chosen(evaluated_splits, tmp_path / 'out2', capsys, '--eval-json',
+                                str(evaluated_splits / 'eval_check.json'))
+    assert "**not the run's data set** (folder other" in readme
+    meta = ModelCard.load(tmp_path / 'out2' / 'README.md').data
+    assert {r.dataset_name for r in meta.eval_results} == {'image folder other'}
+
+
+def test_second_dry_run_replaces_its_own_earlier_one(train_run, tmp_path, capsys):
+    """README's dry run (last.pth.tar) then docs/hub.md's (model_best) on the same run and repo id: the second
+    replaces the first's folder; a folder that is not such an export, or an explicit --out, is never replaced."""
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    before = sorted(p.name for p in run.iterdir())
+    assert main([str(run), '--checkpoint', 'last.pth.tar', '--repo-id', 'ORG/NAME', '--dry-run']) == 0
+    assert '`last.pth.tar`, epoch 2' in (run / 'hub-ORG--NAME' / 'README.md').read_text()
+    assert main([str(run), '--repo-id', 'ORG/NAME', '--dry-run']) == 0
+    assert 'Replacing the earlier dry run in' in capsys.readouterr().out
+    assert '`model_best.pth.tar`, epoch 1' in (run / 'hub-ORG--NAME' / 'README.md').read_text()
+    _no_leftovers(run, before + ['hub-ORG--NAME'])
+    _no_leftovers(run / 'hub-ORG--NAME', EXPORT_FILES)
+    # not an export of this tool: kept as it is
+    (run / 'hub-ORG--MINE').mkdir()
+    (run / 'hub-ORG--MINE' / 'README.md').write_text('my notes')
+    _fails([str(run), '--repo-id', 'ORG/MINE', '--dry-run'], capsys, 'already exists')
+    assert (run / 'hub-ORG--MINE' / 'README.md').read_text() == 'my notes'
+    _fails([str(run), '--repo-id', 'ORG/NAME', '--dry-run', '--out', str(run / 'hub-ORG--NAME')], capsys,
+           'already exists')
+    _no_leftovers(run, before + ['hub-ORG--NAME', 'hub-ORG--MINE'])
+
+
+def _in_mount_namespace(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a shell script in a new user and mount namespace, where it may mount a tmpfs or make a folder read-only
+    (real file systems, not a stand-in); skip where this machine allows no such namespace."""
+    probe = subprocess.run(['unshare', '-Urm', 'sh', '-c', f'mount -t tmpfs -o size=64k tmpfs {cwd}'],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f'cannot mount in a user namespace here (unshare -Urm: {probe.stderr.strip()[:200]})')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS='1')
+    return subprocess.run(['unshare', '-Urm', 'sh', '-c', script], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_full_disk_and_read_only_run_folder(train_run, tmp_path):
+    """A full disk while writing: a clear error and no partial file; --dry-run on a read-only run folder: a clear
+    error that names --out, before anything is exported."""
+    run = _copy_run(train_run[0], tmp_path / 'run')
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    runs = [[str(run), '--repo-id', 'a/b', '--dry-run', '--out', f'{disk}/export/x'],  # onto the full disk
+            [str(run), '--repo-id', 'a/b', '--dry-run']]  # into the read-only run folder
+    code = f'from timm_ssm.hub import main\nfor argv in {runs!r}:\n    print(f"rc={{main(argv)}}", flush=True)'
+    script = (f'mount -t tmpfs -o size=256k tmpfs {disk} && mount --bind {run} {run} && '
+              f'mount -o remount,bind,ro {run} && {shlex.quote(sys.executable)} -c {shlex.quote(code)}; ls -A {disk}')
+    proc = _in_mount_namespace(script, tmp_path)
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith('rc=')] == ['rc=2', 'rc=2'], proc.stdout
+    assert proc.stdout.splitlines()[-1] == 'rc=2'  # and `ls -A` of the full disk printed nothing: no partial file
+    assert 'the disk is full' in proc.stderr and 'nothing was written' in proc.stderr
+    assert re.search(r"The dry run's export folder .*hub-a--b cannot be written: .* is not writable", proc.stderr)
+    assert '--out DIR' in proc.stderr
+    assert not (run / 'hub-a--b').exists()
 
 
 def test_deprecated_positional_data_path(tmp_path):
@@ -817,7 +1108,7 @@ def test_real_train_py_run(hub_cache, tmp_path):
     out = tmp_path / 'export'
     assert main([str(run), '--repo-id', 'someone/fm-ssm', '--dry-run', '--out', str(out), '--ema']) == 0
     config = json.loads((out / 'config.json').read_text())
-    assert config['model_args'] == dict(in_chans=1, num_classes=10, num_splits=2, norm_all=True)
+    assert config['model_args'] == dict(in_chans=1, num_splits=2, norm_all=True, split=True)
     assert config['pretrained_cfg']['input_size'] == [1, 32, 32]
     assert config['pretrained_cfg']['mean'] == [0.286] and config['pretrained_cfg']['std'] == [0.353]
     assert config['label_names'] == sorted(p.name for p in (data / 'validation').iterdir())
