@@ -94,7 +94,12 @@ def class_folders(tmp_path):
     for c in ('cat', 'dog'):
         (tmp_path / 'images' / c).mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / 'images' / c / 'a.png')
+    (tmp_path / 'classes.txt').write_text('cat\ndog\n')  # the 2 folders are classes 0 and 1 of the 5-class models
     return tmp_path / 'images'
+
+
+def _class_map(class_folders):
+    return ['--class-map', str(class_folders.parent / 'classes.txt')]
 
 
 def _checkpoint(model, name, path, num_classes=5, **extra):
@@ -108,7 +113,7 @@ def test_cli_grid(class_folders, tmp_path, caplog):
     out = tmp_path / 'cams'
     with caplog.at_level('INFO'):
         written = main([str(class_folders), '--checkpoint', str(tmp_path / 'm.pth.tar'), '--out', str(out),
-                        '--img-size', '64', '--panel', '96', '--device', 'cpu'])
+                        '--img-size', '64', '--panel', '96', '--device', 'cpu', *_class_map(class_folders)])
     assert sorted(p.name for p in out.iterdir()) == ['cat_a_cam.png', 'dog_a_cam.png']
     assert len(written) == 2
     with Image.open(out / 'cat_a_cam.png') as im:
@@ -130,7 +135,7 @@ def test_cli_errors(class_folders, tmp_path, capsys):
     _checkpoint(model, 'test_vit_ssm', tmp_path / 'vit.pth.tar')
     with pytest.raises(SystemExit) as e:
         main([str(class_folders), '--checkpoint', str(tmp_path / 'vit.pth.tar'), '--model-kwargs', 'img_size=32',
-              '--img-size', '32', '--out', str(tmp_path / 'o'), '--device', 'cpu'])
+              '--img-size', '32', '--out', str(tmp_path / 'o'), '--device', 'cpu', *_class_map(class_folders)])
     assert e.value.code == 2 and 'needs a spatial feature map' in capsys.readouterr().err
     assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').iterdir())
 
@@ -152,7 +157,7 @@ def test_cli_grayscale_checkpoint(class_folders, tmp_path):
                               model_kwargs={})
     torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'gray.pth.tar')
     written = main([str(class_folders), '--checkpoint', str(tmp_path / 'gray.pth.tar'), '--out', str(tmp_path / 'o'),
-                    '--panel', '64', '--device', 'cpu'])
+                    '--panel', '64', '--device', 'cpu', *_class_map(class_folders)])
     assert len(written) == 2
 
 
@@ -184,8 +189,9 @@ def test_existing_grids_are_kept_unless_overwrite(class_folders, tmp_path, capsy
     out.mkdir()
     (out / 'cat_a_cam.png').write_bytes(b'mine')
     argv = [str(class_folders), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--img-size', '64', '--panel', '32',
-            '--out', str(out), '--device', 'cpu']
-    _fails(argv, capsys, '1 grid\\(s\\) already in .*cat_a_cam.png.*--overwrite to replace them')
+            '--out', str(out), '--device', 'cpu', *_class_map(class_folders)]
+    _fails(argv, capsys, '1 file\\(s\\) already in .* are no grids of an earlier .*cat_a_cam.png.*--overwrite to '
+                         'replace them')
     assert sorted(p.name for p in out.iterdir()) == ['cat_a_cam.png']
     assert (out / 'cat_a_cam.png').read_bytes() == b'mine'
     assert len(main(argv + ['--overwrite'])) == 2
