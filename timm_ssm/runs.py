@@ -176,10 +176,22 @@ def check_data_dir(
                 raise RunError(f'--split {split}: {path} has no {split} folder, it has {", ".join(splits)}: give '
                                f'--split {splits[-1] if len(splits) > 1 else splits[0]} (or the split you mean).')
             folder = path  # no split folders: the folder's own class folders, as timm reads them
-    if _scan_images(folder, option) == 0:
+    count = _scan_images(folder, option)
+    extensions = set(get_img_extensions(as_set=True))
+    loose = sorted(e.path for e in os.scandir(folder)
+                   if e.is_file() and os.path.splitext(e.name)[1].lower() in extensions)
+    if loose and count > len(loose):
+        raise _loose_images(loose, folder)
+    if count == 0:
         raise RunError(f'{option} {folder} holds no images ({", ".join(get_img_extensions())}), in class folders or '
                        f'elsewhere: give the folder of the data set, or prepare the data there first.')
     return folder
+
+
+def _loose_images(loose: Sequence[str], where) -> RunError:
+    return RunError(f'{len(loose)} image(s) lie beside the class folders of {where} (such as {loose[0]}): timm\'s '
+                    f'folder reader would make them a class of their own and shift every label. Move them into their '
+                    f'class folder, or out of the data folder.')
 
 
 def training_classes(run: 'Run', model: Optional[nn.Module] = None) -> Optional[List[str]]:
@@ -236,19 +248,17 @@ def check_classes(dataset, model: nn.Module, run: Optional['Run'] = None, class_
         samples = getattr(reader, 'samples', [])
         loose = [f for f, t in samples if t == class_to_idx['']]
         if len(class_to_idx) > 1:
-            raise RunError(
-                f'{len(loose)} image(s) lie beside the class folders of {where} (such as {loose[0]}): timm\'s folder '
-                f'reader would make them a class of their own and shift every label. Move them into their class '
-                f'folder, or out of the data folder.')
+            raise _loose_images(loose, where)
         if labelled:
             raise RunError(f'{where} has no class folders, so its images have no labels: give the folder that holds '
                            f'one folder per class.')
         return None
     if class_map:
-        indices = sorted(set(class_to_idx.values())) if class_to_idx else []
+        samples = getattr(reader, 'samples', None)
+        indices = sorted({t for _, t in samples} if samples else set(class_to_idx.values()) if class_to_idx else ())
         if indices and (indices[0] < 0 or indices[-1] >= k):
-            raise RunError(f'--class-map {class_map} maps to class indices {indices[0]}..{indices[-1]}, but the model '
-                           f'has {k} classes (0..{k - 1}): give the map of its classes.')
+            raise RunError(f'--class-map {class_map} maps the data to class indices {indices[0]}..{indices[-1]}, but '
+                           f'the model has {k} classes (0..{k - 1}): give the map of its classes.')
         return sorted(class_to_idx, key=class_to_idx.get) if class_to_idx else None
     names = class_names(dataset)
     if names is None:
