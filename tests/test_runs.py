@@ -294,3 +294,5 @@ def test_resume_with_several_batches_per_epoch(shapes, tmp_path):
     difference = _max_difference(weights, _weights(straight))
     assert difference > 1e-3  # not bit-identical: the resumed epoch sees the batches in another order
     print(f'max weight difference, resumed vs uninterrupted: {difference:.3g}')
+    docs = ' '.join((REPO / 'docs' / 'training.md').read_text().split())
+    assert 'A resumed run is not bit-identical to an uninterrupted one' in docs  # what the docs say is what we see
