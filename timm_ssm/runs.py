@@ -207,8 +207,11 @@ def training_classes(run: 'Run', model: Optional[nn.Module] = None) -> Optional[
             pass
     data_dir = args.get('data_dir') or args.get('data')
     if data_dir and _is_folder_data(args.get('dataset') or '') and Path(str(data_dir)).is_dir():
-        folder = _split_folder(Path(str(data_dir)), str(args.get('train_split') or 'train')) or Path(str(data_dir))
-        names = sorted((p.name for p in folder.iterdir() if p.is_dir()), key=natural_key)
+        root = Path(str(data_dir))
+        folder = _split_folder(root, str(args.get('train_split') or 'train'))
+        if folder is None and not any(p.is_dir() and p.name.lower() in _SPLIT_NAMES for p in root.iterdir()):
+            folder = root  # no split folders: train.py read the folder whole, as timm does
+        names = sorted((p.name for p in folder.iterdir() if p.is_dir()), key=natural_key) if folder else []
         if names:
             return names
     names = getattr(model, 'pretrained_cfg', {}).get('label_names') if model is not None else None
