@@ -49,7 +49,7 @@ from timm.data import create_loader
 from timm.utils import setup_default_logging
 
 from .complexity import model_complexity
-from .runs import RunError, atomic_write, check_data_dir, check_outputs, create_run_dataset, data_config_from_args, \
+from .runs import RunError, atomic_write, check_outputs, create_run_dataset, data_config_from_args, \
     models_from_args, number_in, resolve_device, run_input_files, run_parser, split_head, weights_digest, write_error
 
 __all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'format_table', 'main']
@@ -464,7 +464,6 @@ def run(args) -> Dict[str, Any]:
     if args.plot:
         _pyplot()
     root = args.data or args.data_dir
-    check_data_dir(root, '--data-dir', args.dataset, args.dataset_download, args.split)
     amp_autocast = suppress
     if args.amp:
         amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype))

@@ -7,12 +7,16 @@ in_chans, global pool, BatchNorm eps and momentum and model kwargs, then timm's 
 request) and `run_data_config` gives the data config train.py evaluated it with (`resolve_data_config` on the run's
 arguments). What a command line sets goes over the run's. `timm_ssm.evaluate`, `timm_ssm.cam`, `timm_ssm.hub` and
 the default run of `train_timm.sh` all take this road.
+
+The checks the tools share live here too: `create_run_dataset` (timm's `create_dataset` between `check_data_dir`,
+which finds missing splits, stray images, symlink loops and empty folders, and `check_classes`, which compares the
+data's classes with the model's), `check_outputs` (no output over an input or a foreign file), `atomic_write` and
+`write_error` (a failed write leaves nothing half-written), `read_checkpoint` (any reader failure is a RunError),
+`resolve_device`, and the parser types (`number_in`, `ModelKwargs`) of the options' ranges.
 """
 import argparse
 import errno
 import hashlib
-import json
-import logging
 import os
 import pickle
 import tarfile
@@ -37,11 +41,8 @@ __all__ = [
     'weights_digest', 'class_names', 'split_head', 'run_parser', 'models_from_args', 'data_config_from_args',
     'check_data_dir', 'check_output_file', 'check_output_folder', 'check_outputs', 'run_input_files',
     'create_run_dataset', 'check_classes', 'training_classes', 'resolve_device', 'write_error', 'number_in',
-    'ModelKwargs', 'CHECKPOINT_NAMES',
-    'DATA_ARGS',
+    'ModelKwargs', 'CHECKPOINT_NAMES', 'DATA_ARGS',
 ]
-
-_logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = ('model_best.pth.tar', 'last.pth.tar')  # looked for in a run folder, in this order
 DATA_ARGS = ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
