@@ -1,5 +1,9 @@
 """Grad-CAM per channel group (`python -m timm_ssm.cam`) on tiny models."""
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +98,12 @@ def class_folders(tmp_path):
     for c in ('cat', 'dog'):
         (tmp_path / 'images' / c).mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / 'images' / c / 'a.png')
+    (tmp_path / 'classes.txt').write_text('cat\ndog\n')  # the 2 folders are classes 0 and 1 of the 5-class models
     return tmp_path / 'images'
+
+
+def _class_map(class_folders):
+    return ['--class-map', str(class_folders.parent / 'classes.txt')]
 
 
 def _checkpoint(model, name, path, num_classes=5, **extra):
@@ -108,7 +117,7 @@ def test_cli_grid(class_folders, tmp_path, caplog):
     out = tmp_path / 'cams'
     with caplog.at_level('INFO'):
         written = main([str(class_folders), '--checkpoint', str(tmp_path / 'm.pth.tar'), '--out', str(out),
-                        '--img-size', '64', '--panel', '96', '--device', 'cpu'])
+                        '--img-size', '64', '--panel', '96', '--device', 'cpu', *_class_map(class_folders)])
     assert sorted(p.name for p in out.iterdir()) == ['cat_a_cam.png', 'dog_a_cam.png']
     assert len(written) == 2
     with Image.open(out / 'cat_a_cam.png') as im:
@@ -130,7 +139,7 @@ def test_cli_errors(class_folders, tmp_path, capsys):
     _checkpoint(model, 'test_vit_ssm', tmp_path / 'vit.pth.tar')
     with pytest.raises(SystemExit) as e:
         main([str(class_folders), '--checkpoint', str(tmp_path / 'vit.pth.tar'), '--model-kwargs', 'img_size=32',
-              '--img-size', '32', '--out', str(tmp_path / 'o'), '--device', 'cpu'])
+              '--img-size', '32', '--out', str(tmp_path / 'o'), '--device', 'cpu', *_class_map(class_folders)])
     assert e.value.code == 2 and 'needs a spatial feature map' in capsys.readouterr().err
     assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').iterdir())
 
@@ -152,7 +161,7 @@ def test_cli_grayscale_checkpoint(class_folders, tmp_path):
                               model_kwargs={})
     torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'gray.pth.tar')
     written = main([str(class_folders), '--checkpoint', str(tmp_path / 'gray.pth.tar'), '--out', str(tmp_path / 'o'),
-                    '--panel', '64', '--device', 'cpu'])
+                    '--panel', '64', '--device', 'cpu', *_class_map(class_folders)])
     assert len(written) == 2
 
 
@@ -184,8 +193,9 @@ def test_existing_grids_are_kept_unless_overwrite(class_folders, tmp_path, capsy
     out.mkdir()
     (out / 'cat_a_cam.png').write_bytes(b'mine')
     argv = [str(class_folders), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--img-size', '64', '--panel', '32',
-            '--out', str(out), '--device', 'cpu']
-    _fails(argv, capsys, '1 grid\\(s\\) already in .*cat_a_cam.png.*--overwrite to replace them')
+            '--out', str(out), '--device', 'cpu', *_class_map(class_folders)]
+    _fails(argv, capsys, '1 file\\(s\\) already in .* are no grids of an earlier .*cat_a_cam.png.*--overwrite to '
+                         'replace them')
     assert sorted(p.name for p in out.iterdir()) == ['cat_a_cam.png']
     assert (out / 'cat_a_cam.png').read_bytes() == b'mine'
     assert len(main(argv + ['--overwrite'])) == 2
@@ -211,3 +221,72 @@ def test_one_by_one_feature_map_gives_flat_maps(caplog):
         cams, _, _ = grad_cams(model, torch.randn(2, 3, 28, 28), torch.tensor([1, 3]))
     assert cams.shape[-2:] == (28, 28) and torch.all(cams == 0)
     assert 'no spatial information, so they are drawn flat (one colour)' in caplog.text
+
+
+def test_cam_checks_the_data_as_evaluate_does(class_folders, tmp_path, capsys):
+    """The classes, stray images and symlink loops of the input folder are checked before any grid is written, by
+    the check timm_ssm.evaluate uses (`runs.create_run_dataset`)."""
+    _checkpoint(_model('test_resnet_ssm'), 'test_resnet_ssm', tmp_path / 'r.pth.tar')
+    common = ['--checkpoint', str(tmp_path / 'r.pth.tar'), '--img-size', '64', '--panel', '32', '--device', 'cpu',
+              '--out', str(tmp_path / 'o')]
+    _fails([str(class_folders)] + common, capsys,
+           'images has 2 classes \\[cat, dog\\], but the model has 5.*--class-map')
+    Image.new('RGB', (40, 40)).save(class_folders / 'thumbnail.png')
+    _fails([str(class_folders)] + common + _class_map(class_folders), capsys,
+           '1 image\\(s\\) lie beside the class folders of .*images \\(such as .*thumbnail.png\\)')
+    (class_folders / 'thumbnail.png').unlink()
+    os.symlink('..', class_folders / 'cat' / 'loop')
+    _fails([str(class_folders)] + common + _class_map(class_folders), capsys, 'cat/loop is a symlink loop')
+    (class_folders / 'cat' / 'loop').unlink()
+    (tmp_path / 'big.txt').write_text('\n'.join(f'c{i}' for i in range(9)) + '\ncat\ndog\n')
+    _fails([str(class_folders)] + common + ['--class-map', str(tmp_path / 'big.txt')], capsys,
+           'maps the data to class indices 9..10, but the model has 5 classes')
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('option,message', [
+    (['--alpha', '5'], 'argument --alpha: 5 is outside \\[0, 1\\]'),
+    (['--panel', '100000'], 'argument --panel: 100000 is outside \\[16, 2048\\]'),
+    (['--std', '0'], 'argument --std: 0 is outside'),
+    (['--crop-pct', '0'], 'argument --crop-pct: 0 is outside'),
+    (['--img-size', '0'], 'argument --img-size: 0 is outside'),
+    (['--num-images', '0'], 'argument --num-images: 0 is outside'),
+    (['--target-class', '-1'], 'argument --target-class: -1 is outside'),
+])
+def test_option_values_out_of_range_are_refused_by_the_parser(option, message, capsys):
+    _fails(['x.png', '--model', 'test_resnet_ssm'] + option, capsys, message)
+
+
+def test_grid_names_are_unique_and_own_grids_are_replaced(tmp_path):
+    """`a/b_c.png`, `a/b_c.jpg` and `a_b/c.png` flatten to one name: each gets its own grid. A second run into the
+    same folder replaces the grids of the first (this tool's own, marked in the PNG) without --overwrite."""
+    rng = np.random.default_rng(0)
+    for name in ('a/b_c.png', 'a/b_c.jpg', 'a_b/c.png'):
+        (tmp_path / 'in' / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / 'in' / name)
+    (tmp_path / 'map.txt').write_text('a\na_b\n')
+    _checkpoint(_model('test_resnet_ssm'), 'test_resnet_ssm', tmp_path / 'r.pth.tar')
+    argv = [str(tmp_path / 'in'), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--img-size', '64', '--panel', '32',
+            '--device', 'cpu', '--out', str(tmp_path / 'o'), '--class-map', str(tmp_path / 'map.txt')]
+    written = main(argv)
+    names = sorted(p.name for p in (tmp_path / 'o').iterdir())
+    assert len(written) == len(names) == 3 and len({p for p, _, _ in written}) == 3
+    assert names == ['a_b_c_jpg_cam.png', 'a_b_c_png_2_cam.png', 'a_b_c_png_cam.png']
+    assert [t for _, t, _ in written] == [0, 0, 1]  # the class map's indices
+    assert len(main(argv)) == 3 and sorted(p.name for p in (tmp_path / 'o').iterdir()) == names
+
+
+def test_full_disk_leaves_no_partial_grid(class_folders, tmp_path):
+    _checkpoint(_model('test_resnet_ssm'), 'test_resnet_ssm', tmp_path / 'r.pth.tar')
+    script = ('import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+              'from timm_ssm.cam import main\n'
+              'resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))\nmain(sys.argv[1:])\n')
+    argv = [str(class_folders), '--checkpoint', str(tmp_path / 'r.pth.tar'), '--img-size', '64', '--panel', '32',
+            '--device', 'cpu', '--out', str(tmp_path / 'o'), *_class_map(class_folders)]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run([sys.executable, '-c', script, *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert 'Cannot write' in proc.stderr and 'No partial file is left' in proc.stderr
+    assert 'the 0 grid(s) written before it are kept' in proc.stderr
+    assert list((tmp_path / 'o').iterdir()) == []

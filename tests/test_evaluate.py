@@ -4,12 +4,16 @@ import csv
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
 import torch.nn as nn
+import yaml
 from PIL import Image
 
 import timm
@@ -350,3 +354,214 @@ def test_default_workers_at_most_the_cpus():
 
 def _not_called(*args, **kwargs):
     raise AssertionError('not to be called')
+
+
+def _images(folder, classes, n=2, size=36):
+    rng = np.random.default_rng(1)
+    for c in classes:
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / c / f'{i}.png')
+    return folder
+
+
+def _run_folder(tmp_path, model=None, **args):
+    """A train.py output folder: last.pth.tar with its train.py arguments and args.yaml, summary.csv."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    model = model or timm.create_model('test_resnet_ssm', num_classes=NUM_CLASSES)
+    args = dict(model='test_resnet_ssm', num_classes=NUM_CLASSES, in_chans=3, model_kwargs={}, **args)
+    torch.save({'epoch': 1, 'state_dict': model.state_dict(), 'args': argparse.Namespace(**args)},
+               run / 'last.pth.tar')
+    (run / 'args.yaml').write_text(yaml.safe_dump(args))
+    (run / 'summary.csv').write_text('epoch,train_loss,eval_top1\n0,1.0,50.0\n')
+    return run
+
+
+def test_data_is_checked_before_the_pass(image_folder, tmp_path, capsys, monkeypatch):
+    """Data that timm's readers would silently misread (a missing split, a stray image, other classes, a symlink
+    loop, no images) is refused before the models see it, with what is wrong and how to fix it."""
+    monkeypatch.setattr(evaluate_module, 'evaluate', _not_called)
+    run = _run_folder(tmp_path)
+    common = ['--checkpoint', str(run), '--device', 'cpu', '-j', '0', '--img-size', str(IMG_SIZE)]
+    classes = [f'class{c}' for c in range(NUM_CLASSES)]
+
+    data = tmp_path / 'data'
+    _images(data / 'train', classes)
+    _images(data / 'validation', classes)
+    _fails(common + ['--data-dir', str(data), '--split', 'test'], capsys,
+           '--split test: .*data has no test folder, it has train, validation: give --split')
+
+    Image.new('RGB', (36, 36)).save(data / 'validation' / 'thumbnail.png')
+    _fails(common + ['--data-dir', str(data)], capsys,
+           '1 image\\(s\\) lie beside the class folders of .*validation \\(such as .*thumbnail.png\\)')
+    (data / 'validation' / 'thumbnail.png').unlink()
+
+    for other in (classes[:1], classes + ['class6']):  # 1 and 7 classes for a 6-class model
+        wrong = _images(tmp_path / f'wrong{len(other)}' / 'validation', other)
+        _fails(common + ['--data-dir', str(wrong.parent)], capsys,
+               f'validation has {len(other)} classes \\[class0.*\\], but the model has {NUM_CLASSES}.*--class-map')
+
+    os.symlink('..', data / 'validation' / 'class0' / 'loop')
+    _fails(common + ['--data-dir', str(data)], capsys, 'class0/loop is a symlink loop: it leads back to .*validation')
+    (data / 'validation' / 'class0' / 'loop').unlink()
+
+    (tmp_path / 'empty' / 'validation').mkdir(parents=True)
+    _fails(common + ['--data-dir', str(tmp_path / 'empty')], capsys, 'validation holds no images')
+    _images(tmp_path / 'flat', ['validation'])
+    _fails(common + ['--data-dir', str(tmp_path / 'flat')], capsys,
+           'has no class folders, so its images have no labels')
+    _fails(common + ['--dataset', 'torch/cifar10'], capsys, 'No data folder: give --data-dir DIR .*torch/cifar10')
+    _fails(common + ['--data-dir', str(data), '--class-map', str(tmp_path / 'nomap.txt')], capsys,
+           '--class-map .*nomap.txt does not exist')
+
+
+def test_classes_are_the_runs_training_classes_or_mapped(tmp_path, capsys):
+    """With the run's training data at hand, its class names must be the data's; `--class-map` maps other names
+    (timm's `--class-map` file: one name per line, in index order) and the labels follow the map."""
+    train = _images(tmp_path / 'trained' / 'train', [f'kind{c}' for c in range(NUM_CLASSES)], n=1)
+    other = _images(tmp_path / 'other' / 'validation', [f'c{c}' for c in range(NUM_CLASSES)])
+    images, _ = _reference_inputs_of(other)
+    model = _random_model('test_resnet_ssm', images)
+    run = _run_folder(tmp_path, model, data_dir=str(train.parent))
+    common = ['--checkpoint', str(run), '--device', 'cpu', '-j', '0', '--img-size', str(IMG_SIZE), '--no-progress']
+    err = _fails(common + ['--data-dir', str(tmp_path / 'other')], capsys,
+                 'classes of .*other/validation are not those the model was trained on')
+    assert 'data (6): [c0, c1, c2, c3, c4, c5]' in err
+    assert 'model (6): [kind0, kind1, kind2, kind3, kind4, kind5]' in err
+
+    # the map gives c5 index 0, c4 index 1, ...: the labels follow it
+    (tmp_path / 'map.txt').write_text(''.join(f'c{c}\n' for c in reversed(range(NUM_CLASSES))))
+    mapped = main(common + ['--data-dir', str(tmp_path / 'other'), '--class-map', str(tmp_path / 'map.txt')])
+    with torch.no_grad():
+        pred = model(images).argmax(-1).numpy()
+    labels = np.repeat(NUM_CLASSES - 1 - np.arange(NUM_CLASSES), 2)
+    assert mapped['models'][0]['top1'] == pytest.approx(100 * np.mean(pred == labels), abs=1e-3)
+    # the data of the run's own classes passes
+    _images(tmp_path / 'trained' / 'validation', [f'kind{c}' for c in range(NUM_CLASSES)], n=1)
+    assert main(common + ['--data-dir', str(tmp_path / 'trained')])['data']['num_samples'] == NUM_CLASSES
+
+
+def _reference_inputs_of(folder):
+    config = resolve_data_config(dict(img_size=IMG_SIZE), model=timm.create_model('test_resnet_ssm'))
+    transform = create_transform(**config)
+    images = [transform(Image.open(p).convert('RGB')) for c in sorted(folder.iterdir()) for p in sorted(c.iterdir())]
+    return torch.stack(images), None
+
+
+def test_outputs_never_destroy_inputs(image_folder, tmp_path, capsys, monkeypatch):
+    """An output that is an input of the run (checkpoint, args.yaml, summary.csv, also through a link) is refused
+    even with --overwrite; two outputs in one file are refused; an existing file that is not an earlier output of
+    evaluate is refused unless --overwrite; nothing is written or changed by a refusal."""
+    run = _run_folder(tmp_path)
+    os.link(run / 'last.pth.tar', tmp_path / 'linked.pth.tar')
+    saved = {p.name: p.read_bytes() for p in run.iterdir()}
+    common = ['--checkpoint', str(run / 'last.pth.tar'), '--data-dir', str(image_folder), '--device', 'cpu', '-j', '0',
+              '--img-size', str(IMG_SIZE), '--no-progress', '-b', '24']
+    with monkeypatch.context() as m:
+        m.setattr(evaluate_module, 'evaluate', _not_called)
+        _fails(common + ['--json', str(run / 'last.pth.tar'), '--overwrite'], capsys,
+               '--json .*last.pth.tar is .*last.pth.tar, an input of this run that would be lost')
+        _fails(common + ['--csv', str(run / 'summary.csv'), '--overwrite'], capsys, 'summary.csv, an input of this run')
+        _fails(common + ['--json', str(run / 'args.yaml'), '--overwrite'], capsys, 'args.yaml, an input of this run')
+        _fails(common + ['--json', str(tmp_path / 'linked.pth.tar'), '--overwrite'], capsys, 'an input of this run')
+        _fails(common + ['--json', str(tmp_path / 'r'), '--csv', str(tmp_path / 'r')], capsys,
+               '--json and --csv both name .*r: give each output its own file')
+        _fails(common + ['--plot', str(image_folder / 'val' / 'plot.png')], capsys, 'lies in the data folder')
+        (tmp_path / 'notes.json').write_text('my notes')
+        _fails(common + ['--json', str(tmp_path / 'notes.json')], capsys,
+               'notes.json already exists and is not an earlier output of python -m timm_ssm.evaluate: give another '
+               'path, or --overwrite')
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == saved
+    assert (tmp_path / 'notes.json').read_text() == 'my notes'
+
+    outputs = ['--json', str(tmp_path / 'notes.json'), '--csv', str(tmp_path / 'r.csv'), '--plot',
+               str(tmp_path / 'r.png')]
+    first = main(common + outputs + ['--overwrite'])
+    assert json.loads((tmp_path / 'notes.json').read_text())['models'][0]['top1'] == first['models'][0]['top1']
+    main(common + outputs)  # earlier outputs of evaluate are replaced without --overwrite
+    assert evaluate_module.is_own_output(tmp_path / 'r.png') and evaluate_module.is_own_output(tmp_path / 'r.csv')
+
+
+def test_ensemble_of_identical_weights_is_refused(tmp_path, image_folder, capsys, monkeypatch):
+    """model_best.pth.tar hard-linked to (or a copy of) last.pth.tar, or one checkpoint twice: no ensemble."""
+    monkeypatch.setattr(evaluate_module, 'evaluate', _not_called)
+    run = _run_folder(tmp_path)
+    os.link(run / 'last.pth.tar', run / 'model_best.pth.tar')
+    (tmp_path / 'copy.pth.tar').write_bytes((run / 'last.pth.tar').read_bytes())
+    common = ['--data-dir', str(image_folder), '--device', 'cpu', '-j', '0', '--img-size', str(IMG_SIZE)]
+    for members in ([run / 'last.pth.tar', run / 'model_best.pth.tar'],
+                    [run / 'last.pth.tar', tmp_path / 'copy.pth.tar'], [run, run / 'last.pth.tar']):
+        _fails(['--checkpoint', *map(str, members)] + common, capsys,
+               'hold identical weights .*an ensemble of them measures nothing')
+
+
+@pytest.mark.parametrize('option,message', [
+    (['--img-size', '0'], 'argument --img-size: 0 is outside \\[1, inf\\)'),
+    (['--input-size', '3', '0', '32'], 'argument --input-size: 0 is outside'),
+    (['--crop-pct', '0'], 'argument --crop-pct: 0 is outside \\(0, 1\\]'),
+    (['--std', '0'], 'argument --std: 0 is outside \\(0, inf\\)'),
+    (['--interpolation', 'bogus'], "argument --interpolation: 'bogus' is none of nearest, bilinear"),
+    (['--model-kwargs', 'num_splits'], "argument --model-kwargs: 'num_splits' is no NAME=VALUE pair"),
+    (['-b', '0'], 'argument -b/--batch-size: 0 is outside'),
+    (['--num-classes', '-1'], 'argument --num-classes: -1 is outside'),
+    (['--amp-dtype', 'float8'], 'argument --amp-dtype: invalid choice'),
+])
+def test_option_values_out_of_range_are_refused_by_the_parser(option, message, capsys):
+    _fails(['--model', 'test_resnet_ssm'] + option, capsys, message)
+
+
+def test_option_errors_before_the_pass(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate_module, 'evaluate', _not_called)
+    run = _run_folder(tmp_path)
+    common = ['--checkpoint', str(run), '--data-dir', str(image_folder), '-j', '0']
+    _fails(common + ['--device', 'cpu', '--mean', '0.5', '0.5'], capsys,
+           '--mean has 2 values, but the model sees 3 channel\\(s\\): give one value, or one per channel')
+    _fails(common + ['--device', 'bogus'], capsys, '--device bogus is no device')
+    if not torch.cuda.is_available():
+        _fails(common + ['--device', 'cuda'], capsys, '--device cuda: no CUDA GPU is visible here.*--device cpu')
+    _fails(common + ['--device', 'cuda:99'], capsys, '--device cuda:99: ')
+
+
+@pytest.mark.parametrize('line,message', [
+    ('model_kwargs: [num_splits, 2]', "model_kwargs is \\['num_splits', 2\\], but train.py writes a mapping"),
+    ('input_size: [3, 32]', 'input_size is \\[3, 32\\], but train.py writes three positive integers'),
+    ('model: 123', 'model is 123, but train.py writes a model name'),
+])
+def test_hand_edited_args_yaml(line, message, tmp_path, image_folder, capsys):
+    run = _run_folder(tmp_path)
+    args = yaml.safe_load((run / 'args.yaml').read_text())
+    args.update(yaml.safe_load(line))
+    (run / 'args.yaml').write_text(yaml.safe_dump(args))
+    _fails(['--checkpoint', str(run), '--data-dir', str(image_folder), '--device', 'cpu'], capsys,
+           f'args.yaml: {message}.* there: fix or delete that line')
+
+
+_FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
+from timm_ssm.evaluate import main
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+main(sys.argv[1:])
+"""
+
+
+def test_full_disk_keeps_the_printed_results_and_leaves_no_partial_file(image_folder, tmp_path):
+    """A write that fails (here: the file size limit, as a full disk does) is a clear error after the results are
+    printed; the earlier file is unchanged and no temporary file is left."""
+    run = _run_folder(tmp_path)
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'r.csv').write_text(','.join(evaluate_module._CSV_FIELDS) + '\nearlier,,averaged,1,2\n')
+    argv = ['--checkpoint', str(run), '--data-dir', str(image_folder), '--device', 'cpu', '-j', '0', '--img-size',
+            str(IMG_SIZE), '--no-progress', '-b', '24', '--csv', str(out / 'r.csv'), '--json', str(out / 'r.json')]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get(
+        'PYTHONPATH', '')]), OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-c', _FULL_DISK, *argv], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert 'averaged' in proc.stdout and 'images/s' in proc.stdout  # the table came first
+    assert re.search('error: Cannot write .*r.json: the file would exceed the size limit .*No partial file is left '
+                     'and an earlier file there is unchanged; the results are printed above', proc.stderr)
+    assert (out / 'r.csv').read_text().endswith('earlier,,averaged,1,2\n')
+    assert sorted(p.name for p in out.iterdir()) == ['r.csv']  # no r.json, no temporary file; --csv not tried

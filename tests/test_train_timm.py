@@ -124,7 +124,8 @@ def test_train_timm_sh_runs_train_py_unchanged(fake_timm_root, tmp_path):
     """The shell script runs timm's train.py through the launcher, with every train.py argument as given."""
     out = tmp_path / 'argv.json'
     args = ['--model', 'test_resnet_ssm', '--data-dir', 'my data', '--device', 'cpu', '--lr', '0.1']
-    (tmp_path / 'my data').mkdir()
+    (tmp_path / 'my data' / 'train' / 'a').mkdir(parents=True)  # the data check refuses a folder without images
+    Image.new('L', (8, 8)).save(tmp_path / 'my data' / 'train' / 'a' / '0.png')
     proc = _run_sh(args, {'FAKE_TRAIN_OUT': str(out), 'FAKE_TRAIN_EXIT': '7'}, cwd=tmp_path)
     assert proc.returncode == 7, proc.stderr  # train.py's exit code
     recorded = yaml.safe_load(out.read_text())

@@ -27,12 +27,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
-from timm.data import ImageNetInfo, create_dataset, create_transform, get_img_extensions, infer_imagenet_subset
+from timm.data import ImageNetInfo, create_transform, get_img_extensions, infer_imagenet_subset
 from timm.utils import setup_default_logging
 
-from .runs import atomic_write, check_output_folder, class_names, data_config_from_args, models_from_args, run_parser, \
-    split_head
+from .runs import atomic_write, check_output_folder, check_outputs, class_names, create_run_dataset, \
+    data_config_from_args, models_from_args, number_in, resolve_device, run_input_files, run_parser, split_head, \
+    write_error
 
 __all__ = ['feature_gradients', 'grad_cams', 'cam_grid', 'PANEL_PAD', 'main']
 
@@ -213,11 +215,12 @@ def _label_names(model: nn.Module, dataset_names: Optional[Sequence[str]]) -> Op
     return None
 
 
-def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optional[List[str]]]:
-    """(name, image, ground-truth class or None) of each input image, and the data set's class names."""
+def _inputs(args, model: nn.Module, run) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optional[List[str]]]:
+    """(name, image, ground-truth class or None) of each input image, and the data set's class names; the data
+    checked as timm_ssm.evaluate checks it (`runs.create_run_dataset`)."""
     if args.dataset or (args.input is None and args.data_dir):
-        dataset = create_dataset(args.dataset, root=args.data_dir, split=args.split, class_map=args.class_map,
-                                 download=args.dataset_download)
+        dataset = create_run_dataset(args.data_dir, model, run, dataset=args.dataset, split=args.split,
+                                     class_map=args.class_map, download=args.dataset_download)
         items = []
         for i in range(min(args.num_images, len(dataset))):
             img, label = dataset[i]
@@ -235,20 +238,62 @@ def _inputs(args) -> Tuple[List[Tuple[str, Image.Image, Optional[int]]], Optiona
     if not os.path.isdir(args.input):
         raise FileNotFoundError(f'{args.input} is neither an image file nor a folder.')
     # a folder of class folders gives the ground truth, as timm's ImageFolder reads it
-    try:
-        dataset = create_dataset('', root=args.input, split='', search_split=False, class_map=args.class_map)
-    except RuntimeError as e:
-        raise ValueError(f'No images ({", ".join(get_img_extensions())}) in {args.input}: {e}') from e
+    dataset = create_run_dataset(args.input, model, run, split='', search_split=False, class_map=args.class_map,
+                                 labelled=False, option='input folder')
     names = class_names(dataset)  # class folders give the ground truth; none for a flat folder
+    labelled = names is not None or bool(args.class_map)
+    count = min(args.num_images, len(dataset))
+    stems = grid_stems([dataset.filename(i) for i in range(count)])
     items = []
-    for i in range(min(args.num_images, len(dataset))):
+    for i, stem in enumerate(stems):
         img, label = dataset[i]
-        path = dataset.filename(i)
-        stem = os.path.splitext(path)[0].replace(os.sep, '_')
-        items.append((stem, img, int(label) if names else None))
+        items.append((stem, img, int(label) if labelled else None))
     if not items:
         raise ValueError(f'No images ({", ".join(get_img_extensions())}) in {args.input}.')
     return items, names
+
+
+def grid_stems(paths: Sequence[str]) -> List[str]:
+    """One distinct output name per input image: its path relative to the input folder with the folders joined by
+    '_' (`cat/a.png` -> `cat_a`), and, where two paths give one name (`a/b_c.png`, `a_b/c.png`, `a/b_c.jpg`), the
+    extension and then a number until each name is unique."""
+    stems = [os.path.splitext(p)[0].replace(os.sep, '_').replace('/', '_') for p in paths]
+    clashes = {s for s in stems if stems.count(s) > 1}
+    stems = [f'{s}_{os.path.splitext(p)[1].lstrip(".")}' if s in clashes else s for s, p in zip(stems, paths)]
+    taken, out = set(), []
+    for stem in stems:
+        name, i = stem, 2
+        while name in taken or (name != stem and name in stems):
+            name, i = f'{stem}_{i}', i + 1
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+_PNG_SOFTWARE = 'timm_ssm.cam'  # the PNG text chunk that marks a grid of this tool
+
+
+def is_own_grid(path) -> bool:
+    """Whether an existing file is a grid an earlier run of this tool wrote."""
+    try:
+        with Image.open(path) as im:
+            return im.format == 'PNG' and im.info.get('Software') == _PNG_SOFTWARE
+    except (OSError, ValueError):
+        return False
+
+
+def _check_grid_paths(args, paths: Sequence[str], run):
+    """The grids' paths are refused before the pass when they would replace an input or a file that is no earlier
+    grid (without --overwrite)."""
+    inputs = run_input_files(run) + ([args.class_map] if args.class_map else [])
+    folders = [f for f in (args.input, args.data_dir if not args.dataset else None) if f and os.path.isdir(f)]
+    foreign = [p for p in paths if os.path.exists(p) and not is_own_grid(p)]
+    if foreign and not args.overwrite:
+        raise ValueError(f'{len(foreign)} file(s) already in {args.out} are no grids of an earlier {parser.prog} run '
+                         f'({", ".join(foreign[:3])}{", ..." if len(foreign) > 3 else ""}): give another --out, or '
+                         f'--overwrite to replace them.')
+    check_outputs({f'grid {os.path.basename(p)}': p for p in paths}, inputs, folders, overwrite=True,
+                  tool=parser.prog)
 
 
 parser = argparse.ArgumentParser(
@@ -265,17 +310,23 @@ parser.add_argument('--overwrite', action='store_true', default=False,
 parser.add_argument('--model', '-m', nargs=1, default=None, metavar='NAME',
                     help='model name, hf-hub:ORG/NAME or local-dir:DIR (default: from the checkpoint)')
 parser.add_argument('--checkpoint', nargs=1, default=[], metavar='RUN', help='train.py output folder or checkpoint')
-parser.add_argument('--target-class', type=int, default=None,
+parser.add_argument('--target-class', type=number_in(int, 0), default=None,
                     help='class of the heat maps (default: the ground truth when known, else the prediction)')
-parser.add_argument('--num-images', type=int, default=16, metavar='N',
+parser.add_argument('--num-images', type=number_in(int, 1), default=16, metavar='N',
                     help='at most this many images of a folder or data set (default: 16)')
-parser.add_argument('--panel', type=int, default=224, metavar='PX', help='side of each panel in pixels')
-parser.add_argument('--alpha', type=float, default=0.5, help='weight of the heat map in the overlay')
+parser.add_argument('--panel', type=number_in(int, 16, 2048), default=224, metavar='PX',
+                    help='side of each panel in pixels, 16..2048 (default: 224)')
+parser.add_argument('--alpha', type=number_in(float, 0, 1), default=0.5,
+                    help='weight of the heat map in the overlay, in [0, 1] (default: 0.5)')
+
+
+class _WriteError(OSError):
+    """A grid that could not be written (full disk), with the message to show."""
 
 
 def run(args) -> List[Tuple[str, int, int]]:
     """Write the grids the command line asks for; (path, target class, predicted class) of each."""
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = resolve_device(args.device)
     check_output_folder(args.out, '--out')
     ((run_, model),) = models_from_args(args, device)
     if args.target_class is not None and not 0 <= args.target_class < model.num_classes:
@@ -290,13 +341,11 @@ def run(args) -> List[Tuple[str, int, int]]:
     chans = config['input_size'][0]
     mean, std = torch.tensor(config['mean']).view(-1, 1, 1), torch.tensor(config['std']).view(-1, 1, 1)
 
-    items, dataset_names = _inputs(args)
+    items, dataset_names = _inputs(args, model, run_)
     names = _label_names(model, dataset_names)
-    existing = [p for p in (os.path.join(args.out, f'{stem}_cam.png') for stem, _, _ in items) if os.path.exists(p)]
-    if existing and not args.overwrite:
-        raise ValueError(f'{len(existing)} grid(s) already in {args.out} ({", ".join(existing[:3])}'
-                         f'{", ..." if len(existing) > 3 else ""}): give another --out, or --overwrite to replace '
-                         f'them.')
+    _check_grid_paths(args, [os.path.join(args.out, f'{stem}_cam.png') for stem, _, _ in items], run_)
+    info = PngInfo()
+    info.add_text('Software', _PNG_SOFTWARE)
     written = []
     for stem, img, label in items:
         img = img.convert('RGB' if chans == 3 else 'L')
@@ -319,7 +368,11 @@ def run(args) -> List[Tuple[str, int, int]]:
         shown = x[0].cpu() * std + mean
         grid = cam_grid(shown, cams[0], titles, header=header, panel=args.panel, alpha=args.alpha)
         path = os.path.join(args.out, f'{stem}_cam.png')
-        atomic_write(path, lambda f: grid.save(f, format='PNG'))
+        try:
+            atomic_write(path, lambda f: grid.save(f, format='PNG', pnginfo=info))
+        except OSError as e:
+            kept = f'the {len(written)} grid(s) written before it are kept'
+            raise _WriteError(write_error(path, e, kept=kept)) from e
         written.append((path, target, pred))
         _logger.info(f'{path}: target {_name(target)} ({source}), prediction {_name(pred)}')
     return written
@@ -337,6 +390,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, int, int]]:
     args = parser.parse_args(argv)
     try:
         written = run(args)
+    except _WriteError as e:  # a full disk: the grids written so far stay, no partial one is left
+        parser.exit(1, f'{parser.prog}: error: {e}\n')
     except (ValueError, FileNotFoundError, ImportError) as e:  # RunError is a ValueError
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print(f'{len(written)} Grad-CAM grid(s) in {args.out}')

@@ -98,11 +98,17 @@ def markdown_table(rows: List[Dict[str, float]]) -> str:
     return '\n'.join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def main(argv: Optional[Sequence[str]] = None):
+    parser = argparse.ArgumentParser(prog='python -m timm_ssm.complexity', description=__doc__.split('\n')[0])
     parser.add_argument('models', nargs='*', default=list(PAPER_MODELS), help='timm architectures (no _ssm)')
     parser.add_argument('--num-classes', type=int, default=1000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.num_classes < 1:
+        parser.error(f'argument --num-classes: {args.num_classes} is not a positive integer')
+    unknown = [m for m in args.models if not timm.is_model(m.removesuffix(SUFFIX) + SUFFIX)]
+    if unknown:
+        parser.error(f'{", ".join(unknown)}: no timm architecture of that name (see timm.list_models(), e.g. '
+                     f'resnet50, convnext_tiny; without the _ssm suffix)')
     rows = [profile(m.removesuffix(SUFFIX), num_classes=args.num_classes) for m in args.models]
     print(markdown_table(rows))
 

@@ -43,12 +43,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from timm.data import create_dataset, create_loader
+from PIL import Image
+
+from timm.data import create_loader
 from timm.utils import setup_default_logging
 
 from .complexity import model_complexity
-from .runs import RunError, atomic_write, check_data_dir, check_output_file, data_config_from_args, \
-    models_from_args, run_parser, split_head, weights_digest
+from .runs import RunError, atomic_write, check_outputs, create_run_dataset, data_config_from_args, \
+    models_from_args, number_in, resolve_device, run_input_files, run_parser, split_head, weights_digest, write_error
 
 __all__ = ['SELECTION_RULES', 'SplitMetrics', 'evaluate', 'format_table', 'main']
 
@@ -261,14 +263,15 @@ parser = argparse.ArgumentParser(
 )
 group = parser.add_argument_group('Data loading (as timm validate.py)')
 group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
-group.add_argument('--num-samples', default=None, type=int, metavar='N',
+group.add_argument('--num-samples', default=None, type=number_in(int, 1), metavar='N',
                    help='number of samples of the split, for iterable datasets')
 group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
 group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
 group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
-group.add_argument('-b', '--batch-size', default=256, type=int, metavar='N', help='mini-batch size (default: 256)')
-group.add_argument('-j', '--workers', default=min(4, os.cpu_count() or 1), type=int, metavar='N',
-                   help='number of data loading workers (default: 4, at most the CPU count)')
+group.add_argument('-b', '--batch-size', default=256, type=number_in(int, 1), metavar='N',
+                   help='mini-batch size (default: 256)')
+group.add_argument('-j', '--workers', default=min(4, os.cpu_count() or 1), type=number_in(int, 0),
+                   metavar='N', help='number of data loading workers (default: 4, at most the CPU count)')
 group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
 group.add_argument('--pin-mem', action='store_true', default=False, help='pin CPU memory in DataLoader')
 
@@ -283,7 +286,8 @@ group.add_argument('--checkpoint', nargs='+', default=[], metavar='RUN',
 group.add_argument('--pretrained', action='store_true', default=False,
                    help='accepted for validate.py\'s spelling: a --model without --checkpoint has pretrained weights')
 group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
-group.add_argument('--amp-dtype', default='float16', type=str, help='AMP dtype (float16, bfloat16)')
+group.add_argument('--amp-dtype', default='float16', type=str, choices=('float16', 'bfloat16'),
+                   help='AMP dtype (float16, bfloat16)')
 group.add_argument('--channels-last', action='store_true', default=False, help='use channels_last memory layout')
 group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
 
@@ -292,7 +296,12 @@ group.add_argument('--json', default='', metavar='FILE', help='write the results
 group.add_argument('--csv', default='', metavar='FILE', help='write one row per model and output as CSV')
 group.add_argument('--plot', default='', metavar='FILE',
                    help='PNG bar chart of the sub-classifiers, averaged output and oracle (needs matplotlib)')
+group.add_argument('--overwrite', action='store_true', default=False,
+                   help='replace existing files that are not earlier outputs of this tool (default: refuse)')
 group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
+
+_CSV_FIELDS = ['model', 'checkpoint', 'output', 'top1', 'top5']
+_PNG_SOFTWARE = 'timm_ssm.evaluate'  # the PNG text chunk that marks a plot of this tool
 
 
 def _output_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -395,7 +404,7 @@ def plot_results(result: Dict[str, Any], path: str):
             title += '\n' + os.path.join(os.path.basename(os.path.dirname(checkpoint)), os.path.basename(checkpoint))
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120))
+    atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=120, metadata={'Software': _PNG_SOFTWARE}))
     plt.close(fig)
 
 
@@ -405,30 +414,66 @@ def write_json(result: Dict[str, Any], path: str):
 
 def write_csv(result: Dict[str, Any], path: str):
     def _write(f):
-        writer = csv.DictWriter(f, fieldnames=['model', 'checkpoint', 'output', 'top1', 'top5'])
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
         writer.writeheader()
         writer.writerows(_output_rows(result))
     atomic_write(path, _write, mode='w')
 
 
+def is_own_output(path) -> bool:
+    """Whether an existing file is an earlier output of this tool: its JSON, its CSV or its plot."""
+    try:
+        if str(path).endswith('.csv'):
+            with open(path, encoding='utf-8') as f:
+                return f.readline().strip() == ','.join(_CSV_FIELDS)
+        with open(path, 'rb') as f:
+            start = f.read(8)
+        if start == b'\x89PNG\r\n\x1a\n':
+            with Image.open(path) as im:
+                return im.info.get('Software') == _PNG_SOFTWARE
+        with open(path, encoding='utf-8') as f:
+            result = json.load(f)
+        return isinstance(result, dict) and {'data', 'models', 'ensemble'} <= set(result)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+def _outputs(args) -> Dict[str, str]:
+    return {f'--{o}': getattr(args, o) for o in ('json', 'csv', 'plot') if getattr(args, o)}
+
+
+def _check_members(runs, models):
+    """Refuse an ensemble of identical weights (a checkpoint twice, or last.pth.tar and model_best.pth.tar of the
+    same epoch): its 'gain' would be zero by construction, not a measurement."""
+    seen = {}
+    for run, model in zip(runs, models):
+        digest = weights_digest(model)
+        if digest in seen:
+            raise RunError(f'{seen[digest]} and {run.checkpoint or run.source} hold identical weights (the same '
+                           f'file, a link or copy, or two checkpoints of one epoch): an ensemble of them measures '
+                           f'nothing. Give checkpoints of different runs or epochs.')
+        seen[digest] = run.checkpoint or run.source
+    return list(seen)
+
+
 def run(args) -> Dict[str, Any]:
     """Evaluate as the command line asks and return the results (JSON schema: docs/analyses.md)."""
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    for option in ('json', 'csv', 'plot'):  # fail before the pass, not after it
-        if getattr(args, option):
-            check_output_file(getattr(args, option), f'--{option}')
+    device = resolve_device(args.device)
+    outputs = _outputs(args)
+    check_outputs(outputs, overwrite=args.overwrite, own=is_own_output, tool=parser.prog)  # before the models load
     if args.plot:
         _pyplot()
     root = args.data or args.data_dir
-    check_data_dir(root, '--data-dir', args.dataset, args.dataset_download)
     amp_autocast = suppress
     if args.amp:
-        if args.amp_dtype not in ('float16', 'bfloat16'):
-            raise ValueError(f'--amp-dtype must be float16 or bfloat16, got {args.amp_dtype}.')
         amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype))
     torch.manual_seed(args.seed)
 
     runs, models = zip(*models_from_args(args, device))
+    inputs = [f for r in runs for f in run_input_files(r)] + ([args.class_map] if args.class_map else [])
+    folders = [root] if root and os.path.isdir(root) and not args.dataset else []
+    check_outputs(outputs, inputs, folders, overwrite=args.overwrite, own=is_own_output, tool=parser.prog)
+    digests = _check_members(runs, models)
     num_classes = {m.num_classes for m in models}
     if len(num_classes) > 1:
         raise RunError(f'An ensemble needs models with the same classes, got num_classes {sorted(num_classes)}.')
@@ -443,9 +488,11 @@ def run(args) -> Dict[str, Any]:
                             f'first one ({data_config}).')
     complexity = [model_complexity(m, data_config['input_size']) for m in models]
 
-    dataset = create_dataset(
-        root=root,
-        name=args.dataset,
+    dataset = create_run_dataset(
+        root,
+        models[0],
+        runs[0],
+        dataset=args.dataset,
         split=args.split,
         download=args.dataset_download,
         class_map=args.class_map,
@@ -493,14 +540,14 @@ def run(args) -> Dict[str, Any]:
         throughput=results['throughput'],
         seconds=results['seconds'],
     )
-    for run, model, cost, accuracy in zip(runs, models, complexity, results['models']):
+    for run, model, digest, cost, accuracy in zip(runs, models, digests, complexity, results['models']):
         head = split_head(model)
         out['models'].append(dict(
             model=run.args['model'],
             checkpoint=str(run.checkpoint) if run.checkpoint else None,
             epoch=run.epoch,
             use_ema=args.use_ema,
-            weights_sha256=weights_digest(model),
+            weights_sha256=digest,
             num_classes=model.num_classes,
             num_splits=head.num_splits if head is not None else None,
             **cost,
@@ -523,13 +570,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         result = run(args)
     except (ValueError, FileNotFoundError, ImportError) as e:  # RunError is a ValueError
         parser.exit(2, f'{parser.prog}: error: {e}\n')
-    print(format_table(result))
-    if args.json:
-        write_json(result, args.json)
-    if args.csv:
-        write_csv(result, args.csv)
-    if args.plot:
-        plot_results(result, args.plot)
+    print(format_table(result), flush=True)
+    for path, write in ((args.json, write_json), (args.csv, write_csv), (args.plot, plot_results)):
+        if path:
+            try:
+                write(result, path)
+            except OSError as e:  # a full disk: the results are printed, atomic_write left no partial file
+                parser.exit(1, f'{parser.prog}: error: {write_error(path, e)}\n')
     return result
 
 
