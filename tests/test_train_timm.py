@@ -1,10 +1,13 @@
 """train_timm.sh: launch options against train.py's, locating train.py, torchrun commands, the default run's set-up."""
 import argparse
+import datetime
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -350,3 +353,78 @@ def test_default_run_with_a_cache_that_is_a_file(fake_timm_root, tmp_path, capsy
     assert f'error: The data cache folder {tmp_path / "cache" / "timm_ssm" / "data"} cannot be used as a folder: ' \
            f'{tmp_path / "cache"} is a file' in err
     assert 'Traceback' not in err and (tmp_path / 'cache').read_text() == 'x'
+
+
+# a train.py that trains until stopped: a SIGINT ends its loop and it exits 0 (timm's train.py does the same)
+SLEEPY_TRAIN_PY = '''
+import os, sys, time
+if __name__ == '__main__':
+    out = os.environ['FAKE_TRAIN_OUT']
+    args = sys.argv
+    folder = os.path.join(args[args.index('--output') + 1], args[args.index('--experiment') + 1])
+    with open(os.path.join(folder, 'summary.csv'), 'w') as f:
+        f.write('epoch,train_loss,eval_loss,eval_top1\\n0,1.0,1.0,42.5\\n')
+    with open(out + '.pid', 'w') as f:
+        f.write(str(os.getpid()))
+    try:
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        open(out + '.interrupted', 'w').close()
+'''
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])  # SIGHUP as SIGTERM: tests/test_process.py
+def test_signal_to_train_timm_sh_stops_train_py(fake_timm_root, fashion_mnist_cache, tmp_path, signum):
+    """SIGTERM or SIGHUP (a job scheduler, a closed terminal) or SIGINT to train_timm.sh during the default run:
+    train.py stops too, the partial report follows, the exit code is 128 + the signal's (130 for Ctrl-C)."""
+    (fake_timm_root / 'train.py').write_text(SLEEPY_TRAIN_PY)
+    out = tmp_path / 'train'
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable, FAKE_TRAIN_OUT=str(out),
+               XDG_CACHE_HOME=str(fashion_mnist_cache))
+    proc = subprocess.Popen(['bash', str(REPO / 'train_timm.sh'), '--epochs', '3'], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not Path(f'{out}.pid').is_file() or not Path(f'{out}.pid').read_text():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    train_pid = int(Path(f'{out}.pid').read_text())
+    proc.send_signal(signum)  # to train_timm.sh alone, as a scheduler sends it
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, stderr
+    assert not os.path.exists(f'/proc/{train_pid}'), 'train.py outlived train_timm.sh'
+    name = signal.Signals(signum).name
+    assert f'stopped by {name}: the default run is partial' in stderr and 'Traceback' not in stderr
+    assert 'train.py finished 1 epoch (validation top-1 of the last: 42.50%)' in stderr
+    assert 'timm_ssm.evaluate' not in stdout  # no evaluation started after the stop
+    assert Path(f'{out}.interrupted').exists() == (signum == signal.SIGINT)  # train.py's own stop on Ctrl-C
+
+
+def test_default_run_folders_are_unique(tmp_path, monkeypatch):
+    """Two default runs started in the same second get two folders (made at once, so the second sees the first's)."""
+    class _Now(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 10, 0, 0)
+    monkeypatch.setattr(train_timm.datetime, 'datetime', _Now)
+    first = train_timm._run_folder(tmp_path, None, 'test_resnet_ssm', dry_run=False)
+    second = train_timm._run_folder(tmp_path, None, 'test_resnet_ssm', dry_run=False)
+    assert first.name == 'fashion_mnist-test_resnet_ssm-20261201-100000' and first.is_dir()
+    assert second.name == 'fashion_mnist-test_resnet_ssm-20261201-100000-2' and second.is_dir()
+    assert train_timm._run_folder(tmp_path, 'mine', 'm', dry_run=False) == tmp_path / 'mine'  # the user's name
+
+
+def test_config_by_name(fake_timm_root, tmp_path, capsys, monkeypatch):
+    """`-c resnet50_ssm`: the recipe shipped in the package, as a wheel has it; a path still works."""
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    shipped = train_timm.CONFIG_DIR / 'resnet50_ssm.yaml'
+    for config in ('resnet50_ssm', 'resnet50_ssm.yaml', 'configs/resnet50_ssm.yaml', str(shipped)):
+        assert train_timm.main(['--dry-run', '-c', config, '--data-dir', '/d', '--device', 'cpu']) == 0
+        args = capsys.readouterr().out.strip().splitlines()[-1].split(' ')
+        assert args[args.index('-c') + 1] == str(shipped)
+    assert train_timm.main(['--dry-run', '-c', 'resnet51_ssm', '--data-dir', '/d']) == 2
+    err = capsys.readouterr().err
+    assert 'config file resnet51_ssm does not exist, and it is none of the recipes shipped with timm-ssm' in err
+    assert 'finetune_ssm, resnet101_ssm, resnet18_ssm, resnet50_ssm, resnext101_ssm, resnext50_ssm' in err
+    assert train_timm.config_names() == ['finetune_ssm', 'resnet101_ssm', 'resnet18_ssm', 'resnet50_ssm',
+                                         'resnext101_ssm', 'resnext50_ssm']
