@@ -84,6 +84,8 @@ BLOCKS: Dict[str, Treatment] = {
     'training.md: ./train_timm.sh -c finetune_ssm --data-dir /data/flowers --num-classes 102': FLAGS,
     'training.md: # on each of 2 nodes of 8 GPUs (--node-rank 1 on the second)': FLAGS,
     'training.md: RUN=$(ls -d output/train/fashion_mnist-* | tail -1)': RUN,
+    'training.md: python -m timm_ssm.launch benchmark.py --model resnet50_ssm --bench inference --device cpu -b 8 '
+    '--num-bench-iter 5': FLAGS,  # minutes of ResNet-50 on a loaded CPU; tests/test_timm_scripts.py runs benchmark.py
     'training.md: from timm_ssm.runs import create_run_model, load_run, run_data_config': RUN,
 }
 
