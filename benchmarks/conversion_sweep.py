@@ -114,7 +114,8 @@ def main():
     checked = len(results) - count('skip')
     print(f'{count("ok")}/{checked} architectures give the original logits, {count("warned")} warn that their '
           f'classifier cannot start the head (the head starts fresh), {count("mismatch")} mismatch silently, '
-          f'{count("error")} fail{_names(results, "error")} ({len(names)} matched the filter, <= {args.max_params / 1e6:.0f} M params, '
+          f'{count("error")} fail{_names(results, "error")} ({len(names)} matched the filter, '
+          f'<= {args.max_params / 1e6:.0f} M params, '
           f'{time.time() - start:.0f} s)')
 
 

@@ -156,7 +156,8 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
 
 def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cache):
     """-c finetune_ssm (the shipped timm_ssm/configs/finetune_ssm.yaml, by name) with a `<arch>_ssm.<tag>` model:
-    train.py builds it with timm's weights of `<arch>.<tag>` in the trunk (from the offline Hub cache) and a fresh head for the new classes."""
+    train.py builds it with timm's weights of `<arch>.<tag>` in the trunk (from the offline Hub cache) and a fresh
+    head for the new classes."""
     name = 'test_resnet.r160_in1k'
     base = timm.create_model(name)
     weights = tmp_path / 'model.safetensors'

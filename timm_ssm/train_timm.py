@@ -67,7 +67,8 @@ launch_parser = _LaunchParser(
     epilog='Without a data set (no --data-dir, --dataset, DIR first or -c config) it trains a small SSM model on '
            'Fashion-MNIST,\nevaluates it and prints where the results are: the default run. A data folder goes first '
            'or after --data-dir.\n-c NAME takes a recipe shipped in timm_ssm/configs (' +
-           ', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.yaml'))) + ') or a path.\n\ntimm\'s train.py wraps the model in DistributedDataParallel with device_ids, so '
+           ', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.yaml'))) + ') or a path.\n\n'
+           'timm\'s train.py wraps the model in DistributedDataParallel with device_ids, so '
            'several processes need GPUs;\non CPU use one process.')
 group = launch_parser.add_argument_group('Launch options (everything else goes to train.py as it is)')
 group.add_argument('--timm-root', metavar='DIR', help='pytorch-image-models checkout holding train.py (default: '
