@@ -1,4 +1,5 @@
 """timm_ssm.process: stop signals reach every child, the parent exits 128 + signum, Ctrl-C from a real terminal."""
+import contextlib
 import os
 import pty
 import signal
@@ -51,6 +52,23 @@ PARENT = textwrap.dedent('''
 ''')
 
 
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """A failing test leaves no parent or child behind."""
+    yield
+    for proc in _STARTED:
+        if proc.poll() is None:
+            for pid in _child_pids(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    _STARTED.clear()
+
+
+_STARTED = []
+
+
 def _start(tmp_path, n, **kwargs):
     (tmp_path / 'child.py').write_text(CHILD)
     (tmp_path / 'parent.py').write_text(PARENT)
@@ -58,6 +76,7 @@ def _start(tmp_path, n, **kwargs):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, str(tmp_path / 'parent.py'), str(tmp_path / 'child.py'), *outs],
                             env=env, **kwargs)
+    _STARTED.append(proc)
     deadline = time.time() + 60
     while not all(os.path.exists(o + '.ready') for o in outs):
         assert proc.poll() is None and time.time() < deadline, 'the children did not start'

@@ -384,13 +384,18 @@ def test_signal_to_train_timm_sh_stops_train_py(fake_timm_root, fashion_mnist_ca
                XDG_CACHE_HOME=str(fashion_mnist_cache))
     proc = subprocess.Popen(['bash', str(REPO / 'train_timm.sh'), '--epochs', '3'], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while not Path(f'{out}.pid').is_file() or not Path(f'{out}.pid').read_text():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.05)
-    train_pid = int(Path(f'{out}.pid').read_text())
-    proc.send_signal(signum)  # to train_timm.sh alone, as a scheduler sends it
-    stdout, stderr = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while not Path(f'{out}.pid').is_file() or not Path(f'{out}.pid').read_text():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        train_pid = int(Path(f'{out}.pid').read_text())
+        proc.send_signal(signum)  # to train_timm.sh alone, as a scheduler sends it
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failure above: leave nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 128 + signum, stderr
     assert not os.path.exists(f'/proc/{train_pid}'), 'train.py outlived train_timm.sh'
     name = signal.Signals(signum).name
