@@ -9,4 +9,6 @@ if [[ -z "$python" ]]; then
     if command -v python >/dev/null 2>&1; then python=python; else python=python3; fi
 fi
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+export TIMM_SSM_PROG="${TIMM_SSM_PROG:-$0}"  # the name its messages give
+# exec: the Python process takes this one's place, so SIGTERM and SIGHUP sent to train_timm.sh reach it
 exec "$python" -m timm_ssm.train_timm "$@"

@@ -9,6 +9,8 @@ models' eval-mode logits are compared. Prints one line per architecture that doe
 import argparse
 import fnmatch
 import logging
+import os
+import sys
 import time
 import warnings
 
@@ -16,6 +18,9 @@ import torch
 
 import timm
 import timm_ssm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from progress import Progress  # noqa: E402  (benchmarks/progress.py)
 
 parser = argparse.ArgumentParser(description='check the conversion of timm weights to <arch>_ssm')
 parser.add_argument('--filter', action='append', default=None, help='architecture wildcard(s), default all')
@@ -73,6 +78,11 @@ def check(arch: str, img_size: int, max_size: int, tol: float) -> str:
     return 'ok' if err <= tol else f'mismatch: relative error {err:.2e}'
 
 
+def _names(results, prefix):
+    names = [a for a, r in results.items() if r.startswith(prefix)]
+    return f' ({", ".join(names)})' if names else ''
+
+
 def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -82,12 +92,15 @@ def main():
         names = [n for n in names if any(fnmatch.fnmatch(n, f) for f in args.filter)]
     results = {}
     start = time.time()
+    progress = Progress(len(names), 'architectures', every=30.)  # on stderr
     for arch in names:
+        progress.step(arch)
         with torch.device('meta'):
             try:
                 params = sum(p.numel() for p in timm.create_model(arch).parameters())
             except Exception as e:  # noqa: BLE001 (report, do not stop the sweep)
                 results[arch] = f'error: {type(e).__name__}: {str(e)[:120]}'
+                print(f'{arch}: {results[arch]}', flush=True)
                 continue
         if params > args.max_params:
             continue
@@ -101,7 +114,8 @@ def main():
     checked = len(results) - count('skip')
     print(f'{count("ok")}/{checked} architectures give the original logits, {count("warned")} warn that their '
           f'classifier cannot start the head (the head starts fresh), {count("mismatch")} mismatch silently, '
-          f'{count("error")} fail ({len(names)} matched the filter, <= {args.max_params / 1e6:.0f} M params, '
+          f'{count("error")} fail{_names(results, "error")} ({len(names)} matched the filter, '
+          f'<= {args.max_params / 1e6:.0f} M params, '
           f'{time.time() - start:.0f} s)')
 
 

@@ -28,6 +28,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from progress import Progress  # noqa: E402  (benchmarks/progress.py)
+
 import timm
 import timm_ssm  # noqa: F401  (registers the *_ssm models)
 from timm_ssm.fashion_mnist import MEAN, STD, prepare_fashion_mnist
@@ -97,9 +100,11 @@ def _measure(args, data_dir: str, tmp: str):
     print(f'{args.model} ({args.num_classes} classes), {args.dataset} {args.split} at {args.img_size} px, '
           f'batch {args.batch_size}, {args.workers} workers, {args.device}, torch {torch.__version__}, '
           f'{os.cpu_count()} CPUs, OMP_NUM_THREADS={env.get("OMP_NUM_THREADS", "unset")}')
+    progress = Progress(args.rounds * len(order), 'commands', every=0.)  # on stderr
     for r in range(args.rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
             proc, wall, cpu = _run(commands[name], env)
+            progress.step(f'round {r + 1}, {name}')
             if name == 'validate.py':
                 lines = re.findall(r'Test: \[\s*\d+/\d+\].*?,\s*([\d.]+)/s\)', proc.stdout + proc.stderr)
                 if not lines:

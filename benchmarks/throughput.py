@@ -25,6 +25,9 @@ import timm_ssm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
 from reference import ReferenceSSM  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from progress import Progress  # noqa: E402  (benchmarks/progress.py)
+
 parser = argparse.ArgumentParser(description='SSM vs baseline throughput')
 parser.add_argument('--model', default='resnet50', help='baseline timm model; the SSM twin is <model>_ssm')
 parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -52,7 +55,7 @@ def _timed(fn, steps, device):
     return time.perf_counter() - start
 
 
-def compare(name_a, step_a, name_b, step_b, samples, steps, rounds, device):
+def compare(name_a, step_a, name_b, step_b, samples, steps, rounds, device, progress=None):
     """Samples/s of two step functions alternating within each round: medians, and the median and range of the
     per-round ratios b / a (a round's two timings share the machine's state, so their ratio varies least)."""
     for fn in (step_a, step_b):  # warm-up (and compilation)
@@ -62,6 +65,8 @@ def compare(name_a, step_a, name_b, step_b, samples, steps, rounds, device):
         order = [(name_a, step_a), (name_b, step_b)]
         for name, fn in order if r % 2 == 0 else reversed(order):
             times[name].append(_timed(fn, steps, device))
+        if progress is not None:
+            progress.step(f'{name_a} vs {name_b}, round {r + 1}')
     ratios = [t_a / t_b for t_a, t_b in zip(times[name_a], times[name_b])]
     rate = {k: samples * steps / statistics.median(v) for k, v in times.items()}
     return rate[name_a], rate[name_b], statistics.median(ratios), min(ratios), max(ratios)
@@ -85,6 +90,7 @@ def main():
     x = torch.randn(batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=memory_format)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     rows = []
+    progress = Progress(3 * (args.rounds + 1), 'rounds')  # warm-up and rounds of 3 comparisons, on stderr
     for mode in ('inference', 'train step'):
         steps_fns = []
         for name in (args.model, args.model + '_ssm'):
@@ -105,7 +111,8 @@ def main():
                     with torch.inference_mode(), autocast():
                         run(x)
             steps_fns.append((name, step))
-        rows.append((mode, *compare(*steps_fns[0], *steps_fns[1], batch_size, steps, args.rounds, device)))
+        progress.step(f'{mode}: models built')
+        rows.append((mode, *compare(*steps_fns[0], *steps_fns[1], batch_size, steps, args.rounds, device, progress)))
         del steps_fns
 
     # the head alone on pooled features, against the plain per-head reference
@@ -123,8 +130,9 @@ def main():
             loss.backward()
         head_fns.append((name, head_step))
     head_steps = steps * (50 if not gpu else 10)
+    progress.step('heads built')
     rows.append(('head train step', *compare(*head_fns[0], *head_fns[1], args.head_batch_size, head_steps,
-                                              args.rounds, device)))
+                                              args.rounds, device, progress)))
 
     print(f'| {"mode":<16} | {"baseline (img/s)":>18} | {"SSM (img/s)":>14} | {"ratio":>6} | {"round ratios":>13} |')
     print(f'|{"-" * 18}|{"-" * 20}:|{"-" * 15}:|{"-" * 7}:|{"-" * 15}:|')

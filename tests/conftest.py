@@ -3,6 +3,9 @@
 huggingface_hub reads HF_HUB_OFFLINE and HF_HUB_CACHE when it is imported, so they are set here, before
 anything imports it. Tests put real checkpoints into that cache under real repo ids (`hub_cache` fixture)
 and timm's own loaders then read them unchanged, as they would after a download.
+
+TIMM_ROOT that is not a pytorch-image-models checkout (no train.py in it, as the quick start's placeholder
+`/path/to/pytorch-image-models`) is set aside here, so that the tests of timm's scripts skip, saying why.
 """
 import os
 import shutil
@@ -14,6 +17,10 @@ os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ['HF_HUB_CACHE'] = str(_HUB_CACHE)
 os.environ['HF_HUB_DISABLE_TELEMETRY'] = '1'
 os.environ['TORCH_HOME'] = str(_HUB_CACHE / 'torch')
+
+_BAD_TIMM_ROOT = None
+if os.environ.get('TIMM_ROOT') and not (Path(os.environ['TIMM_ROOT']) / 'train.py').is_file():
+    _BAD_TIMM_ROOT = os.environ.pop('TIMM_ROOT')
 
 import hashlib  # noqa: E402
 
@@ -74,6 +81,26 @@ def hub_cache():
     yield _Cache
     for repo_id in added:
         shutil.rmtree(_HUB_CACHE / ('models--' + repo_id.replace('/', '--')), ignore_errors=True)
+
+
+def pytest_report_header(config):
+    if _BAD_TIMM_ROOT is not None:
+        return (f'TIMM_ROOT={_BAD_TIMM_ROOT} is not a pytorch-image-models checkout (it has no train.py): the tests '
+                f'of timm\'s scripts skip. Point it at a clone: git clone --branch v1.0.31 '
+                f'https://github.com/huggingface/pytorch-image-models.git')
+    return None
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_cache(tmp_path_factory):
+    """A timm-ssm cache folder (for XDG_CACHE_HOME) where the default run's Fashion-MNIST image folder is ready,
+    prepared once from the Debian package's files."""
+    from timm_ssm.fashion_mnist import DEBIAN_SOURCE, prepare_fashion_mnist_folder
+    if not (DEBIAN_SOURCE / 'train-images-idx3-ubyte.gz').is_file():
+        pytest.skip(f'needs the Fashion-MNIST files of the Debian package dataset-fashion-mnist in {DEBIAN_SOURCE}')
+    cache = tmp_path_factory.mktemp('xdg_cache')
+    prepare_fashion_mnist_folder(cache / 'timm_ssm' / 'data', download=False)
+    return cache
 
 
 @pytest.fixture(autouse=True)

@@ -290,3 +290,37 @@ def test_full_disk_leaves_no_partial_grid(class_folders, tmp_path):
     assert 'Cannot write' in proc.stderr and 'No partial file is left' in proc.stderr
     assert 'the 0 grid(s) written before it are kept' in proc.stderr
     assert list((tmp_path / 'o').iterdir()) == []
+
+
+def _run_at_28px(tmp_path, **model_kwargs):
+    """A train.py checkpoint of test_resnet_ssm trained at 28 px, as the default run's."""
+    model = _model('test_resnet_ssm', **model_kwargs)
+    args = argparse.Namespace(model='test_resnet_ssm', num_classes=5, in_chans=None, input_size=[3, 28, 28],
+                              img_size=None, mean=[0.3] * 3, std=[0.4] * 3, crop_pct=1.0, interpolation='bilinear',
+                              model_kwargs=model_kwargs)
+    torch.save({'state_dict': model.state_dict(), 'args': args}, tmp_path / 'r28.pth.tar')
+    return tmp_path / 'r28.pth.tar'
+
+
+def test_one_by_one_map_is_refused_with_what_to_do(class_folders, tmp_path, capsys):
+    """The default run's model at its 28 px: a 1x1 map, every heat map flat; refused before any grid."""
+    checkpoint = _run_at_28px(tmp_path)
+    err = _fails([str(class_folders), '--checkpoint', str(checkpoint), '--out', str(tmp_path / 'o'),
+                  '--device', 'cpu', *_class_map(class_folders)], capsys, 'the last feature map of the model is 1x1 at 28 px')
+    assert '--model-kwargs output_stride=8' in err
+    assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').iterdir())
+
+
+def test_image_size_other_than_the_runs_is_warned(class_folders, tmp_path, caplog):
+    """Trained at 28 px with output_stride=8 (a 4x4 map): maps at 28 px without a word, at 64 px with a warning
+    that the model may be wrong at that size."""
+    checkpoint = _run_at_28px(tmp_path, output_stride=8)
+    common = [str(class_folders), '--checkpoint', str(checkpoint), '--panel', '32', '--device', 'cpu',
+              *_class_map(class_folders)]
+    with caplog.at_level('WARNING'):
+        assert len(main(common + ['--out', str(tmp_path / 'a')])) == 2
+    assert 'px' not in caplog.text
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+        assert len(main(common + ['--out', str(tmp_path / 'b'), '--img-size', '64'])) == 2
+    assert 'the maps are drawn at 64x64 px, but test_resnet_ssm was trained and evaluated at 28x28 px' in caplog.text

@@ -1,4 +1,4 @@
-"""configs/*.yaml: the paper's ImageNet recipe as timm train.py configs, checked through timm's own factories."""
+"""timm_ssm/configs/*.yaml: the paper's ImageNet recipe as timm train.py configs, checked through timm's own factories."""
 import argparse
 import os
 import runpy
@@ -18,7 +18,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 import timm_ssm
 from timm_ssm import PAPER_MODELS
 
-CONFIGS = Path(__file__).resolve().parent.parent / 'configs'
+CONFIGS = Path(__file__).resolve().parent.parent / 'timm_ssm' / 'configs'
 PAPER_CONFIGS = [CONFIGS / f'{arch}_ssm.yaml' for arch in PAPER_MODELS]
 ALL_CONFIGS = PAPER_CONFIGS + [CONFIGS / 'finetune_ssm.yaml']
 

@@ -219,3 +219,32 @@ def test_no_empty_folders_after_a_failed_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     _fails(['--source', str(tmp_path / 'nothing'), '--no-download'], capsys, 'Fashion-MNIST is not in')
     assert not (tmp_path / 'cache').exists()
+
+
+def test_image_folder_holds_out_validation_from_train(fashion_mnist_cache):
+    """The default run's image folder: 55,000 train, 5,000 validation (500 a class, none of them in train), the
+    10,000 test images unchanged; timm's folder reader gives 3-channel images and the classes by name."""
+    folder = fashion_mnist_cache / 'timm_ssm' / 'data' / fashion_mnist.FOLDER_NAME
+    splits = {s: create_dataset('', root=str(folder), split=s) for s in ('train', 'validation', 'test')}
+    assert {s: len(d) for s, d in splits.items()} == dict(train=55000, validation=5000, test=10000)
+    names = {s: {Path(f).name for f, _ in d.reader.samples} for s, d in splits.items()}
+    assert not names['train'] & names['validation'] and len(names['train'] | names['validation']) == 60000
+    counts = np.bincount([t for _, t in splits['validation'].reader.samples])
+    assert counts.tolist() == [500] * 10
+    assert splits['test'].reader.class_to_idx == {n: i for i, n in enumerate(sorted(fashion_mnist.CLASS_NAMES))}
+
+    with gzip.open(DEBIAN_SOURCE / 't10k-images-idx3-ubyte.gz') as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(DEBIAN_SOURCE / 't10k-labels-idx1-ubyte.gz') as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    test = splits['test']
+    for i in (0, 4321, 9999):
+        path, target = next((f, t) for f, t in test.reader.samples if Path(f).name == f'test_{i:05d}.png')
+        img, _ = test[test.reader.samples.index((path, target))]
+        assert img.mode == 'RGB' and img.size == (28, 28)  # grey read as RGB
+        assert all(np.array_equal(np.asarray(img)[..., c], images[i]) for c in range(3))
+        assert test.reader.class_to_idx[fashion_mnist.CLASS_NAMES[labels[i]]] == target
+    # a complete folder is kept as it is
+    stamp = (folder / 'manifest.json').stat().st_mtime_ns
+    assert fashion_mnist.prepare_fashion_mnist_folder(folder.parent, download=False) == folder
+    assert (folder / 'manifest.json').stat().st_mtime_ns == stamp

@@ -122,3 +122,56 @@ def test_resolve_bare_name_from_timm_root(tmp_path, monkeypatch):
     assert launch.resolve_script('validate.py') == 'validate.py'
     with pytest.raises(FileNotFoundError, match='neither a file here nor a script of timm'):
         launch.resolve_script('benchmark.py')
+
+
+# timm's train.py's two parsers (a `-c` config first, then the rest), a run that holds its folder until told to end
+TRAIN_PY = '''
+import argparse, os, sys, time
+config_parser = parser = argparse.ArgumentParser(add_help=False)
+parser.add_argument('-c', '--config', default='')
+parser = argparse.ArgumentParser()
+parser.add_argument('--output', default='')
+parser.add_argument('--experiment', default='')
+if __name__ == '__main__':
+    args = parser.parse_known_args(config_parser.parse_known_args()[1])[0]
+    folder = os.path.join(args.output or './output/train', args.experiment)
+    open(os.path.join(folder, 'started-%d' % os.getpid()), 'w').close()
+    while not os.path.exists(os.path.join(folder, 'end')):
+        time.sleep(0.05)
+'''
+
+
+def test_second_train_py_into_the_same_folder_is_refused(tmp_path):
+    """Two train.py runs into one --output/--experiment folder: the second stops at once, the first runs on; the lock
+    goes with the process, even one killed with SIGKILL."""
+    (tmp_path / 'train.py').write_text(TRAIN_PY)
+    (tmp_path / 'cfg.yaml').write_text(f'output: {tmp_path / "out"}\n')
+    folder = tmp_path / 'out' / 'exp'
+    cmd = [sys.executable, '-m', 'timm_ssm.launch', str(tmp_path / 'train.py'), '--experiment', 'exp']
+    first = subprocess.Popen(cmd + ['--output', str(tmp_path / 'out')], env=_env(tmp_path))
+    try:
+        while not list(folder.glob('started-*')):
+            assert first.poll() is None
+        second = subprocess.run(cmd + ['-c', str(tmp_path / 'cfg.yaml')], env=_env(tmp_path), capture_output=True,
+                                text=True, timeout=120)  # the same folder, named by the config's output
+        assert second.returncode == 2 and 'Traceback' not in second.stderr
+        assert f'another train.py run is writing {folder} now' in second.stderr
+        assert 'Give this run another --experiment NAME' in second.stderr
+        assert len(list(folder.glob('started-*'))) == 1 and first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    third = subprocess.Popen(cmd + ['--output', str(tmp_path / 'out')], env=_env(tmp_path))
+    while len(list(folder.glob('started-*'))) < 2:
+        assert third.poll() is None, 'the lock of a killed run was not released'
+    (folder / 'end').touch()
+    assert third.wait(timeout=60) == 0
+
+
+def test_train_output_folder_follows_train_py(tmp_path):
+    (tmp_path / 'train.py').write_text(TRAIN_PY)
+    train_py = str(tmp_path / 'train.py')
+    assert launch.train_output_folder(train_py, ['--experiment', 'e']) == Path('./output/train/e')
+    assert launch.train_output_folder(train_py, ['--output', '/o', '--experiment=e']) == Path('/o/e')
+    assert launch.train_output_folder(train_py, ['--output', '/o']) is None  # train.py names it by the time
+    assert launch.train_output_folder(train_py, ['-c', str(tmp_path / 'missing.yaml')]) is None  # train.py says why

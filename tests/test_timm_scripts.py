@@ -155,8 +155,9 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
 
 
 def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cache):
-    """configs/finetune_ssm.yaml with a `<arch>_ssm.<tag>` model: train.py builds it with timm's weights of
-    `<arch>.<tag>` in the trunk (from the offline Hub cache) and a fresh head for the new classes."""
+    """-c finetune_ssm (the shipped timm_ssm/configs/finetune_ssm.yaml, by name) with a `<arch>_ssm.<tag>` model:
+    train.py builds it with timm's weights of `<arch>.<tag>` in the trunk (from the offline Hub cache) and a fresh
+    head for the new classes."""
     name = 'test_resnet.r160_in1k'
     base = timm.create_model(name)
     weights = tmp_path / 'model.safetensors'
@@ -164,7 +165,7 @@ def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cach
     hub_cache.put(timm.models.get_pretrained_cfg(name).hf_hub_id, {'model.safetensors': weights})
 
     # lr 0: the trunk's weights stay the pretrained ones, so the checkpoint shows what train.py loaded
-    args = ['-c', str(REPO / 'configs' / 'finetune_ssm.yaml'), '--data-dir', str(image_folder),
+    args = ['-c', 'finetune_ssm', '--data-dir', str(image_folder),
             '--model', 'test_resnet_ssm.r160_in1k', '--num-classes', '3', '--img-size', '32', '--device', 'cpu',
             '--workers', '0', '-b', '12', '--epochs', '1', '--lr-base', '0', '--output', str(tmp_path),
             '--experiment', 'finetune']

@@ -1,10 +1,13 @@
 """train_timm.sh: launch options against train.py's, locating train.py, torchrun commands, the default run's set-up."""
 import argparse
+import datetime
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +169,7 @@ def test_offline_without_timm_root(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(timm_source, 'ARCHIVE_URL', 'http://127.0.0.1:9/v{version}.tar.gz')  # nothing listens
     assert train_timm.main(['--data-dir', '/d']) == 2
     err = capsys.readouterr().err
-    assert "train_timm.sh: error: timm's train.py is not part of the timm wheel" in err
+    assert "train_timm: error: timm's train.py is not part of the timm wheel" in err
     assert f'git clone --branch v{installed_timm_version()}' in err and 'export TIMM_ROOT=' in err
 
 
@@ -189,17 +192,20 @@ def test_default_run_command(fake_timm_root, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
     monkeypatch.setattr(fashion_mnist, 'default_root', lambda: tmp_path / 'fm')
-    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist', _not_called)
+    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist_folder', _not_called)
     assert train_timm.main(['--dry-run', '--epochs', '1', '--experiment', 'quick']) == 0
     out = capsys.readouterr().out
-    assert f'Fashion-MNIST would be prepared in {tmp_path / "fm"} (not with --dry-run)' in out
+    folder = tmp_path / 'fm' / 'fashion_mnist_images'
+    assert f'Fashion-MNIST would be prepared in {folder} (not with --dry-run)' in out
     assert '+ OMP_NUM_THREADS=1' in out  # on CPU, unless the user sets it
     command = out.strip().splitlines()[-1]
     args = command.split(' ')
     assert args[:4] == ['+', sys.executable, '-m', 'timm_ssm.launch']
-    assert args[args.index('--data-dir') + 1] == str(tmp_path / 'fm')
-    assert args[args.index('--dataset') + 1] == 'torch/fashion_mnist'
-    assert args[args.index('--val-split') + 1] == 'test'
+    assert args[args.index('--data-dir') + 1] == str(folder) and '--dataset' not in args  # an image folder
+    # nothing is chosen on the test split: train.py validates on the split held out of the training images
+    assert args[args.index('--val-split') + 1] == 'validation' and 'test' not in args
+    assert args[args.index('--input-size') + 1:args.index('--input-size') + 4] == ['3', '28', '28']  # RGB
+    assert len(args[args.index('--mean') + 1:args.index('--std')]) == 3
     assert args[args.index('--model') + 1] == train_timm.DEFAULT_MODEL
     assert args[-4:] == ['--epochs', '1', '--experiment', 'quick']
     assert args[args.index('--output') + 1] == str(tmp_path / 'output' / 'train')
@@ -215,12 +221,12 @@ def test_default_run_refuses_a_data_folder_among_options(fake_timm_root, tmp_pat
         monkeypatch.setenv('TIMM_ROOT', TIMM_ROOT)
     monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
     monkeypatch.setattr(fashion_mnist, 'default_root', lambda: tmp_path / 'fm')
-    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist', _not_called)
+    monkeypatch.setattr(fashion_mnist, 'prepare_fashion_mnist_folder', _not_called)
     args = ['--dry-run', '--epochs', '1', '--mean', '0.5', '--model', 'test_resnet_ssm']
     assert train_timm.main([*args, '/data/imagenet']) == 2
     err = capsys.readouterr().err
     assert 'error: /data/imagenet stands where train.py takes a data folder' in err
-    assert 'Put the data folder first (./train_timm.sh /data/imagenet ...) or give it as --data-dir' in err
+    assert f'Put the data folder first ({train_timm.PROG} /data/imagenet ...) or give it as --data-dir' in err
     assert train_timm.main(args) == 0  # option values are no data folder
     assert train_timm.main(['--dry-run', '--epochs', '1', '--no-such-option', 'x']) == 0  # train.py's own error
 
@@ -246,13 +252,15 @@ def test_report_of_a_run(tmp_path, capsys):
     saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1), args=args, checkpoint_dir=str(run))
     saver.save_checkpoint(epoch=0, metric=50.)
     (run / 'args.yaml').write_text(yaml.safe_dump(vars(args)))
+    (run / 'summary.csv').write_text('epoch,train_loss,eval_loss,eval_top1\n0,1.0,1.0,50.0\n')  # train.py's
 
-    assert train_timm._report(run) == 0
+    assert train_timm._report(run, split='validation') == 0
     out = capsys.readouterr().out
     result = json.loads((run / 'eval_validation.json').read_text())['models'][0]
-    assert result['checkpoint'] == str(run / 'last.pth.tar')
+    assert result['checkpoint'] == str(run / 'model_best.pth.tar')  # what the tools default to
     lines = out.splitlines()
-    assert 'test_resnet_ssm interrupted after 1 of 2 epochs, last.pth.tar, on the validation split' in out
+    assert ('test_resnet_ssm interrupted after 1 of 2 epochs, model_best.pth.tar (epoch 1, chosen on the '
+            'validation split), on the validation split') in out
     averaged = next(line for line in lines if line.strip().startswith('averaged (model output)'))
     assert float(averaged.split()[-1]) == pytest.approx(result['top1'], abs=0.005)
     assert [h['name'] for h in result['heads']] == ['FC1', 'FC2', 'FC3', 'FC4']
@@ -261,7 +269,7 @@ def test_report_of_a_run(tmp_path, capsys):
         assert float(line.split()[-1]) == pytest.approx(head['top1'], abs=0.005)
     assert f'last checkpoint:        {run / "last.pth.tar"}' in out
     assert 'FC4' in (run / 'eval_validation.txt').read_text()  # the evaluator's full table
-    assert f'python -m timm_ssm.hub {run} --checkpoint last.pth.tar --repo-id ORG/NAME --dry-run' in out
+    assert f'python -m timm_ssm.hub {run} --checkpoint model_best.pth.tar --repo-id ORG/NAME --dry-run' in out
 
 
 @pytest.mark.parametrize('epochs_done, text', [
@@ -289,7 +297,7 @@ def test_help_without_timm_root_does_not_download(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(timm_source, '_download_source', _not_called)
     assert train_timm.main(['--help']) == 0
     out = capsys.readouterr().out
-    assert out.startswith('usage: ./train_timm.sh') and '--timm-root DIR' in out
+    assert out.startswith(f'usage: {train_timm.PROG}') and '--timm-root DIR' in out
     assert "(listed once timm's source is on this machine: the first run without --timm-root or TIMM_ROOT " \
            "downloads it" in out and "timm's scripts are not in the cache" in out
     assert not (tmp_path / 'cache').exists()
@@ -298,7 +306,7 @@ def test_help_without_timm_root_does_not_download(tmp_path, monkeypatch, capsys)
 @pytest.mark.parametrize('where', ['option', 'positional'])
 def test_missing_data_dir(fake_timm_root, tmp_path, capsys, monkeypatch, where):
     monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
-    monkeypatch.setattr(train_timm, '_call', _not_called)
+    monkeypatch.setattr(train_timm.Children, 'run', _not_called)
     monkeypatch.setattr(os, 'execv', _not_called)
     data = str(tmp_path / 'imagenet')
     args = ['--data-dir', data] if where == 'option' else [data]
@@ -319,29 +327,110 @@ def test_default_run_shows_each_option_once(fake_timm_root, tmp_path, capsys, mo
         assert args.count(option) == 1, option
     assert args[args.index('--model') + 1] == 'test_convnext_ssm'
     assert args[args.index('--mean') + 1:args.index('--mean') + 3] == ['0.5', '--epochs']
-    assert args[args.index('--input-size') + 1:args.index('--input-size') + 4] == ['1', '28', '28']
+    assert args[args.index('--input-size') + 1:args.index('--input-size') + 4] == ['3', '28', '28']
 
 
 def test_default_run_leaves_out_train_py_result_json(capfd):
     """train.py's closing `--result` JSON (its last epochs' metrics) is not shown before the default run's table."""
     script = ('import json\nprint("epoch 4 done")\nprint("--result")\n'
               'print(json.dumps([{"epoch": 1}, {"epoch": 0}], indent=4))\nprint("after")\n')
-    assert train_timm._call([sys.executable, '-c', script], result_json=False) == 0
-    assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
-    assert train_timm._call([sys.executable, '-c', script]) == 0
-    assert '--result' in capfd.readouterr().out
-    assert train_timm._call([sys.executable, '-c', script.replace('[{"epoch": 1}, {"epoch": 0}]', '[]')],
-                            result_json=False) == 0
-    assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
+    with train_timm.Children() as children:
+        assert children.run([sys.executable, '-c', script], on_line=train_timm._ResultFilter()) == 0
+        assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
+        assert children.run([sys.executable, '-c', script]) == 0
+        assert '--result' in capfd.readouterr().out
+        assert children.run([sys.executable, '-c', script.replace('[{"epoch": 1}, {"epoch": 0}]', '[]')],
+                            on_line=train_timm._ResultFilter()) == 0
+        assert capfd.readouterr().out == 'epoch 4 done\nafter\n'
 
 
 def test_default_run_with_a_cache_that_is_a_file(fake_timm_root, tmp_path, capsys, monkeypatch):
     """The default run's data folder (`<cache>/timm_ssm/data`) under a file: a clear error before train.py."""
     monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
-    monkeypatch.setattr(train_timm, '_call', _not_called)
+    monkeypatch.setattr(train_timm.Children, 'run', _not_called)
     (tmp_path / 'cache').write_text('x')  # fake_timm_root's XDG_CACHE_HOME
     assert train_timm.main(['--epochs', '1']) == 2
     err = capsys.readouterr().err
     assert f'error: The data cache folder {tmp_path / "cache" / "timm_ssm" / "data"} cannot be used as a folder: ' \
            f'{tmp_path / "cache"} is a file' in err
     assert 'Traceback' not in err and (tmp_path / 'cache').read_text() == 'x'
+
+
+# a train.py that trains until stopped: a SIGINT ends its loop and it exits 0 (timm's train.py does the same)
+SLEEPY_TRAIN_PY = '''
+import os, sys, time
+if __name__ == '__main__':
+    out = os.environ['FAKE_TRAIN_OUT']
+    args = sys.argv
+    folder = os.path.join(args[args.index('--output') + 1], args[args.index('--experiment') + 1])
+    with open(os.path.join(folder, 'summary.csv'), 'w') as f:
+        f.write('epoch,train_loss,eval_loss,eval_top1\\n0,1.0,1.0,42.5\\n')
+    with open(out + '.pid', 'w') as f:
+        f.write(str(os.getpid()))
+    try:
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        open(out + '.interrupted', 'w').close()
+'''
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])  # SIGHUP as SIGTERM: tests/test_process.py
+def test_signal_to_train_timm_sh_stops_train_py(fake_timm_root, fashion_mnist_cache, tmp_path, signum):
+    """SIGTERM or SIGHUP (a job scheduler, a closed terminal) or SIGINT to train_timm.sh during the default run:
+    train.py stops too, the partial report follows, the exit code is 128 + the signal's (130 for Ctrl-C)."""
+    (fake_timm_root / 'train.py').write_text(SLEEPY_TRAIN_PY)
+    out = tmp_path / 'train'
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', PYTHON=sys.executable, FAKE_TRAIN_OUT=str(out),
+               XDG_CACHE_HOME=str(fashion_mnist_cache))
+    proc = subprocess.Popen(['bash', str(REPO / 'train_timm.sh'), '--epochs', '3'], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not Path(f'{out}.pid').is_file() or not Path(f'{out}.pid').read_text():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        train_pid = int(Path(f'{out}.pid').read_text())
+        proc.send_signal(signum)  # to train_timm.sh alone, as a scheduler sends it
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failure above: leave nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signum, stderr
+    assert not os.path.exists(f'/proc/{train_pid}'), 'train.py outlived train_timm.sh'
+    name = signal.Signals(signum).name
+    assert f'stopped by {name}: the default run is partial' in stderr and 'Traceback' not in stderr
+    assert 'train.py finished 1 epoch (validation top-1 of the last: 42.50%)' in stderr
+    assert 'timm_ssm.evaluate' not in stdout  # no evaluation started after the stop
+    assert Path(f'{out}.interrupted').exists() == (signum == signal.SIGINT)  # train.py's own stop on Ctrl-C
+
+
+def test_default_run_folders_are_unique(tmp_path, monkeypatch):
+    """Two default runs started in the same second get two folders (made at once, so the second sees the first's)."""
+    class _Now(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 1, 10, 0, 0)
+    monkeypatch.setattr(train_timm.datetime, 'datetime', _Now)
+    first = train_timm._run_folder(tmp_path, None, 'test_resnet_ssm', dry_run=False)
+    second = train_timm._run_folder(tmp_path, None, 'test_resnet_ssm', dry_run=False)
+    assert first.name == 'fashion_mnist-test_resnet_ssm-20261201-100000' and first.is_dir()
+    assert second.name == 'fashion_mnist-test_resnet_ssm-20261201-100000-2' and second.is_dir()
+    assert train_timm._run_folder(tmp_path, 'mine', 'm', dry_run=False) == tmp_path / 'mine'  # the user's name
+
+
+def test_config_by_name(fake_timm_root, tmp_path, capsys, monkeypatch):
+    """`-c resnet50_ssm`: the recipe shipped in the package, as a wheel has it; a path still works."""
+    monkeypatch.setattr(train_timm, '_visible_gpus', lambda: 0)
+    shipped = train_timm.CONFIG_DIR / 'resnet50_ssm.yaml'
+    for config in ('resnet50_ssm', 'resnet50_ssm.yaml', 'configs/resnet50_ssm.yaml', str(shipped)):
+        assert train_timm.main(['--dry-run', '-c', config, '--data-dir', '/d', '--device', 'cpu']) == 0
+        args = capsys.readouterr().out.strip().splitlines()[-1].split(' ')
+        assert args[args.index('-c') + 1] == str(shipped)
+    assert train_timm.main(['--dry-run', '-c', 'resnet51_ssm', '--data-dir', '/d']) == 2
+    err = capsys.readouterr().err
+    assert 'config file resnet51_ssm does not exist, and it is none of the recipes shipped with timm-ssm' in err
+    assert 'finetune_ssm, resnet101_ssm, resnet18_ssm, resnet50_ssm, resnext101_ssm, resnext50_ssm' in err
+    assert train_timm.config_names() == ['finetune_ssm', 'resnet101_ssm', 'resnet18_ssm', 'resnet50_ssm',
+                                         'resnext101_ssm', 'resnext50_ssm']

@@ -12,22 +12,30 @@ From Python:
     root = prepare_fashion_mnist()  # or prepare_fashion_mnist('/data/fm'); returns the ROOT for --data-dir
     dataset = timm.data.create_dataset('torch/fashion_mnist', root=str(root), split='test')
 
-From the shell (prints ROOT):
+`prepare_fashion_mnist_folder` also writes them as an image folder for timm's folder reader, with a validation
+split held out of the training images, which the default run trains on (grey PNG files, read as RGB by timm):
 
-    python -m timm_ssm.fashion_mnist [ROOT] [--source DIR] [--no-download]
+    folder = prepare_fashion_mnist_folder()  # ROOT/fashion_mnist_images: train/, validation/, test/
+    dataset = timm.data.create_dataset('', root=str(folder), split='validation')
+
+From the shell (prints ROOT, or the image folder with --folder):
+
+    python -m timm_ssm.fashion_mnist [ROOT] [--source DIR] [--no-download] [--folder]
 """
 import argparse
 import gzip
+import json
 import os
 import shutil
 import struct
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from .runs import RunError, atomic_write, check_output_folder
 
-__all__ = ['prepare_fashion_mnist', 'default_root', 'DEBIAN_SOURCE', 'MEAN', 'STD', 'NUM_CLASSES']
+__all__ = ['prepare_fashion_mnist', 'prepare_fashion_mnist_folder', 'default_root', 'DEBIAN_SOURCE', 'MEAN', 'STD',
+           'NUM_CLASSES', 'CLASS_NAMES', 'FOLDER_NAME', 'NUM_VALIDATION']
 
 DEBIAN_SOURCE = Path('/usr/share/datasets/fashion-mnist')
 # mean and std of all training pixels (scaled to [0, 1]), for --mean / --std of timm's scripts
@@ -36,6 +44,12 @@ STD = (0.3530,)
 NUM_CLASSES = 10
 NUM_TRAIN = 60000
 NUM_TEST = 10000
+# the class folders of prepare_fashion_mnist_folder, by label (timm's folder reader indexes them alphabetically)
+CLASS_NAMES = ('t-shirt_top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag',
+               'ankle_boot')
+FOLDER_NAME = 'fashion_mnist_images'
+NUM_VALIDATION = 5000  # training images held out as the validation split, the same number of each class
+_FOLDER_VERSION = 1
 
 # file name: (IDX magic number, number of items)
 _FILES: Dict[str, Tuple[int, int]] = {
@@ -199,6 +213,91 @@ def _prepare(root: Path, source: Path, download: bool, raw: Path, missing: Dict[
         raise RuntimeError('Fashion-MNIST could not be prepared: ' + '; '.join(missing.values()) + '.')
 
 
+def _read_idx(path: Path, header_size: int):
+    import numpy as np
+    with open(path, 'rb') as f:
+        f.seek(header_size)
+        return np.frombuffer(f.read(), dtype=np.uint8)
+
+
+def _validation_indices(labels, num_validation: int, seed: int = 0) -> List[int]:
+    """Indices of the training images held out for validation: a seeded draw of the same number of each class."""
+    import numpy as np
+    rng = np.random.RandomState(seed)
+    per_class = num_validation // NUM_CLASSES
+    held = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(NUM_CLASSES)]
+    return sorted(int(i) for i in np.concatenate(held))
+
+
+def prepare_fashion_mnist_folder(
+        root: Optional[Union[str, Path]] = None,
+        source: Optional[Union[str, Path]] = None,
+        download: bool = True,
+) -> Path:
+    """Write Fashion-MNIST as an image folder with a validation split held out of the training images.
+
+    `ROOT/fashion_mnist_images/{train,validation,test}/<class>/<file>_<index>.png`: 55,000 training images,
+    5,000 validation images (500 of each class, a seeded draw from the 60,000 training images) and the 10,000 test
+    images, as grey 28x28 PNG files; timm's folder reader reads them as RGB for a 3-channel model. The folder
+    appears whole or not at all (it is written beside and renamed), and one that is complete is kept.
+
+    Args:
+        root: As for `prepare_fashion_mnist`, which puts the IDX files there first.
+        source: As for `prepare_fashion_mnist`.
+        download: As for `prepare_fashion_mnist`.
+
+    Returns:
+        The image folder, for `--data-dir` (with `--train-split train --val-split validation`).
+
+    Raises:
+        RuntimeError: As `prepare_fashion_mnist`, or the folder cannot be written.
+    """
+    from PIL import Image
+
+    root = prepare_fashion_mnist(root, source=source, download=download)
+    folder = root / FOLDER_NAME
+    manifest = dict(version=_FOLDER_VERSION, train=NUM_TRAIN - NUM_VALIDATION, validation=NUM_VALIDATION,
+                    test=NUM_TEST, classes=list(CLASS_NAMES), seed=0)
+    try:
+        with open(folder / 'manifest.json') as f:
+            if json.load(f) == manifest:
+                return folder
+    except (OSError, ValueError):
+        pass
+
+    raw = _raw_folder(root)
+    tmp = root / f'.{FOLDER_NAME}.{os.getpid()}.tmp'
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for file, split_of in (('train', None), ('t10k', 'test')):
+            images = _read_idx(raw / f'{file}-images-idx3-ubyte', 16).reshape(-1, 28, 28)
+            labels = _read_idx(raw / f'{file}-labels-idx1-ubyte', 8)
+            held = set(_validation_indices(labels, NUM_VALIDATION)) if split_of is None else set()
+            for split in {'train', 'validation'} if split_of is None else {split_of}:
+                for name in CLASS_NAMES:
+                    (tmp / split / name).mkdir(parents=True)
+            prefix = 'train' if split_of is None else 'test'
+            for i, (image, label) in enumerate(zip(images, labels)):
+                split = split_of or ('validation' if i in held else 'train')
+                Image.fromarray(image, mode='L').save(
+                    tmp / split / CLASS_NAMES[label] / f'{prefix}_{i:05d}.png', compress_level=1)
+        with open(tmp / 'manifest.json', 'w') as f:
+            json.dump(manifest, f, indent=1)
+        if folder.exists():  # an incomplete or older one
+            shutil.rmtree(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / 'manifest.json').is_file():  # else another process finished first
+                raise
+    except OSError as e:
+        raise RuntimeError(f'Cannot write the Fashion-MNIST image folder {folder}: {e}. Give a writable ROOT folder '
+                           f'with about 300 MB free.') from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m timm_ssm.fashion_mnist',
@@ -206,9 +305,12 @@ def main(argv=None):
     parser.add_argument('root', nargs='?', default=None, help=f'data folder (default: {default_root()})')
     parser.add_argument('--source', default=None, help=f'folder with the IDX files (default: {DEBIAN_SOURCE})')
     parser.add_argument('--no-download', action='store_true', help='never download with torchvision')
+    parser.add_argument('--folder', action='store_true', help=f'also write the image folder ROOT/{FOLDER_NAME} '
+                        f'(train/, validation/ held out of train, test/; what the default run trains on) and print it')
     args = parser.parse_args(argv)
+    prepare = prepare_fashion_mnist_folder if args.folder else prepare_fashion_mnist
     try:
-        root = prepare_fashion_mnist(args.root, source=args.source, download=not args.no_download)
+        root = prepare(args.root, source=args.source, download=not args.no_download)
     except RuntimeError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(1)

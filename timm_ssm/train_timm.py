@@ -8,10 +8,17 @@ it unchanged through `python -m timm_ssm.launch`, under torchrun when several pr
 Launch options are consumed here; every other argument goes to `train.py` as it is.
 
 With no data set in the arguments (no `--data-dir`, `--dataset`, DIR first or `-c` config), it makes the
-default run: Fashion-MNIST is prepared (`timm_ssm.fashion_mnist`), a small SSM model is trained on a short
-schedule, the last checkpoint is evaluated on the test split and the places of results and checkpoints are
-printed. Arguments given to the default run override its own (`./train_timm.sh --epochs 1`); a data folder
-after other options, which the default run would ignore, stops it with an error.
+default run: Fashion-MNIST is prepared as an image folder (`timm_ssm.fashion_mnist`), a small SSM model with
+3-channel input (the grey images read as RGB, as timm's scripts and the Hub expect) is trained on a short
+schedule and validated on a split held out of the training images, the checkpoint chosen on it
+(`model_best.pth.tar`, which the tools default to) is evaluated once on the test split, and the places of results
+and checkpoints are printed. Arguments given to the default run override its own (`train_timm.sh --epochs 1`);
+a data folder after other options, which the default run would ignore, stops it with an error. Each default run
+gets a folder of its own; SIGTERM, SIGHUP and Ctrl-C stop train.py too and exit 128 + the signal's number after
+a partial report (`timm_ssm.process`).
+
+`-c NAME` takes one of the recipes shipped in the package (`timm_ssm/configs/NAME.yaml`: `-c resnet50_ssm`) as
+well as a path.
 """
 import argparse
 import contextlib
@@ -22,18 +29,24 @@ import logging
 import os
 import runpy
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import yaml
 
+from .process import Children, Stopped
 from .timm_source import find_timm_root
 
-__all__ = ['main', 'split_args', 'has_data_set', 'default_run_args', 'build_command', 'launch_parser']
+__all__ = ['main', 'split_args', 'has_data_set', 'default_run_args', 'build_command', 'launch_parser',
+           'resolve_config', 'config_names', 'CONFIG_DIR', 'PROJECT_URL']
 
 _logger = logging.getLogger(__name__)
+
+PROJECT_URL = 'https://pypi.org/project/timm-ssm/'
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'  # the paper's recipes, shipped in the package
+# how the user called this: train_timm.sh sets it, a wheel has only `python -m timm_ssm.train_timm`
+PROG = os.environ.get('TIMM_SSM_PROG') or 'python -m timm_ssm.train_timm'
 
 def _processes(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
@@ -48,12 +61,14 @@ class _LaunchParser(argparse.ArgumentParser):
 
 # the options train_timm.sh takes for itself; all others go to train.py as they are
 launch_parser = _LaunchParser(
-    prog='./train_timm.sh', usage='./train_timm.sh [LAUNCH OPTIONS] [train.py ARGS...]', add_help=False,
+    prog=PROG, usage=f'{PROG} [LAUNCH OPTIONS] [train.py ARGS...]', add_help=False,
     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
     description='Runs timm\'s own train.py, unchanged, with timm-ssm\'s <arch>_ssm models registered.',
     epilog='Without a data set (no --data-dir, --dataset, DIR first or -c config) it trains a small SSM model on '
            'Fashion-MNIST,\nevaluates it and prints where the results are: the default run. A data folder goes first '
-           'or after --data-dir.\n\ntimm\'s train.py wraps the model in DistributedDataParallel with device_ids, so '
+           'or after --data-dir.\n-c NAME takes a recipe shipped in timm_ssm/configs (' +
+           ', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.yaml'))) + ') or a path.\n\n'
+           'timm\'s train.py wraps the model in DistributedDataParallel with device_ids, so '
            'several processes need GPUs;\non CPU use one process.')
 group = launch_parser.add_argument_group('Launch options (everything else goes to train.py as it is)')
 group.add_argument('--timm-root', metavar='DIR', help='pytorch-image-models checkout holding train.py (default: '
@@ -100,6 +115,51 @@ def _option_value(args: List[str], *names: str) -> Optional[str]:
     return value
 
 
+def config_names() -> List[str]:
+    """Names of the recipes shipped in the package, for `-c NAME`."""
+    return sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
+
+
+def resolve_config(config: str) -> Path:
+    """The file of a `-c` value: a path to a file, else the name of a shipped recipe (`resnet50_ssm`, with or
+    without `.yaml`, or `configs/resnet50_ssm.yaml` as a checkout spelled it).
+
+    Raises:
+        ValueError: Neither, with the names there are.
+    """
+    if os.path.isfile(config):
+        return Path(config)
+    name = Path(config).name
+    name = name[:-len('.yaml')] if name.endswith('.yaml') else name
+    shipped = CONFIG_DIR / f'{name}.yaml'
+    if shipped.is_file() and (os.sep not in config or Path(config).parent.name == 'configs'):
+        return shipped
+    raise ValueError(f'config file {config} does not exist, and it is none of the recipes shipped with timm-ssm '
+                     f'(-c NAME: {", ".join(config_names())}). Give the path of a train.py config file or one of '
+                     f'these names.')
+
+
+def _with_config(args: List[str], path: Path) -> List[str]:
+    """`args` with the value of its `-c`/`--config` option replaced by `path`."""
+    out, skip = [], False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        name, eq, _ = arg.partition('=')
+        if name in ('-c', '--config'):
+            if eq:
+                out.append(f'{name}={path}')
+            else:
+                out += [arg, str(path)]
+                skip = True
+        elif arg.startswith('-c') and not arg.startswith('--') and len(arg) > 2:
+            out.append(f'-c{path}')
+        else:
+            out.append(arg)
+    return out
+
+
 def has_data_set(args: List[str]) -> bool:
     """Whether a train.py command line names a data set: `--data-dir`, `--dataset`, a positional DIR first, or a
     `-c` config file that sets `data_dir` or `dataset`."""
@@ -118,16 +178,26 @@ def has_data_set(args: List[str]) -> bool:
 # The default run: a small SSM model on real data, short enough for 2 CPU cores in under 10 minutes.
 DEFAULT_MODEL = 'test_resnet_ssm'
 DEFAULT_EPOCHS = 5
+# the checkpoint the default run reports and the tools default to: chosen on the validation split held out of train
+DEFAULT_CHECKPOINT = 'model_best.pth.tar'
 
 
 def default_run_args(data_root: Path, output: Path, experiment: str, device: str) -> List[str]:
-    """train.py arguments of the default run, before the user's own (which override them)."""
+    """train.py arguments of the default run, before the user's own (which override them).
+
+    Args:
+        data_root: The image folder of `prepare_fashion_mnist_folder` (train/, validation/, test/).
+        output: train.py's --output.
+        experiment: train.py's --experiment, the run's folder in `output`.
+        device: train.py's --device.
+    """
     from .fashion_mnist import MEAN, NUM_CLASSES, STD
     return [
-        '--data-dir', str(data_root), '--dataset', 'torch/fashion_mnist', '--train-split', 'train',
-        '--val-split', 'test',
+        # the validation split is held out of the training images: the test split chooses nothing
+        '--data-dir', str(data_root), '--train-split', 'train', '--val-split', 'validation',
         '--model', DEFAULT_MODEL, '--num-classes', str(NUM_CLASSES),
-        '--input-size', '1', '28', '28', '--mean', *map(str, MEAN), '--std', *map(str, STD),
+        # grey images read as RGB: a 3-channel model, as timm's inference.py, ONNX export and the Hub expect
+        '--input-size', '3', '28', '28', '--mean', *map(str, MEAN * 3), '--std', *map(str, STD * 3),
         '--crop-pct', '1.0', '--interpolation', 'bilinear', '--train-interpolation', 'bilinear',
         # a short schedule: light augmentation (mild random-resized crop, horizontal flip), cosine decay per step
         '--scale', '0.8', '1.0', '--hflip', '0.5', '--color-jitter', '0', '--smoothing', '0',
@@ -195,32 +265,21 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _call(cmd: List[str], result_json: bool = True, **kwargs) -> int:
-    """Run a command to its end; Ctrl-C reaches it too, and it decides (train.py stops after saving).
+class _ResultFilter:
+    """Passes train.py's output on, less its closing `--result` JSON (the epochs' metrics, which the default run's
+    own table follows)."""
 
-    Args:
-        cmd: The command.
-        result_json: Show train.py's closing `--result` JSON; without it the output passes through here and the
-            JSON (the epochs' metrics, which the default run's own table follows) is left out.
-    """
-    if not result_json:
-        kwargs.update(stdout=subprocess.PIPE, text=True, bufsize=1)
-    proc = subprocess.Popen(cmd, **kwargs)
-    while True:
-        try:
-            if not result_json:
-                in_result = False
-                for line in proc.stdout:
-                    if line.rstrip('\n') == '--result':
-                        in_result = True
-                    elif not in_result:
-                        sys.stdout.write(line)
-                        sys.stdout.flush()
-                    elif line.rstrip('\n') in (']', '[]'):  # the end of the JSON list
-                        in_result = False
-            return proc.wait()
-        except KeyboardInterrupt:
-            pass
+    def __init__(self):
+        self.in_result = False
+
+    def __call__(self, line: str):
+        if line.rstrip('\n') == '--result':
+            self.in_result = True
+        elif not self.in_result:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        elif line.rstrip('\n') in (']', '[]'):  # the end of the JSON list
+            self.in_result = False
 
 
 def _print_command(cmd: List[str]):
@@ -228,18 +287,18 @@ def _print_command(cmd: List[str]):
 
 
 def _error(message: str) -> int:
-    print(f'train_timm.sh: error: {message}', file=sys.stderr)
+    print(f'train_timm: error: {message}', file=sys.stderr)
     return 2
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(format='train_timm.sh: %(levelname)s: %(message)s')
+    logging.basicConfig(format='train_timm: %(levelname)s: %(message)s')
     logging.getLogger('timm_ssm.timm_source').setLevel(logging.INFO)  # what a checkout of another version means
     try:
         opts, args = split_args(argv)
     except ValueError as e:
-        return _error(f'{e}\n\n{launch_parser.format_usage()}See ./train_timm.sh --help.')
+        return _error(f'{e}\n\n{launch_parser.format_usage()}See {PROG} --help.')
 
     if opts.timm_root is not None and not opts.timm_root.strip():
         return _error('--timm-root is empty: give the folder of a pytorch-image-models checkout (it holds train.py), '
@@ -255,11 +314,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         return _error(str(e))
     if opts.help:
-        return _call(build_command(split_args([])[0], train_py, ['--help']))
+        with Children() as children:
+            try:
+                return children.run(build_command(split_args([])[0], train_py, ['--help']))
+            except Stopped as stop:
+                return stop.exit_code
 
     config = _option_value(args, '-c', '--config')
-    if config is not None and not os.path.isfile(config):
-        return _error(f'config file {config} does not exist.')
+    if config is not None:
+        try:
+            args = _with_config(args, resolve_config(config))
+        except ValueError as e:
+            return _error(str(e))
     data_given = has_data_set(args)
     if not data_given and config is not None:
         return _error(
@@ -270,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     gpus = _visible_gpus()
     if device is None and not gpus:
         if data_given:
-            print('train_timm.sh: no GPU is visible and train.py defaults to --device cuda: add --device cpu to '
+            print('train_timm: no GPU is visible and train.py defaults to --device cuda: add --device cpu to '
                   'train on the CPU.', file=sys.stderr)
         else:
             device = 'cpu'
@@ -284,7 +350,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             f'need GPUs (a known limit of train.py). Train on the CPU with one process (--nproc 1).')
 
     if not data_given:
-        return _default_run(opts, train_py, args, device or 'cuda')
+        with Children() as children:
+            try:
+                return _default_run(children, opts, train_py, args, device or 'cuda')
+            except Stopped as stop:  # a signal outside train.py and the evaluation
+                print(f'train_timm: {stop}.', file=sys.stderr)
+                return stop.exit_code
     data_dir = _option_value(args, '--data-dir') or (args[0] if args and not args[0].startswith('-') else None)
     if data_dir is not None and not opts.dry_run:
         from .runs import RunError, check_data_dir
@@ -300,36 +371,59 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.execv(cmd[0], cmd)  # train.py (or torchrun) in this process: signals and exit code are its own
 
 
-def _default_run(opts: argparse.Namespace, train_py: Path, user_args: List[str], device: str) -> int:
-    from .fashion_mnist import default_root, prepare_fashion_mnist
+def _run_folder(output: Path, experiment: Optional[str], model: str, dry_run: bool) -> Path:
+    """The default run's folder: the user's --experiment, else `fashion_mnist-MODEL-YYYYmmdd-HHMMSS`, made here
+    (unless dry_run) so that two runs started in the same second get two folders (`-2`, `-3`, ... as needed)."""
+    if experiment is not None:
+        return output / experiment
+    name = '-'.join(['fashion_mnist', model.replace('/', '_').replace(':', '_'),
+                     datetime.datetime.now().strftime('%Y%m%d-%H%M%S')])
+    if dry_run:
+        return output / name
+    output.mkdir(parents=True, exist_ok=True)
+    for count in range(1, 1000):
+        run_dir = output / (name if count == 1 else f'{name}-{count}')
+        try:
+            run_dir.mkdir()  # atomic: one process wins each name
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f'{output} holds 999 runs named {name}: give --experiment NAME.')
+
+
+def _default_run(children: Children, opts: argparse.Namespace, train_py: Path, user_args: List[str],
+                 device: str) -> int:
+    from .fashion_mnist import FOLDER_NAME, default_root, prepare_fashion_mnist_folder
+    from .runs import RunError, check_output_folder
 
     data_dir = _positional_data_dir(train_py, user_args)
     if data_dir is not None:
         return _error(
             f'{data_dir} stands where train.py takes a data folder, but the arguments name no data set, so this '
             f'would be the default run on Fashion-MNIST, which ignores it. Put the data folder first '
-            f'(./train_timm.sh {data_dir} ...) or give it as --data-dir {data_dir}.')
+            f'({PROG} {data_dir} ...) or give it as --data-dir {data_dir}.')
 
     output = Path(_option_value(user_args, '--output') or Path.cwd() / 'output' / 'train').resolve()
     model = _option_value(user_args, '--model') or DEFAULT_MODEL
-    experiment = _option_value(user_args, '--experiment') or '-'.join([
-        'fashion_mnist', model.replace('/', '_').replace(':', '_'), datetime.datetime.now().strftime('%Y%m%d-%H%M%S'),
-    ])
-    run_dir = output / experiment
-
-    print(f'No data set given: the default run trains {model} on Fashion-MNIST and evaluates it on its test split. '
-          f'Train on your own data with --data-dir DIR (see ./train_timm.sh --help).', flush=True)
+    print(f'No data set given: the default run trains {model} on Fashion-MNIST, chooses its checkpoint on a '
+          f'validation split held out of the training images and evaluates that one on the test split. Train on '
+          f'your own data with --data-dir DIR (see {PROG} --help).', flush=True)
     if opts.dry_run:
-        data_root = default_root()
+        data_root = default_root() / FOLDER_NAME
         print(f'Fashion-MNIST would be prepared in {data_root} (not with --dry-run)', flush=True)
     else:
         try:
-            data_root = prepare_fashion_mnist()
-        except RuntimeError as e:
+            check_output_folder(output, '--output')
+            data_root = prepare_fashion_mnist_folder()
+        except (RuntimeError, RunError) as e:
             return _error(str(e))
         print(f'Fashion-MNIST is ready in {data_root}', flush=True)
+    try:
+        run_dir = _run_folder(output, _option_value(user_args, '--experiment'), model, opts.dry_run)
+    except (RuntimeError, OSError) as e:
+        return _error(str(e))
 
-    args = _without_given(default_run_args(data_root, output, experiment, device), user_args) + user_args
+    args = _without_given(default_run_args(data_root, output, run_dir.name, device), user_args) + user_args
     cmd = build_command(opts, train_py, args)
     env = None
     if device == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
@@ -340,73 +434,131 @@ def _default_run(opts: argparse.Namespace, train_py: Path, user_args: List[str],
     _print_command(cmd)
     if opts.dry_run:
         return 0
-    code = _call(cmd, env=env, result_json=False)
+    try:
+        code = children.run(cmd, env=env, on_line=_ResultFilter())
+    except Stopped as stop:
+        _partial_report(run_dir, stop)
+        return stop.exit_code
     if code != 0:
         return code
-    return _report(run_dir, env=env)
+    try:
+        return _report(run_dir, env=env, children=children)
+    except Stopped as stop:
+        _partial_report(run_dir, stop)
+        return stop.exit_code
 
 
-def _report(run_dir: Path, env: Optional[Dict[str, str]] = None) -> int:
-    """Evaluate a train.py run's last checkpoint on its validation split with `timm_ssm.evaluate`, print the
-    top-1 table and where results and checkpoints are.
+def _epochs_done(run_dir: Path) -> Tuple[int, Optional[float]]:
+    """Epochs train.py finished in a run (rows of its summary.csv) and the last one's validation top-1."""
+    import csv
+    try:
+        with open(run_dir / 'summary.csv', newline='') as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return 0, None
+    if not rows:
+        return 0, None
+    try:
+        return len(rows), float(rows[-1]['eval_top1'])
+    except (KeyError, ValueError):
+        return len(rows), None
 
-    The last checkpoint, not the best: the default run's validation split is Fashion-MNIST's test split, which
-    must not choose the epoch it reports.
-    """
-    checkpoint = run_dir / 'last.pth.tar'
-    args_file = run_dir / 'args.yaml'
-    if not checkpoint.is_file() or not args_file.is_file():
-        return _error(f'train.py finished but wrote no checkpoint or args.yaml in {run_dir}.')
-    with open(args_file) as f:
-        train_args = yaml.safe_load(f)
 
-    eval_json = run_dir / f'eval_{train_args["val_split"]}.json'
-    eval_table = run_dir / f'eval_{train_args["val_split"]}.txt'
-    # the model, its options and the data config come from the run (timm_ssm.runs); the data set from here
-    cmd = [sys.executable, '-m', 'timm_ssm.evaluate', '--checkpoint', str(checkpoint), '--json', str(eval_json),
-           '--split', train_args['val_split'], '-b', str(train_args['validation_batch_size'] or
-                                                         train_args['batch_size'])]
+def _partial_report(run_dir: Path, stop: Stopped):
+    """What a stopped default run leaves: the epochs done and the checkpoints, with the command that evaluates
+    them."""
+    done, top1 = _epochs_done(run_dir)
+    lines = [f'\ntrain_timm: {stop}: the default run is partial, it ends here (exit code {stop.exit_code}).']
+    if done:
+        lines.append(f'train.py finished {done} epoch{"" if done == 1 else "s"}' +
+                     (f' (validation top-1 of the last: {top1:.2f}%)' if top1 is not None else '') + '.')
+    checkpoints = [p for p in (run_dir / DEFAULT_CHECKPOINT, run_dir / 'last.pth.tar') if p.is_file()]
+    if checkpoints:
+        lines.append(f'Checkpoints in {run_dir}: {", ".join(p.name for p in checkpoints)}. Evaluate one on the test '
+                     f'split with:')
+        lines.append(f'  {" ".join(shlex.quote(c) for c in _evaluate_command(run_dir, checkpoints[0], "test"))}')
+    else:
+        lines.append(f'No checkpoint was saved in {run_dir}.')
+    print('\n'.join(lines), file=sys.stderr, flush=True)
+
+
+def _evaluate_command(run_dir: Path, checkpoint: Path, split: str, train_args: Optional[Dict] = None) -> List[str]:
+    """`timm_ssm.evaluate` of a checkpoint of the run on a split of the run's data (the model, its options and the
+    data config come from the run, `timm_ssm.runs`)."""
+    if train_args is None:
+        with open(run_dir / 'args.yaml') as f:
+            train_args = yaml.safe_load(f)
+    cmd = [sys.executable, '-m', 'timm_ssm.evaluate', '--checkpoint', str(checkpoint), '--split', split,
+           '-b', str(train_args.get('validation_batch_size') or train_args.get('batch_size') or 128)]
     for option, key in (('--data-dir', 'data_dir'), ('--dataset', 'dataset'), ('--workers', 'workers'),
                         ('--device', 'device')):
         if train_args.get(key) not in (None, ''):
             cmd += [option, str(train_args[key])]
     if train_args.get('model_ema'):
         cmd.append('--use-ema')  # train.py validated the EMA weights
+    return cmd
+
+
+def _report(run_dir: Path, env: Optional[Dict[str, str]] = None, children: Optional[Children] = None,
+            split: str = 'test') -> int:
+    """Evaluate the checkpoint train.py chose on its validation split (`model_best.pth.tar`, else `last.pth.tar`)
+    once on `split` with `timm_ssm.evaluate`, print the top-1 table and where results and checkpoints are.
+
+    Raises:
+        Stopped: A signal stopped the evaluation.
+    """
+    args_file = run_dir / 'args.yaml'
+    checkpoint = next((p for p in (run_dir / DEFAULT_CHECKPOINT, run_dir / 'last.pth.tar') if p.is_file()), None)
+    if checkpoint is None or not args_file.is_file():
+        return _error(f'train.py finished but wrote no checkpoint or args.yaml in {run_dir}.')
+    with open(args_file) as f:
+        train_args = yaml.safe_load(f)
+
+    eval_json = run_dir / f'eval_{split}.json'
+    eval_table = run_dir / f'eval_{split}.txt'
+    cmd = _evaluate_command(run_dir, checkpoint, split, train_args) + ['--json', str(eval_json)]
     _print_command(cmd)
     with open(eval_table, 'w') as f:
-        code = _call(cmd, stdout=f, env=env)
+        if children is None:
+            with Children() as children:
+                code = children.run(cmd, stdout=f, env=env)
+        else:
+            code = children.run(cmd, stdout=f, env=env)
     if code != 0:
         return code
     with open(eval_json) as f:
         result = json.load(f)
 
     epoch = result['models'][0]['epoch']  # counted from 0
-    print(format_summary(result, train_args, checkpoint, None if epoch is None else epoch + 1), flush=True)
+    done, _ = _epochs_done(run_dir)
+    print(format_summary(result, dict(train_args, val_split=split), checkpoint, epoch_of_checkpoint=epoch,
+                         epochs_done=done or None), flush=True)
     print(f'\nResults and checkpoints are in {run_dir}:')
     for name, path in (
-            ('last checkpoint', checkpoint),
-            ('best checkpoint', run_dir / 'model_best.pth.tar'),
+            ('best checkpoint', run_dir / DEFAULT_CHECKPOINT),
+            ('last checkpoint', run_dir / 'last.pth.tar'),
             ('per-epoch metrics', run_dir / 'summary.csv'),
             ('train.py arguments', args_file),
-            ('test evaluation', eval_json),
+            (f'{split} evaluation', eval_json),
             ('full evaluation table', eval_table),
     ):
         if path.exists():
             print(f'  {name + ":":24s}{path}')
-    print(f'Publish the evaluated weights (docs/hub.md): python -m timm_ssm.hub {run_dir} --checkpoint '
-          f'{checkpoint.name} --repo-id ORG/NAME --dry-run')
+    print(f'Publish the evaluated weights on the Hugging Face Hub (python -m timm_ssm.hub --help):\n'
+          f'  python -m timm_ssm.hub {run_dir} --checkpoint {checkpoint.name} --repo-id ORG/NAME --dry-run')
     return 0
 
 
-def format_summary(result: Dict, train_args: Dict, checkpoint: Path, epochs_done: Optional[int] = None) -> str:
+def format_summary(result: Dict, train_args: Dict, checkpoint: Path, epochs_done: Optional[int] = None,
+                   epoch_of_checkpoint: Optional[int] = None) -> str:
     """The default run's final table: top-1 of the averaged output and of each sub-classifier.
 
     Args:
         result: What `timm_ssm.evaluate` wrote for the checkpoint.
-        train_args: train.py's args.yaml of the run.
+        train_args: train.py's args.yaml of the run, with `val_split` the evaluated split.
         checkpoint: The evaluated checkpoint.
-        epochs_done: Epochs the checkpoint was trained for, `train_args['epochs']` if None; fewer when train.py
-            was stopped (Ctrl-C ends its loop and it exits 0).
+        epochs_done: Epochs train.py finished, `train_args['epochs']` if None; fewer when train.py was stopped.
+        epoch_of_checkpoint: The epoch (from 0) the checkpoint was saved after, when it is not the last.
     """
     model = result['models'][0]
     epochs = train_args['epochs']
@@ -415,10 +567,14 @@ def format_summary(result: Dict, train_args: Dict, checkpoint: Path, epochs_done
     else:
         done = epochs if epochs_done is None else epochs_done
         trained = f'after {done} epoch{"" if done == 1 else "s"}'
+    name = checkpoint.name
+    if epoch_of_checkpoint is not None and checkpoint.name == DEFAULT_CHECKPOINT:
+        name += f' (epoch {epoch_of_checkpoint + 1}, chosen on the validation split)'
     lines = [
         '',
-        f'{train_args["model"]} {trained}, {checkpoint.name}, on the '
-        f'{train_args["val_split"]} split of {train_args["dataset"]} ({result["data"]["num_samples"]} images):',
+        f'{train_args["model"]} {trained}, {name}, on the '
+        f'{train_args["val_split"]} split of {train_args.get("dataset") or train_args.get("data_dir")} '
+        f'({result["data"]["num_samples"]} images):',
         f'  {"output":<32}{"top-1 (%)":>10}',
         f'  {"averaged (model output)":<32}{model["top1"]:>10.2f}',
     ]
