@@ -306,7 +306,8 @@ def test_one_by_one_map_is_refused_with_what_to_do(class_folders, tmp_path, caps
     """The default run's model at its 28 px: a 1x1 map, every heat map flat; refused before any grid."""
     checkpoint = _run_at_28px(tmp_path)
     err = _fails([str(class_folders), '--checkpoint', str(checkpoint), '--out', str(tmp_path / 'o'),
-                  '--device', 'cpu', *_class_map(class_folders)], capsys, 'the last feature map of the model is 1x1 at 28 px')
+                  '--device', 'cpu', *_class_map(class_folders)], capsys,
+                 'the last feature map of the model is 1x1 at 28 px')
     assert '--model-kwargs output_stride=8' in err
     assert not (tmp_path / 'o').exists() or not any((tmp_path / 'o').iterdir())
 

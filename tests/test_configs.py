@@ -1,4 +1,4 @@
-"""timm_ssm/configs/*.yaml: the paper's ImageNet recipe as timm train.py configs, checked through timm's own factories."""
+"""timm_ssm/configs/*.yaml: the paper's ImageNet recipe as timm train.py configs, checked through timm's factories."""
 import argparse
 import os
 import runpy

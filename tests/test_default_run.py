@@ -104,9 +104,7 @@ def test_hub_export_and_transformers_pipeline(default_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.loads((out / 'config.json').read_text())
     assert config['pretrained_cfg']['input_size'] == [3, 28, 28]
-    if 'num_classes' in config.get('model_args', {}):
-        pytest.xfail('hub.py writes num_classes into config.json\'s model_args, which transformers passes to '
-                     'timm.create_model a second time (issue 17)')
+    assert 'num_classes' not in config['model_args']  # transformers passes it to timm.create_model itself
     import timm_ssm  # noqa: F401  registers test_resnet_ssm for transformers' timm wrapper
     classify = transformers.pipeline('image-classification', model=str(out))
     image = Image.open(next((data / 'test' / 'sneaker').iterdir()))

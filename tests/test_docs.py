@@ -66,8 +66,9 @@ BLOCKS: Dict[str, Treatment] = {
     'README.md: python -m pytest -q                                                 # offline, tiny models':
         SKIP('the test suite itself'),
     'analyses.md: RUN=$(ls -d output/train/fashion_mnist-* | tail -1)': RUN,
-    'analyses.md: python -m timm_ssm.evaluate --checkpoint $RUN/last.pth.tar --data-dir ~/.cache/timm_ssm/data \\':
-        TODO('names torch/fashion_mnist (1-channel images), the default run now reads its image folder'),
+    'analyses.md: python -m timm_ssm.evaluate --checkpoint $RUN --data-dir $DATA --split test \\': FLAGS,
+    'analyses.md: python -m timm_ssm.evaluate --checkpoint output/train/RUN_A output/train/RUN_B --data-dir $DATA '
+    '--split test': FLAGS,
     'analyses.md: RUN=output/train/cam-os8': RUN,  # on an untrained run of the recipe's model
     'analyses.md: ./train_timm.sh --model-kwargs output_stride=8 --epochs 2 --experiment cam-os8': FLAGS,
     'benchmarks.md: python benchmarks/throughput.py        # resnet50_ssm vs resnet50, inference and training step; '
@@ -75,6 +76,11 @@ BLOCKS: Dict[str, Treatment] = {
     'hub.md: RUN=$(ls -d output/train/fashion_mnist-* | tail -1)          # the default run\'s folder, or any '
     'train.py run': SKIP('uploads to the Hub (hf auth login)'),
     'hub.md: import timm': SKIP('ORG/NAME is a placeholder'),
+    'hub.md: import timm_ssm': SKIP('ORG/NAME is a placeholder (tests/test_hub.py loads a real export through '
+                                    'transformers three ways)'),
+    'models.md: model = timm.create_model(\'resnet50_ssm\', num_classes=K, checkpoint_path=\'plain_or_ssm.pth.tar\')':
+        SKIP('K and the files are placeholders (tests/test_pretrained.py loads each layout every way shown)'),
+    'training.md: ./train_timm.sh --data-dir /data/flowers --model resnet50_ssm --num-classes 102 \\': FLAGS,
     'models.md: pip install pytest-timeout': SKIP('downloads timm\'s source from PyPI and runs its model tests'),
     'training.md: ./train_timm.sh                      # from a checkout': FLAGS,
     'training.md: git clone --branch v1.0.31 https://github.com/huggingface/pytorch-image-models.git '
