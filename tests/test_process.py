@@ -1,0 +1,128 @@
+"""timm_ssm.process: stop signals reach every child, the parent exits 128 + signum, Ctrl-C from a real terminal."""
+import os
+import pty
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A child that says it is ready, then waits; on SIGINT it stops as train.py does (KeyboardInterrupt ends its loop)
+# and records how many SIGINTs it got.
+CHILD = textwrap.dedent('''
+    import os, signal, sys, time
+    out = sys.argv[1]
+    got = []
+    signal.signal(signal.SIGINT, lambda s, f: got.append(s))
+    open(out + '.ready', 'w').close()
+    while not got:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a second SIGINT would arrive now
+    with open(out + '.sigint', 'w') as f:
+        f.write(str(len(got)))
+    print('child stopped', flush=True)
+''')
+
+# A parent that runs N children at once from threads, filtering the stdout of the one run in the main thread.
+PARENT = textwrap.dedent('''
+    import sys, threading
+    from concurrent.futures import ThreadPoolExecutor
+    from timm_ssm.process import Children, Stopped
+    child, outs = sys.argv[1], sys.argv[2:]
+    with Children() as children:
+        try:
+            with ThreadPoolExecutor(len(outs)) as pool:
+                futures = [pool.submit(children.run, [sys.executable, child, o]) for o in outs[1:]]
+                children.run([sys.executable, child, outs[0]], on_line=lambda l: print('filtered:', l, end=''))
+                [f.result() for f in futures]
+        except Stopped as stop:
+            try:
+                children.run([sys.executable, '-c', 'print("started after the stop")'])
+            except Stopped:
+                pass
+            print(f'partial: {stop}', flush=True)
+            sys.exit(stop.exit_code)
+    print('not stopped')
+''')
+
+
+def _start(tmp_path, n, **kwargs):
+    (tmp_path / 'child.py').write_text(CHILD)
+    (tmp_path / 'parent.py').write_text(PARENT)
+    outs = [str(tmp_path / f'c{i}') for i in range(n)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / 'parent.py'), str(tmp_path / 'child.py'), *outs],
+                            env=env, **kwargs)
+    deadline = time.time() + 60
+    while not all(os.path.exists(o + '.ready') for o in outs):
+        assert proc.poll() is None and time.time() < deadline, 'the children did not start'
+        time.sleep(0.05)
+    return proc, outs
+
+
+def _child_pids(pid):
+    pids = []
+    for task in os.listdir(f'/proc/{pid}/task'):  # each thread's children
+        with open(f'/proc/{pid}/task/{task}/children') as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
+def test_stop_signal_reaches_every_child(tmp_path, signum):
+    proc, outs = _start(tmp_path, 3, stdout=subprocess.PIPE, text=True)
+    children = _child_pids(proc.pid)
+    assert len(children) == 3
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, out
+    assert f'partial: stopped by {signal.Signals(signum).name}' in out
+    assert 'started after the stop' not in out and 'not stopped' not in out
+    for pid in children:  # ended and reaped, not orphaned
+        assert not os.path.exists(f'/proc/{pid}'), f'child {pid} outlived its parent'
+
+
+def test_sigint_to_the_parent_alone_is_forwarded_once(tmp_path):
+    """`kill -INT PARENT` (no terminal): the children get it from the parent, once, and stop as train.py does."""
+    proc, outs = _start(tmp_path, 2, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert 'filtered: child stopped' in out and 'partial: stopped by SIGINT' in out
+    assert [Path(o + '.sigint').read_text() for o in outs] == ['1', '1']
+
+
+def test_ctrl_c_on_a_terminal_reaches_each_child_once(tmp_path):
+    """Ctrl-C typed on a real (pseudo-)terminal: the terminal signals the whole group, the parent sends nothing
+    more, every child stops after one SIGINT and the parent exits 130."""
+    import fcntl
+    import termios
+    master, slave = pty.openpty()
+
+    def controlling_terminal():
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    proc, outs = _start(tmp_path, 2, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal)
+    os.close(slave)
+    os.write(master, b'\x03')  # Ctrl-C
+    try:
+        assert proc.wait(timeout=30) == 130
+    finally:
+        output = b''
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(master)
+    assert b'partial: stopped by SIGINT' in output, output
+    assert [Path(o + '.sigint').read_text() for o in outs] == ['1', '1']
