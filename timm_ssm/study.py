@@ -261,8 +261,9 @@ def paired(top1: Dict[tuple, float], a: str, b: str, value, seeds: Sequence[int]
                 losses=sum(d < 0 for d in diffs), sign_p=sign_test(diffs), t=t, df=df, t_p=p_t)
 
 
-def _ms(values: Sequence[float]) -> str:
-    return f'{values[0]:.2f}' if len(values) == 1 else f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
+def _ms(values: Sequence[float], sign: str = '') -> str:
+    mean = f'{statistics.mean(values):{sign}.2f}'
+    return mean if len(values) == 1 else f'{mean} ± {statistics.stdev(values):.2f}'
 
 
 def _p(p: float) -> str:
@@ -297,7 +298,7 @@ def report(study, tasks: List[Task], records: Dict[str, dict], wall_seconds: flo
                 continue
             heads = [[r['heads'][j]['top1'] for _, r in rs] for j in range(len(rs[0][1]['heads']))]
             widths = [h['width'] for h in rs[0][1]['heads']]
-            cells = [f'`{rs[0][0].model}` {" ".join(rs[0][0].kwargs)}', ', '.join(str(t.seed) for t, _ in rs),
+            cells = [' '.join([f'`{rs[0][0].model}`', *rs[0][0].kwargs]), ', '.join(str(t.seed) for t, _ in rs),
                      _ms([r['top1'] for _, r in rs]), ', '.join(f'{r["top1"]:.2f}' for _, r in rs),
                      _ms([r['top5'] for _, r in rs]), '; '.join(f'{_ms(h)} (w {w})' for h, w in zip(heads, widths)),
                      f'{rs[0][1]["param_count"]:,}', _ms([r['seconds'] / 60 for _, r in rs])]
@@ -314,9 +315,10 @@ def report(study, tasks: List[Task], records: Dict[str, dict], wall_seconds: flo
     verdicts = []
     for p in pairs_json:
         name = f'{p["a"]} − {p["b"]}'
+        ci = '–' if math.isnan(p['ci95'][0]) else f'{p["ci95"][0]:+.2f} to {p["ci95"][1]:+.2f}'
         lines.append(f'| {str(p["value"]) + " | " if key else ""}{name} | {", ".join(map(str, p["seeds"]))} | '
-                     f'{", ".join(f"{d:+.2f}" for d in p["diffs"])} | {_ms(p["diffs"])} | '
-                     f'{p["ci95"][0]:+.2f} to {p["ci95"][1]:+.2f} | {p["wins"]} / {p["losses"]} | '
+                     f'{", ".join(f"{d:+.2f}" for d in p["diffs"])} | {_ms(p["diffs"], "+")} | '
+                     f'{ci} | {p["wins"]} / {p["losses"]} | '
                      f'{p["sign_p"]:.3f} | {p["t"]:+.2f} ({p["df"]}) | {_p(p["t_p"])} |')
         verdict = 'beyond seed noise (paired t p < 0.05)' if p['t_p'] < 0.05 else 'within seed noise'
         at = f' at {key} = {p["value"]}' if key else ''
@@ -327,8 +329,9 @@ def report(study, tasks: List[Task], records: Dict[str, dict], wall_seconds: flo
         verdicts.append(f'- The exact sign test cannot go below p = {floor:.3f} with this many seeds: only the paired '
                         f't-test (which assumes normal seed-to-seed differences) can reach 5 %.')
     lines += ['', '## Verdicts', '', *verdicts, '',
-              f'Wall time of this invocation {wall_seconds / 60:.1f} min on {study.hardware}; 1-minute load average at '
-              f'the end of the runs {min(r["load"] for r in runs_json):.1f}-{max(r["load"] for r in runs_json):.1f}.']
+              f'Wall time of this invocation {wall_seconds / 60:.1f} min; the runs took '
+              f'{sum(r["seconds"] for r in runs_json) / 60:.0f} min of run time (training and evaluation) on {study.hardware}; 1-minute load average at the end of '
+              f'the runs {min(r["load"] for r in runs_json):.1f}-{max(r["load"] for r in runs_json):.1f}.']
     result = dict(model=study.model, dataset=study.dataset, val_split=study.val_split, num_samples=num_samples,
                   sweep=dict(key=key, values=values) if key else None, variants=variants, seeds=seeds,
                   train_args=study.train_args, complete=len(done) == len(tasks), runs=runs_json,
