@@ -80,6 +80,7 @@ def test_paired_t_and_its_quantile_against_closed_forms():
     ('baseline', None, None),
     ('ssm', [24, 48, 72, 96], 24 + 48 + 72),
     ('ssm_norm_all', [24, 48, 72, 96], 24 + 48 + 72 + 96),
+    ('1fc', [96], 0),
     ('2fc', [96, 96], 0),
     ('4fc', [96] * 4, 0),
     ('8fc', [96] * 8, 0),
@@ -102,11 +103,12 @@ def test_comparisons():
         ('ssm', 'baseline'), ('2fc', 'baseline'), ('4fc', 'baseline'), ('ssm_individual', 'baseline'),
         ('ssm', '2fc'), ('ssm', '4fc'), ('ssm_individual', 'ssm')]
     assert study.comparisons(['ssm', '3fc']) == [('ssm', '3fc')]
+    assert study.comparisons(['baseline', '1fc', '4fc']) == [('1fc', 'baseline'), ('4fc', 'baseline'), ('4fc', '1fc')]
     assert study.comparisons(['baseline']) == []
 
 
 @pytest.mark.parametrize('argv,match', [
-    (['--variants', 'baseline', '1fc'], r'Unknown variant \'1fc\'.*1fc is the baseline'),
+    (['--variants', 'baseline', '0fc'], r'Unknown variant \'0fc\'.*kfc for any k >= 1'),
     (['--variants', 'ssm', 'fc4'], r'Unknown variant \'fc4\''),
     (['--model', 'deepseek_vit_412m_enc'], 'is no classifier'),
     (['--model', 'test_resnet_ssm'], 'the study builds <model>_ssm itself'),

@@ -17,7 +17,8 @@ training (`--val-split ''` for train.py) and the last checkpoint is evaluated by
     ssm_norm_all    the same with `norm_all=True` (Algorithm 1: BatchNorm before every sub-classifier)
     kfc (2fc, 4fc)  `<model>_ssm num_splits=k split=False`: k plain Linear layers on all C channels, averaged (Table
                     4's controls); their average is one Linear trained with 1/k of its step, so 4fc is SSM's control
-                    for the effective head learning rate at n = 4
+                    for the effective head learning rate at n = 4; 1fc is one Linear with the head's initialization
+                    (PyTorch's), where the baseline's classifier has the trunk's
     ssm_individual  `ssm` trained with a loss per sub-classifier (Table 2). train.py cannot do it: the study's own
                     loop (`train_individual`) runs it, built from the same train.py arguments with timm's functions
 
@@ -74,7 +75,7 @@ parser = argparse.ArgumentParser(
 parser.add_argument('--model', default=None, help='the baseline timm classifier; the others are <model>_ssm '
                     '(default on Fashion-MNIST: lcnet_050 on CPU, resnet26 on CUDA)')
 parser.add_argument('--variants', nargs='+', default=['baseline', 'ssm', '4fc'],
-                    help='baseline, ssm, ssm_norm_all, ssm_individual, kfc for any k >= 2 (default: baseline ssm 4fc)')
+                    help='baseline, ssm, ssm_norm_all, ssm_individual, kfc for any k >= 1 (default: baseline ssm 4fc)')
 parser.add_argument('--num-splits', type=int, default=4, help='sub-classifiers n of the SSM variants (default: 4)')
 parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='seeds (default: 0 1 2 3 4)')
 parser.add_argument('--sweep', default=None, metavar='KEY=V1,V2,...',
@@ -132,9 +133,9 @@ def _value(text: str):
 def variant_model(model: str, variant: str, num_splits: int = 4) -> tuple:
     """(model name, model kwargs) of a variant; ValueError for an unknown one."""
     match = VARIANT_RE.match(variant)
-    if match is None or match.group(2) == '1':
+    if match is None:
         raise ValueError(f'Unknown variant {variant!r}: give baseline, ssm, ssm_norm_all, ssm_individual or kfc '
-                         f'with k >= 2 (2fc, 4fc, ...; 1fc is the baseline).')
+                         f'for any k >= 1 (1fc, 2fc, 4fc, ...).')
     if match.group(2):
         return f'{model}_ssm', [f'num_splits={match.group(2)}', 'split=False']
     return {'baseline': (model, []), 'ssm_norm_all': (f'{model}_ssm', [f'num_splits={num_splits}', 'norm_all=True'])
@@ -244,6 +245,8 @@ def comparisons(variants: Sequence[str]) -> List[tuple]:
     if 'ssm' in variants:
         pairs += [('ssm', v) for v in variants if v.endswith('fc')]
         pairs += [(v, 'ssm') for v in ('ssm_norm_all', 'ssm_individual') if v in variants]
+    if '1fc' in variants:  # the head's initialization is 1fc's: what k changes beyond it
+        pairs += [(v, '1fc') for v in variants if v.endswith('fc') and v != '1fc']
     return pairs
 
 
@@ -330,8 +333,8 @@ def report(study, tasks: List[Task], records: Dict[str, dict], wall_seconds: flo
                         f't-test (which assumes normal seed-to-seed differences) can reach 5 %.')
     lines += ['', '## Verdicts', '', *verdicts, '',
               f'Wall time of this invocation {wall_seconds / 60:.1f} min; the runs took '
-              f'{sum(r["seconds"] for r in runs_json) / 60:.0f} min of run time (training and evaluation) on {study.hardware}; 1-minute load average at the end of '
-              f'the runs {min(r["load"] for r in runs_json):.1f}-{max(r["load"] for r in runs_json):.1f}.']
+              f'{sum(r["seconds"] for r in runs_json) / 60:.0f} min of run time (training and evaluation) on '
+              f'{study.hardware}; 1-minute load average at the end of the runs {min(r["load"] for r in runs_json):.1f}-{max(r["load"] for r in runs_json):.1f}.']
     result = dict(model=study.model, dataset=study.dataset, val_split=study.val_split, num_samples=num_samples,
                   sweep=dict(key=key, values=values) if key else None, variants=variants, seeds=seeds,
                   train_args=study.train_args, complete=len(done) == len(tasks), runs=runs_json,
