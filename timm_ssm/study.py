@@ -331,10 +331,12 @@ def report(study, tasks: List[Task], records: Dict[str, dict], wall_seconds: flo
     if floor >= 0.05:
         verdicts.append(f'- The exact sign test cannot go below p = {floor:.3f} with this many seeds: only the paired '
                         f't-test (which assumes normal seed-to-seed differences) can reach 5 %.')
+    loads = [r['load'] for r in runs_json]
     lines += ['', '## Verdicts', '', *verdicts, '',
               f'Wall time of this invocation {wall_seconds / 60:.1f} min; the runs took '
               f'{sum(r["seconds"] for r in runs_json) / 60:.0f} min of run time (training and evaluation) on '
-              f'{study.hardware}; 1-minute load average at the end of the runs {min(r["load"] for r in runs_json):.1f}-{max(r["load"] for r in runs_json):.1f}.']
+              f'{study.hardware}; 1-minute load average at the end of the runs '
+              f'{min(loads):.1f}-{max(loads):.1f}.']
     result = dict(model=study.model, dataset=study.dataset, val_split=study.val_split, num_samples=num_samples,
                   sweep=dict(key=key, values=values) if key else None, variants=variants, seeds=seeds,
                   train_args=study.train_args, complete=len(done) == len(tasks), runs=runs_json,
