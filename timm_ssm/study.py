@@ -370,9 +370,10 @@ def plot(result: dict, path: str):
     ax.set_title(f'{result["model"]}: paired difference, mean and 95% CI', fontsize=9)
     if sweep:
         ax = axes[0][1]
-        for j, v in enumerate(dict.fromkeys(p['a'] for p in pairs)):
+        names = list(dict.fromkeys(p['a'] for p in pairs))
+        for j, v in enumerate(names):
             ps = [p for p in pairs if p['a'] == v]
-            x = [result['sweep']['values'].index(p['value']) for p in ps]
+            x = [sweep['values'].index(p['value']) + 0.06 * (j - (len(names) - 1) / 2) for p in ps]  # side by side
             ax.errorbar(x, [p['mean'] for p in ps], yerr=[[p['mean'] - p['ci95'][0] for p in ps],
                                                           [p['ci95'][1] - p['mean'] for p in ps]],
                         fmt='o-', capsize=4, label=v, color=f'C{j}')
