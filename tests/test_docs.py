@@ -73,6 +73,8 @@ BLOCKS: Dict[str, Treatment] = {
     'analyses.md: ./train_timm.sh --model-kwargs output_stride=8 --epochs 2 --experiment cam-os8': FLAGS,
     'benchmarks.md: python benchmarks/throughput.py        # resnet50_ssm vs resnet50, inference and training step; '
     'the head vs a plain one': FLAGS,
+    'evidence.md: export TIMM_ROOT=/path/to/pytorch-image-models     # timm\'s train.py (or the cached copy of '
+    'timm\'s source)': FLAGS,
     'hub.md: RUN=$(ls -d output/train/fashion_mnist-* | tail -1)          # the default run\'s folder, or any '
     'train.py run': SKIP('uploads to the Hub (hf auth login)'),
     'hub.md: import timm': SKIP('ORG/NAME is a placeholder'),
@@ -208,6 +210,12 @@ def _check_flags(words: List[str], env: Dict[str, str]):
                 pytest.skip('timm\'s scripts: set TIMM_ROOT')
             return _parse(_script_parser(Path(TIMM_ROOT) / args[0]), args[1:], what)
         if module == 'pytest':
+            return
+        if module == 'timm_ssm.study':  # its own options, then train.py's for the rest
+            _, rest = __import__(module, fromlist=['parser']).parser.parse_known_args(args)
+            if TIMM_ROOT and rest:
+                module = runpy.run_path(str(Path(TIMM_ROOT) / 'train.py'), run_name='timm_ssm_docs_check')
+                _parse(module['parser'], ['--data-dir', 'DATA', *rest], what)
             return
         if module.startswith('timm_ssm.'):
             return _parse(__import__(module, fromlist=['parser']).parser, args, what)
