@@ -1087,7 +1087,8 @@ def _fashion_mnist_folder(root: Path, per_class: dict) -> Path:
 
 @pytest.mark.skipif(
     not os.environ.get('TIMM_ROOT'),
-    reason='needs timm\'s train.py: set TIMM_ROOT to a pytorch-image-models checkout (e.g. TIMM_ROOT=/work/timm-src)')
+    reason='needs timm\'s train.py: set TIMM_ROOT to a checkout of pytorch-image-models at the tag of the installed '
+           'timm (git clone --branch v1.0.31 https://github.com/huggingface/pytorch-image-models.git)')
 def test_real_train_py_run(hub_cache, tmp_path):
     data = _fashion_mnist_folder(tmp_path / 'data', dict(train=6, validation=3))
     train_py = Path(os.environ['TIMM_ROOT']) / 'train.py'
