@@ -57,6 +57,7 @@ import torch
 import yaml
 
 from .process import Children, Stopped
+from .runs import atomic_write, check_data_dir, check_output_folder
 
 __all__ = ['main', 'sign_test', 'paired_t', 'variant_model', 'train_individual']
 
@@ -193,7 +194,6 @@ def run_task(task: Task, study) -> dict:
                   load=round(os.getloadavg()[0], 2), top1=m['top1'], top5=m['top5'], param_count=m['param_count'],
                   heads=[dict(width=h['width'], top1=h['top1']) for h in m.get('heads') or []],
                   oracle=(m.get('oracle') or {}).get('top1'), num_samples=result['data']['num_samples'])
-    from .runs import atomic_write
     atomic_write(os.path.join(task.dir, RECORD), lambda f: json.dump(record, f, indent=1), mode='w')
     return record
 
@@ -341,7 +341,6 @@ def report(study, tasks: List[Task], records: Dict[str, dict], wall_seconds: flo
                   sweep=dict(key=key, values=values) if key else None, variants=variants, seeds=seeds,
                   train_args=study.train_args, complete=len(done) == len(tasks), runs=runs_json,
                   comparisons=pairs_json, wall_seconds=round(wall_seconds, 1), hardware=study.hardware)
-    from .runs import atomic_write
     atomic_write(os.path.join(study.out, 'study.md'), lambda f: f.write('\n'.join(lines) + '\n'), mode='w')
     atomic_write(os.path.join(study.out, 'study.json'), lambda f: json.dump(result, f, indent=1), mode='w')
     plot(result, os.path.join(study.out, 'study.png'))
@@ -355,7 +354,6 @@ def plot(result: dict, path: str):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from .runs import atomic_write
     pairs = [p for p in result['comparisons'] if p['b'] == 'baseline']
     sweep = result['sweep']
     fig, axes = plt.subplots(1, 2 if sweep else 1, figsize=(11 if sweep else 6, 4), squeeze=False)
@@ -401,7 +399,6 @@ def subset_fashion_mnist(root: str, target: str, num_train: int) -> str:
                 raise ValueError(f'--train-subset must be in 1..{available}, got {num_train}.')
             head[4:8] = struct.pack('>I', num_train)
             data = bytes(head) + f.read(num_train * item_size)
-        from .runs import atomic_write
         atomic_write(os.path.join(dst, name), lambda out: out.write(data))
     for name in ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'):
         shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
@@ -447,7 +444,6 @@ def check_models(study, in_chans: int, num_classes: Optional[int]):
 
 def prepare(args, rest: List[str]) -> argparse.Namespace:
     """The study a command line asks for, checked before any run starts; ValueError says what is wrong."""
-    from .runs import check_data_dir, check_output_folder
     defaults = DEVICE_DEFAULTS['cuda' if args.device.startswith('cuda') else 'cpu']
     dataset = args.dataset if args.dataset is not None else '' if args.data_dir else 'torch/fashion_mnist'
     fashion_mnist = dataset == 'torch/fashion_mnist'
@@ -672,9 +668,7 @@ def train_individual(argv: List[str]):
         scheduler.step(epoch + 1, loss_sum / seen)
         checkpoint = dict(epoch=epoch, arch=args.model, state_dict=model.state_dict(), version=2, args=args,
                           optimizer=optimizer.state_dict(), metric=loss_sum / seen)
-        tmp = os.path.join(output_dir, 'last.pth.tar.tmp')
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, os.path.join(output_dir, 'last.pth.tar'))
+        atomic_write(os.path.join(output_dir, 'last.pth.tar'), lambda f: torch.save(checkpoint, f))
 
 
 if __name__ == '__main__':
