@@ -36,7 +36,6 @@ sign test and a paired t-test.
 """
 import argparse
 import ast
-import importlib.util
 import json
 import math
 import os
@@ -58,6 +57,7 @@ import yaml
 
 from .process import Children, Stopped
 from .runs import atomic_write, check_data_dir, check_output_folder
+from .timm_source import parse_train_args
 
 __all__ = ['main', 'sign_test', 'paired_t', 'variant_model', 'train_individual']
 
@@ -98,30 +98,6 @@ parser.add_argument('--threads', type=int, default=1, help='OMP_NUM_THREADS of e
                     'cores a second intra-op thread waits on descheduled ones)')
 parser.add_argument('--out', default='output/study', help='output folder (default: output/study)')
 parser.add_argument('--report', action='store_true', help='train nothing: report the runs that finished')
-
-
-def train_parser():
-    """timm's `train.py` argument parsers (config parser, main parser), from TIMM_ROOT or the cached source."""
-    from .timm_source import find_timm_root
-    path = os.path.join(find_timm_root(), 'train.py')
-    spec = importlib.util.spec_from_file_location('timm_train_script', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines the parsers; main() runs only as __main__
-    module.parser.prog = 'train.py'
-    return module.config_parser, module.parser
-
-
-def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
-    """train.py's arguments as train.py parses them (`-c` config file first); ValueError for a bad one."""
-    config_parser, main_parser = train_parser()
-    def error(message):
-        raise ValueError(f'train.py does not take these arguments: {message}')
-    config_parser.error = main_parser.error = error  # one line that says what is wrong, not train.py's usage
-    config, remaining = config_parser.parse_known_args(list(argv))
-    if config.config:
-        with open(config.config) as f:
-            main_parser.set_defaults(**yaml.safe_load(f))
-    return main_parser.parse_args(remaining)
 
 
 def _value(text: str):

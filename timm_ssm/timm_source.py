@@ -6,7 +6,9 @@ an explicit folder, the `TIMM_ROOT` environment variable, or a copy of the sourc
 timm version, downloaded once from GitHub into the user cache folder (`$XDG_CACHE_HOME/timm_ssm` or
 `~/.cache/timm_ssm`).
 """
+import argparse
 import importlib.metadata
+import importlib.util
 import logging
 import os
 import re
@@ -16,9 +18,11 @@ import tarfile
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Tuple, Union
 
-__all__ = ['find_timm_root', 'installed_timm_version', 'source_version', 'cache_dir', 'source_cache_path']
+import yaml
+
+__all__ = ['find_timm_root', 'train_parser', 'parse_train_args', 'installed_timm_version', 'source_version', 'cache_dir', 'source_cache_path']
 
 _logger = logging.getLogger(__name__)
 
@@ -175,3 +179,26 @@ def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool 
         raise RuntimeError(
             f'timm\'s train.py is not part of the timm wheel, no --timm-root or TIMM_ROOT was given, and downloading '
             f'the source of timm {version} from GitHub failed ({reason}). ' + _how_to_fix(version, target)) from e
+
+
+def train_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """timm's `train.py` argument parsers (config parser, main parser), from TIMM_ROOT or the cached source."""
+    path = os.path.join(find_timm_root(), 'train.py')
+    spec = importlib.util.spec_from_file_location('timm_train_script', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines the parsers; main() runs only as __main__
+    module.parser.prog = 'train.py'
+    return module.config_parser, module.parser
+
+
+def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
+    """train.py's arguments as train.py parses them (`-c` config file first); ValueError for a bad one."""
+    config_parser, main_parser = train_parser()
+    def error(message):
+        raise ValueError(f'train.py does not take these arguments: {message}')
+    config_parser.error = main_parser.error = error  # one line that says what is wrong, not train.py's usage
+    config, remaining = config_parser.parse_known_args(list(argv))
+    if config.config:
+        with open(config.config) as f:
+            main_parser.set_defaults(**yaml.safe_load(f))
+    return main_parser.parse_args(remaining)
