@@ -7,8 +7,6 @@ import torch
 
 import timm
 import timm_ssm
-from timm.layers import set_layer_config
-from timm.models import create_feature_extractor, get_graph_node_names
 from timm.optim import param_groups_layer_decay
 
 # tiny timm models covering CNNs, a ViT, NHWC features and a head with a hidden MLP (mambaout)
@@ -262,30 +260,6 @@ def test_grad_checkpointing_gives_the_same_gradients():
     model(x).sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5, msg=n)
-
-
-@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_vit_ssm'])
-def test_torchscript(model_name):
-    with set_layer_config(scriptable=True):
-        model = timm.create_model(model_name).eval()
-    scripted = torch.jit.script(model)
-    x = _input(model)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), model(x))
-
-
-@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_efficientnet_ssm'])
-def test_fx(model_name):
-    model = timm.create_model(model_name, num_classes=7)
-    _, eval_nodes = get_graph_node_names(model)
-    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
-    x = _input(model, 4)
-    model.eval()
-    fx_model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], model(x))
-    fx_model.train()  # traced with the training branch (batch-of-one check) too
-    fx_model(x)[eval_nodes[-1]].sum().backward()
 
 
 def test_torch_compile_train_step():
