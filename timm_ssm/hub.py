@@ -2,13 +2,10 @@
 
     python -m timm_ssm.hub RUN --repo-id ORG/NAME [--dry-run] [--out DIR] ...
 
-The run's model is rebuilt as train.py built it (`timm_ssm.runs`) and written by timm's `save_for_hf`
-(model.safetensors, config.json) beside a model card (README.md) that huggingface_hub's `ModelCard.from_template`
-fills from `model_card.md`, in a folder beside the destination that is renamed in once whole. The upload is
-`create_repo` + `upload_folder`, as timm's `push_to_hf_hub`, after a check of the token and the repository. The card
-shows the run's summary.csv and one evaluation, `--eval-json` (default: the run's eval_test.json), when it evaluated
-exactly the exported weights; it names the split by the folder timm read, and only a split held out from training is
-published as a result. The token (HF_TOKEN or `hf auth login`) is never printed; --dry-run needs none.
+timm's `save_for_hf` writes the run's model (`timm_ssm.runs`), huggingface_hub's `ModelCard.from_template` fills
+`model_card.md` with the run's summary.csv and the evaluation `--eval-json` (default RUN/eval_test.json) of exactly
+these weights, its split named by the folder timm read; `create_repo` + `upload_folder` upload it, as timm's
+`push_to_hf_hub` does. The token (HF_TOKEN or `hf auth login`) is never printed; --dry-run needs none.
 """
 import argparse
 import csv
@@ -46,12 +43,8 @@ TEMPLATE = Path(__file__).with_name('model_card.md')
 PROJECT_URL = 'https://pypi.org/project/timm-ssm/'
 DEFAULT_TAGS = ('image-classification', 'timm', 'timm-ssm', 'split-and-share')
 HUB_DATASETS = {  # timm data set names with a data set on the Hub
-    'torch/mnist': 'ylecun/mnist',
-    'torch/fashion_mnist': 'zalando-datasets/fashion_mnist',
-    'torch/cifar10': 'uoft-cs/cifar10',
-    'torch/cifar100': 'uoft-cs/cifar100',
-    'torch/imagenet': 'imagenet-1k',
-}
+    'torch/mnist': 'ylecun/mnist', 'torch/fashion_mnist': 'zalando-datasets/fashion_mnist',
+    'torch/cifar10': 'uoft-cs/cifar10', 'torch/cifar100': 'uoft-cs/cifar100', 'torch/imagenet': 'imagenet-1k'}
 # train.py arguments that hold paths of the machine it ran on, never on a card
 _LOCAL_ARGS = ('data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'pretrained_path', 'class_map', 'config')
 # pretrained cfg fields of the weights the architecture is registered with, not of this run's
@@ -378,7 +371,7 @@ def _hub_errors(action: str):
 
 
 def check_remote(api: HfApi, repo_id: str, private: bool = False) -> str:
-    """Check before exporting that the token is valid and that --private can be honored; the token's user."""
+    """The token's user, once the token is valid and --private can be honored."""
     user = api.whoami()['name']
     if private:
         try:
@@ -393,8 +386,8 @@ def check_remote(api: HfApi, repo_id: str, private: bool = False) -> str:
 
 def push_folder(api: HfApi, folder: Path, repo_id: str, commit_message: str, private: bool = False,
                 revision: Optional[str] = None, overwrite_card: bool = False):
-    """Upload the export as timm's `push_to_hf_hub` uploads its folder (create the repo, keep a README.md already
-    there unless `overwrite_card`, `upload_folder`); the commit info and whether a card was kept."""
+    """Upload the export as timm's `push_to_hf_hub` does, keeping a README.md already there unless `overwrite_card`;
+    the commit info and whether the card was kept."""
     api.create_repo(repo_id, private=True if private else None, exist_ok=True)  # None: the Hub's default
     if revision and revision != 'main':
         api.create_branch(repo_id, branch=revision, exist_ok=True)
