@@ -28,7 +28,7 @@ from huggingface_hub import ModelCard, ModelCardData, constants
 from PIL import Image
 
 import timm
-import timm_ssm  # noqa: F401
+import timm_ssm  # noqa: F401  (registers the *_ssm models)
 from timm.models import load_state_dict
 from timm.utils import CheckpointSaver, ModelEmaV3, update_summary
 from timm_ssm import evaluate
@@ -93,9 +93,9 @@ def make_run(root: Path, ema: bool = True, **overrides):
             model_ema.update(model)
             ema_states.append({k: v.clone() for k, v in model_ema.module.state_dict().items()})
         states.append({k: v.clone() for k, v in model.state_dict().items()})
-        update_summary(epoch, OrderedDict(loss=loss.item()), OrderedDict(loss=2.0 - epoch / 10, top1=top1,
-                                                                          top5=top1 + 20),
-                       filename=str(run / 'summary.csv'), lr=args.lr, write_header=epoch == 0)
+        metrics = OrderedDict(loss=2.0 - epoch / 10, top1=top1, top5=top1 + 20)
+        update_summary(epoch, OrderedDict(loss=loss.item()), metrics, filename=str(run / 'summary.csv'), lr=args.lr,
+                       write_header=epoch == 0)
         saver.save_checkpoint(epoch, metric=top1)
     return run, states, ema_states
 
@@ -474,8 +474,8 @@ def test_full_disk_and_read_only_run_folder(train_run, tmp_path):
         pytest.skip(f'cannot mount in a user namespace here (unshare -Urm: {probe.stderr.strip()[:200]})')
     run, disk = _copy_run(train_run[0], tmp_path / 'run'), tmp_path / 'disk'
     disk.mkdir()
-    runs = [[str(run), '--repo-id', 'a/b', '--dry-run', '--out', f'{disk}/export'], [str(run), '--repo-id', 'a/b',
-                                                                                      '--dry-run']]
+    runs = [[str(run), '--repo-id', 'a/b', '--dry-run', '--out', f'{disk}/export'],
+            [str(run), '--repo-id', 'a/b', '--dry-run']]
     code = f'from timm_ssm.hub import main\nfor argv in {runs!r}:\n    print(f"rc={{main(argv)}}", flush=True)'
     script = (f'mount -t tmpfs -o size=256k tmpfs {disk} && mount --bind {run} {run} && mount -o remount,bind,ro '
               f'{run} && {shlex.quote(sys.executable)} -c {shlex.quote(code)}; ls -A {disk}')
@@ -523,8 +523,8 @@ def test_bad_run(case, match, train_run, tmp_path, capsys):
     if case == 'bare_state_dict':
         _dry_run(run, tmp_path / 'out', '--model', 'test_resnet_ssm', '--model-kwargs', 'num_classes=5', 'in_chans=1',
                  'num_splits=3', 'norm_all=True')
-        assert json.loads((tmp_path / 'out' / 'config.json').read_text())['model_args'] == dict(in_chans=1, split=True,
-                                                                                              **HEAD)
+        config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+        assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
 
 
 @pytest.mark.parametrize('repo_id, fix', [

@@ -113,6 +113,7 @@ def _evaluated_split(run: Run, data: Dict[str, Any]) -> Tuple[str, str]:
     train = split_folder(ours, root, run.args.get('train_split') or 'train')
     # evaluate's JSON names the folder it read (`split_folder`); until it does, it is resolved here the same way
     folder = data.get('split_folder') or split_folder(theirs, data.get('data_dir'), data.get('split'))
+    folder = folder and os.path.realpath(folder)
     if not root or (train is None) != (folder is None) or (train is None and ours.lower() != theirs.lower()):
         return 'other', theirs or Path(folder).name
     if train is None:  # a named data set (torch/, hfds/, ...): split names, as create_dataset reads them
@@ -139,6 +140,8 @@ def read_evaluation(run: Run, digest: str, path: Path, named: bool, use_ema: boo
             raise ValueError('not a regular file')
         result = json.loads(path.read_text())
         data, found = dict(result['data']), [m for m in result['models'] if m['weights_sha256'] == digest]
+        if len(data['input_size']) != 3 or any(k not in m for m in found for k in ('top1', 'top5', 'heads')):
+            raise KeyError('input_size, top1, top5 or heads')
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunError(f'--eval-json {path} is not the --json output of python -m timm_ssm.evaluate ({e}): make it '
                        f'with {fix}') from None
@@ -402,13 +405,13 @@ parser = argparse.ArgumentParser(
     'Face Hub format (model.safetensors, config.json, README.md model card) and upload it.')
 parser.add_argument('run', metavar='RUN', help='train.py output folder or checkpoint')
 parser.add_argument('--repo-id', required=True, metavar='ORG/NAME', help='Hub repository: user or org / name')
-parser.add_argument('--out', metavar='DIR', help='new folder for the export (default: RUN/hub-ORG--NAME with '
-                                                  '--dry-run, else a temporary folder)')
+parser.add_argument('--out', metavar='DIR',
+                    help='new folder for the export (default: RUN/hub-ORG--NAME with --dry-run, else a temporary one)')
 parser.add_argument('--overwrite', action='store_true', help='replace an earlier export in that folder')
 parser.add_argument('--dry-run', action='store_true', help='write the export only: no token needed, nothing sent')
 group = parser.add_argument_group('Weights')
-group.add_argument('--checkpoint', metavar='NAME', help='checkpoint file in RUN (default: model_best.pth.tar, else '
-                                                         'last.pth.tar)')
+group.add_argument('--checkpoint', metavar='NAME',
+                   help='checkpoint file in RUN (default: model_best.pth.tar, else last.pth.tar)')
 group.add_argument('--use-ema', action='store_true', help='export the checkpoint\'s EMA weights')
 group.add_argument('--ema', action='store_true', dest='use_ema', help=argparse.SUPPRESS)  # the earlier spelling
 group.add_argument('--model', metavar='NAME', help='model name (<arch>_ssm) over the run\'s')
@@ -416,13 +419,13 @@ group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, 
                    help='model arguments over the run\'s, as train.py\'s --model-kwargs')
 group = parser.add_argument_group('Model card')
 group.add_argument('--eval-json', metavar='FILE', help='python -m timm_ssm.evaluate --json output of the exported '
-                                                        'weights (default: RUN/eval_test.json if it exists)')
+                   'weights (default: RUN/eval_test.json if it exists)')
 group.add_argument('--license', help='license id (default: that of the weights the run started from, else '
-                                     'apache-2.0)')
+                   'apache-2.0)')
 group.add_argument('--tag', action='append', default=[], dest='tags', metavar='TAG', help='extra Hub tag (repeatable)')
 group.add_argument('--dataset-id', metavar='ORG/NAME', help='Hub data set id (default: from the run\'s --dataset)')
 group.add_argument('--label-names', metavar='FILE', help='class names, one a line or a JSON list (default: from the '
-                                                          'run\'s data set)')
+                   'run\'s data set)')
 group = parser.add_argument_group('Upload')
 group.add_argument('--private', action='store_true', help='create the repository private')
 group.add_argument('--revision', metavar='BRANCH', help='branch to commit to (default: main)')
