@@ -7,6 +7,7 @@ evaluates. With TIMM_ROOT set, one test trains with timm's real train.py.
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -203,7 +204,7 @@ def test_card(export, train_run):
     # the evaluation of the held-out test split, named by its folder, in the card and in model-index
     evaluation = json.loads((run / 'eval_test.json').read_text())['models'][0]
     assert 'eval_test.json (the held-out split `test`' in stdout
-    assert "10 images of the held-out split `test` of the run's data set" in readme
+    assert "10 images at 48 x 48 (`eval_test.json`): the held-out split `test` of the run's data set." in readme
     for head, width in zip(evaluation['heads'], (32, 64, 96)):
         assert f'| {head["name"]} | 0-{width - 1} | {head["top1"]:.2f} | {head["top5"]:.2f} |' in readme
     assert f'| Oracle: any sub-classifier right | | {evaluation["oracle"]["top1"]:.2f} | |' in readme
@@ -228,19 +229,10 @@ def test_card_usage_code_runs(in_chans, export, rgb_export, hub_cache, tmp_path,
     blocks = re.findall(r'```python\n(.*?)```', (out / 'README.md').read_text(), re.S)
     assert len(blocks) == 5
     for code in blocks:
-        if 'transformers' not in code or _transformers(skip=False):
+        if 'transformers' not in code or importlib.util.find_spec('transformers'):
             exec(compile(code, 'README.md', 'exec'), {})
     printed = capsys.readouterr().out
     assert any(c in printed for c in CLASSES) and 'torch.Size([1, 96])' in printed, printed
-
-
-def _transformers(skip=True):
-    try:
-        import transformers
-        return transformers
-    except ImportError as e:
-        if skip:
-            pytest.skip(f'transformers is not installed (it is in the test extra: pip install ".[test]"): {e}')
 
 
 @pytest.mark.parametrize('in_chans', [1, 3])
@@ -256,7 +248,7 @@ def test_round_trip_timm_and_transformers(in_chans, export, rgb_export, train_ru
         torch.testing.assert_close(timm.create_model(f'local-dir:{out}', pretrained=True).eval()(x), logits)
         if in_chans == 1:
             torch.testing.assert_close(_reference_model(train_run[0] / 'model_best.pth.tar')(x), logits)
-        tf = _transformers()
+        tf = pytest.importorskip('transformers', reason='transformers is in the test extra: pip install ".[test]"')
         auto = tf.AutoModelForImageClassification.from_pretrained(repo_id).eval()
         assert auto.config.id2label == dict(enumerate(CLASSES))
         torch.testing.assert_close(auto(x).logits, logits, rtol=1e-5, atol=1e-5)
@@ -329,13 +321,16 @@ def test_default_run_evaluation_of_the_ema_weights(train_run, tmp_path, capsys):
 
 @pytest.fixture(scope='module')
 def evaluations(train_run, tmp_path_factory):
-    """Evaluations of the module's run on its validation split, its training images (`train/`), all splits (''),
-    and another image folder."""
+    """Evaluations of the module's run on its validation split, its training images (`train/`), another image
+    folder, and all splits (`--split ''`, as an evaluate that names no folder wrote it)."""
     run = train_run[0]
     folder = tmp_path_factory.mktemp('evaluations')
     _image_folder(folder / 'other', 'validation', per_class=1)
-    for name, split in (('validation', 'validation'), ('train_slash', 'train/'), ('all', '')):
+    for name, split in (('validation', 'validation'), ('train_slash', 'train/')):
         _evaluate(run, folder / f'{name}.json', '--split', split)
+    result = json.loads((folder / 'validation.json').read_text())
+    result['data'].pop('split_folder', None)
+    (folder / 'all.json').write_text(json.dumps(dict(result, data=dict(result['data'], split=''))))
     evaluate.main(['--checkpoint', str(run), '--data-dir', str(folder / 'other'), '--device', 'cpu', '-j', '0',
                    '--no-progress', '--json', str(folder / 'other.json')])
     return folder
@@ -494,7 +489,7 @@ def test_full_disk_and_read_only_run_folder(train_run, tmp_path):
     ('no_checkpoint', 'No model_best.pth.tar or last.pth.tar'),
     ('truncated', 'truncated'),
     ('pickled', 'weights_only=True'),
-    ('random', 'is not a checkpoint'),
+    ('random', 'not a (PyTorch )?checkpoint'),
     ('num_splits', r'do not fit (.|\n)*size mismatch for head\.bias'),
     ('not_ssm', r'test_resnet is not an SSM model \(<arch>_ssm\)'),
     ('bare_state_dict', '--model'),
@@ -525,6 +520,7 @@ def test_bad_run(case, match, train_run, tmp_path, capsys):
                  'num_splits=3', 'norm_all=True')
         config = json.loads((tmp_path / 'out' / 'config.json').read_text())
         assert config['model_args'] == dict(in_chans=1, split=True, **HEAD)
+        assert 'came without its train.py arguments' in (tmp_path / 'out' / 'README.md').read_text()
 
 
 @pytest.mark.parametrize('repo_id, fix', [

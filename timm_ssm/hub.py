@@ -31,12 +31,12 @@ from timm.data import create_dataset
 from timm.models import get_model_args, get_pretrained_cfg, load_model_config_from_hf, parse_model_name, save_for_hf
 from timm.utils import ParseKwargs
 
+from . import runs
 from .complexity import model_complexity
 from .files import RunError, check_output_folder
-from . import runs
 from .runs import Run, class_names, create_run_model, load_run, run_data_config, split_head, weights_digest
 
-__all__ = ['main', 'export', 'model_card', 'write_export', 'read_evaluation', 'split_folder', 'HubError']
+__all__ = ['main', 'export', 'model_card', 'write_export', 'read_evaluation', 'HubError']
 
 EXPORT_FILES = ('README.md', 'config.json', 'model.safetensors')
 TEMPLATE = Path(__file__).with_name('model_card.md')
@@ -92,7 +92,7 @@ def label_names(run: Run, num_classes: int, label_file: Optional[str] = None) ->
     return names, f'from the run\'s data set {dataset or root}'
 
 
-def split_folder(dataset: str, root: Optional[str], split: str) -> Optional[str]:
+def _split_folder(root: Optional[str], split: str, dataset: str = '') -> Optional[str]:
     """The folder (real path) timm's `create_dataset` reads for `split` of an image folder or tar data set: the
     split's sub-folder, else a synonym's, else the root itself; None for a named data set (torch/, hfds/, ...)."""
     prefix, _, name = (dataset or '').lower().partition('/')
@@ -110,9 +110,9 @@ def _evaluated_split(run: Run, data: Dict[str, Any]) -> Tuple[str, str]:
     and its split as the card names it: the folder timm read, relative to the run's data folder."""
     ours, theirs = run.args.get('dataset') or '', data.get('dataset') or ''
     root = run.args.get('data_dir') or run.args.get('data')
-    train = split_folder(ours, root, run.args.get('train_split') or 'train')
-    # evaluate's JSON names the folder it read (`split_folder`); until it does, it is resolved here the same way
-    folder = data.get('split_folder') or split_folder(theirs, data.get('data_dir'), data.get('split'))
+    train = _split_folder(root, run.args.get('train_split') or 'train', ours)
+    # evaluate's JSON names the folder it read (`split_folder`); an older one is resolved here the same way
+    folder = data.get('split_folder') or _split_folder(data.get('data_dir'), data.get('split'), theirs)
     folder = folder and os.path.realpath(folder)
     if not root or (train is None) != (folder is None) or (train is None and ours.lower() != theirs.lower()):
         return 'other', theirs or Path(folder).name
@@ -154,7 +154,7 @@ def read_evaluation(run: Run, digest: str, path: Path, named: bool, use_ema: boo
         return None, f'none ({why}; evaluate these with: {fix})'
     kind, label = _evaluated_split(run, data)
     evaluation = dict(found[0], kind=kind, label=label, what=_EVALUATED[kind].format(label), file=path.name,
-                      images=data.get('num_read', data.get('num_samples')), input_size=data['input_size'])
+                      images=data.get('num_samples'), input_size=data['input_size'])
     return evaluation, f'{path} ({evaluation["what"].replace("**", "")})'
 
 
@@ -202,7 +202,7 @@ def _training(run: Run, base_model: Optional[str]) -> Optional[Dict[str, Any]]:
         recipe=', '.join(f'{k.replace("_", " ")} {args[k]}' for k in ('epochs', 'batch_size', 'opt', 'lr', 'sched')
                          if args.get(k) is not None),
         args=yaml.safe_dump({k: v for k, v in args.items() if k not in (*left_out, *_LOCAL_ARGS)}).rstrip(),
-        left_out=left_out) if run.trained else None
+        left_out=left_out) if run.trained and args else None
 
 
 def base_weights(run: Run, license: Optional[str]) -> Tuple[Optional[str], str, Dict[str, Any]]:
