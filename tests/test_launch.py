@@ -65,7 +65,7 @@ def test_script_names(tmp_path, monkeypatch, capsys):
     launch.main(['validate.py', '-b', '1'])  # a bare name: timm's source
     assert capsys.readouterr().out == "validate ['-b', '1']\n"
     for argv, message in (([], 'the following arguments are required: SCRIPT.py'),
-                          (['no/such/script.py'], 'no/such/script.py: no such script'),
+                          (['no/such/script.py'], 'no/such/script.py is neither a file here nor a script'),
                           (['benchmark.py'], 'benchmark.py is neither a file here nor a script of timm')):
         with pytest.raises(SystemExit) as e:
             launch.main(argv)

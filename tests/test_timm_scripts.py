@@ -1,10 +1,9 @@
-"""End to end with timm's real scripts: train.py through train_timm.sh, resume, validate/inference/benchmark.py through
-the launcher. Needs a pytorch-image-models checkout in TIMM_ROOT (timm's scripts are not in its wheel)."""
+"""End to end with timm's real scripts, run in this process: train.py through train_timm (resume, a shipped recipe by
+name, head options, pretrained starts), validate/inference/benchmark.py through the launcher. Needs a
+pytorch-image-models checkout in TIMM_ROOT (timm's scripts are not in its wheel)."""
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,10 @@ from PIL import Image
 from timm.models import load_checkpoint, load_state_dict
 from timm.utils import random_seed
 
-import timm_ssm  # noqa: F401  registers test_resnet_ssm here too
+from timm_ssm import launch, train_timm
 
-REPO = Path(__file__).resolve().parent.parent
-TIMM_ROOT = os.environ.get('TIMM_ROOT')
-
-pytestmark = pytest.mark.skipif(
-    not TIMM_ROOT, reason='needs timm\'s train.py and validate.py: set TIMM_ROOT to a pytorch-image-models checkout')
+pytestmark = pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py and validate.py: '
+                                                                        'set TIMM_ROOT to a pytorch-image-models checkout')
 
 CLASSES = ('circle', 'square', 'stripe')
 IMAGES_PER_CLASS = 4
@@ -34,26 +30,18 @@ TRAIN_ARGS = [
 ]
 
 
-def _env() -> dict:
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')  # tiny models: one thread is faster
-    env['CUDA_VISIBLE_DEVICES'] = ''  # on the CPU, one process, also on a host with GPUs
-    env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
-    return env
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
 
 
-def _run(cmd, cwd) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f'{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
-    return proc
-
-
-def _launch(script: str, *args, cwd) -> subprocess.CompletedProcess:
-    return _run([sys.executable, '-m', 'timm_ssm.launch', script, *args], cwd)
+def _launch(script: str, *args):
+    launch.main([script, *args])
 
 
 def _train(out: Path, experiment: str, data: Path, *extra) -> Path:
     args = ['--data-dir', str(data), *TRAIN_ARGS, '--output', str(out), '--experiment', experiment, *extra]
-    _run(['bash', str(REPO / 'train_timm.sh'), *args], out)
+    assert train_timm.main(args) == 0
     return out / experiment
 
 
@@ -135,7 +123,7 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
               '--workers', '0']
     results = tmp_path / 'validate_ema.json'
     _launch('validate.py', *common, '--data-dir', str(data), '--checkpoint', str(run / 'model_best.pth.tar'),
-            '--use-ema', '-b', '12', '--results-file', str(results), '--results-format', 'json', cwd=tmp_path)
+            '--use-ema', '-b', '12', '--results-file', str(results), '--results-format', 'json')
     top1 = json.loads(results.read_text())['top1']
     best = max(_summary(run), key=lambda r: float(r['eval_top1']))
     assert top1 == pytest.approx(float(best['eval_top1']), abs=0.01)  # train.py's eval of the EMA weights
@@ -143,14 +131,14 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
     pytest.importorskip('pandas', reason='timm\'s inference.py needs pandas')
     _launch('inference.py', *common, '--data-dir', str(data), '--checkpoint', str(run / 'last.pth.tar'),
             '--topk', '3', '--results-file', str(tmp_path / 'predictions.json'), '--results-format', 'json',
-            '--no-console-results', cwd=tmp_path)
+            '--no-console-results')
     predictions = json.loads((tmp_path / 'predictions.json').read_text())
     assert len(predictions) == len(CLASSES) * IMAGES_PER_CLASS
 
     bench = tmp_path / 'bench.json'
     _launch('benchmark.py', '--model', 'test_resnet_ssm', '--num-classes', '3', '--img-size', '32', '--device',
             'cpu', '-b', '4', '--bench', 'inference', '--num-warm-iter', '1', '--num-bench-iter', '5',
-            '--results-file', str(bench), '--results-format', 'json', cwd=tmp_path)
+            '--results-file', str(bench), '--results-format', 'json')
     assert json.loads(bench.read_text())['model'] == 'test_resnet_ssm'
 
 
@@ -169,7 +157,7 @@ def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cach
             '--model', 'test_resnet_ssm.r160_in1k', '--num-classes', '3', '--img-size', '32', '--device', 'cpu',
             '--workers', '0', '-b', '12', '--epochs', '1', '--lr-base', '0', '--output', str(tmp_path),
             '--experiment', 'finetune']
-    _run(['bash', str(REPO / 'train_timm.sh'), *args], tmp_path)
+    assert train_timm.main(args) == 0
     run = tmp_path / 'finetune'
     state = _state(run / 'last.pth.tar')
     for key, value in base.state_dict().items():
@@ -182,7 +170,7 @@ def test_train_py_trains_the_table_4_controls(image_folder, tmp_path):
     """`--model-kwargs num_splits=2 split=False`: train.py trains two plain classifiers on all C channels, averaged."""
     args = [a for a in TRAIN_ARGS if a not in ('--model-ema', '--model-ema-decay', '0.5')]
     _launch('train.py', '--data-dir', str(image_folder), *args, '--epochs', '1', '--output', str(tmp_path),
-            '--experiment', '2fc', '--model-kwargs', 'num_splits=2', 'split=False', cwd=tmp_path)
+            '--experiment', '2fc', '--model-kwargs', 'num_splits=2', 'split=False')
     model = timm.create_model('test_resnet_ssm', num_classes=3, num_splits=2, split=False)
     load_checkpoint(model, str(tmp_path / '2fc' / 'last.pth.tar'), strict=True)
     state = model.state_dict()
@@ -207,7 +195,7 @@ def _args(model: str = 'test_resnet_ssm', lr_zero: bool = False, aug: bool = Fal
 def _train_py(data: Path, out: Path, experiment: str, *extra, **kwargs) -> dict:
     """One train.py epoch through the launcher; the state dict (not EMA) of its last checkpoint."""
     _launch('train.py', '--data-dir', str(data), *_args(**kwargs), '--output', str(out), '--experiment', experiment,
-            *extra, cwd=out)
+            *extra)
     return load_state_dict(str(out / experiment / 'last.pth.tar'), use_ema=False)
 
 

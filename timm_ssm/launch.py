@@ -3,10 +3,10 @@
     python -m timm_ssm.launch SCRIPT.py [ARGS...]
     torchrun --nproc_per_node=8 -m timm_ssm.launch train.py [ARGS...]
 
-Imports `timm_ssm` (which registers `<arch>_ssm`), then runs the unchanged script in this process as
-`python SCRIPT.py ARGS...` would (`runpy`). A bare name that is not a file here (`train.py`) is taken from timm's
-source (`timm_ssm.timm_source.find_timm_root`). For `train.py` with `--experiment NAME`, rank 0 locks the run's
-folder while it runs: a second run into the same folder stops at once instead of overwriting the first's checkpoints.
+Runs the unchanged script in this process as `python SCRIPT.py ARGS...` would, after `import timm_ssm` registered
+`<arch>_ssm`. A bare name that is not a file here (`train.py`) is taken from timm's source (`TIMM_ROOT`, else the
+cached copy). For `train.py --experiment NAME` rank 0 locks the run's folder: a second run into it stops at once
+instead of overwriting the first's checkpoints; the system drops the lock when the process ends, however it ends.
 """
 import argparse
 import contextlib
@@ -15,7 +15,7 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import List, Optional
 
 import timm_ssm  # noqa: F401  registers the *_ssm models before the script creates any
 
@@ -29,22 +29,19 @@ class RunFolderBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_folder_lock(folder: Union[str, Path]) -> Iterator[None]:
-    """Hold an exclusive lock on a run folder (made if missing); the system drops it when the process ends anyhow.
-
-    Raises:
-        RunFolderBusy: Another run holds it.
-    """
-    Path(folder).mkdir(parents=True, exist_ok=True)
+def run_folder_lock(folder: Path):
+    """Hold an exclusive lock on a run folder (made if missing), or raise RunFolderBusy."""
+    folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderBusy(f'another train.py run is writing {folder} now: give this run another --experiment '
-                                f'NAME (or --output DIR), or wait until that run ends.') from None
-        except OSError:
-            pass  # a file system without locks: run as train.py itself does
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderBusy(f'another train.py run is writing {folder} now: give this run another --experiment NAME '
+                            f'(or --output DIR), or wait until that run ends.') from None
+    except OSError:
+        pass  # a file system without locks: run as train.py itself does
+    try:
         yield
     finally:
         os.close(fd)
@@ -54,10 +51,7 @@ def run_script(path: str, args: List[str]) -> None:
     """Run a script in this process as `python path args` does; its exceptions and `SystemExit` propagate."""
     saved = sys.argv, sys.path[:]
     sys.argv = [path, *args]
-    if sys.path and sys.path[0] in ('', os.getcwd()):
-        sys.path[0] = os.path.dirname(os.path.realpath(path))  # `python -m` put the current folder here
-    else:
-        sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+    sys.path.insert(0, os.path.dirname(os.path.realpath(path)))  # where `python path` puts it
     try:
         runpy.run_path(path, run_name='__main__')
     finally:
@@ -65,46 +59,43 @@ def run_script(path: str, args: List[str]) -> None:
 
 
 def run_train(train_py: str, args: List[str]) -> None:
-    """Run timm's train.py in this process, its run folder locked on rank 0 (`--output`/`--experiment`).
-
-    Raises:
-        RunFolderBusy: Another run is writing the folder.
-    """
-    folder = None
-    if os.environ.get('RANK', '0') == '0':
-        try:
-            ns = parse_train_args(args, train_py)
-            folder = ns.experiment and Path(ns.output or './output/train') / ns.experiment
-        except ValueError:
-            pass  # train.py says what is wrong itself
-    with run_folder_lock(folder) if folder else contextlib.nullcontext():
+    """Run timm's train.py in this process, its run folder locked on rank 0 (or RunFolderBusy)."""
+    try:
+        ns = parse_train_args(args, train_py)
+    except ValueError:  # train.py says what is wrong itself
+        return run_script(train_py, args)
+    if not ns.experiment or os.environ.get('RANK', '0') != '0':
+        return run_script(train_py, args)
+    with run_folder_lock(Path(ns.output or 'output/train') / ns.experiment):
         run_script(train_py, args)
 
 
 parser = argparse.ArgumentParser(
     prog='python -m timm_ssm.launch', description='Runs timm\'s SCRIPT.py unchanged with timm-ssm\'s <arch>_ssm models '
     'registered, also under torchrun: torchrun --nproc_per_node=N -m timm_ssm.launch train.py ARGS...')
-parser.add_argument('script', metavar='SCRIPT.py', help='a path, or the name of a script of timm\'s source '
-                    '(TIMM_ROOT, else the cached copy)')
+parser.add_argument('script', metavar='SCRIPT.py', help='a path, or a script of timm\'s source (TIMM_ROOT, else the '
+                    'cached copy)')
 parser.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help='the arguments of the script')
+
+
+def _script(name: str) -> str:
+    """The file of SCRIPT.py: a file here, else a script of timm's source."""
+    if os.path.isfile(name):
+        return name
+    path = find_timm_root() / name if os.sep not in name and name.endswith('.py') else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f'{name} is neither a file here nor a script of timm\'s source.')
+    return str(path)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
-    path = args.script
     try:
-        if not os.path.isfile(path):
-            if os.sep in path or not path.endswith('.py'):
-                raise FileNotFoundError(f'{path}: no such script.')
-            path = str(find_timm_root() / path)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f'{args.script} is neither a file here nor a script of timm\'s source {path}.')
+        path = _script(args.script)
     except (FileNotFoundError, RuntimeError) as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
-    if os.path.basename(path) != 'train.py':
-        return run_script(path, args.args)
     try:
-        run_train(path, args.args)
+        (run_train if os.path.basename(path) == 'train.py' else run_script)(path, args.args)
     except RunFolderBusy as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
 

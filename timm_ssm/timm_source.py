@@ -9,7 +9,6 @@ command line with train.py's own parsers: the one reader of train.py's arguments
 import argparse
 import logging
 import os
-import re
 import runpy
 import tarfile
 import tempfile
@@ -19,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import timm
 import yaml
+from packaging.version import Version
 
 __all__ = ['find_timm_root', 'train_parser', 'parse_train_args', 'cache_dir']
 
@@ -33,53 +33,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'timm_ssm'
 
 
-def _how_to_fix(target: Path) -> str:
-    version = timm.__version__
-    return (f'Fix it with one of:\n'
-            f'  git clone --branch v{version} {REPO_URL}.git /path/to/pytorch-image-models\n'
-            f'  export TIMM_ROOT=/path/to/pytorch-image-models\n'
-            f'or, on a machine with network, download {ARCHIVE_URL.format(version=version)} and unpack it:\n'
-            f'  mkdir -p {target} && tar -xzf v{version}.tar.gz --strip-components=1 -C {target}')
-
-
 def _checkout(root: Union[str, Path], origin: str) -> Path:
     """A pytorch-image-models checkout, with a word when its timm version is not the installed one."""
-    from packaging.version import Version
     root = Path(root).expanduser().resolve()
     if not (root / 'train.py').is_file():
         raise RuntimeError(f'{origin} {root} is not a pytorch-image-models checkout: it has no train.py. Point it at '
                            f'the folder of {REPO_URL} that holds train.py.')
-    version_file = root / 'timm' / 'version.py'
-    found = re.search(r'''__version__\s*=\s*['"]([^'"]+)['"]''', version_file.read_text()) \
-        if version_file.is_file() else None
-    if found and found.group(1) != timm.__version__:
-        if Version(found.group(1)) < Version(timm.__version__):
-            _logger.info(f'timm\'s scripts in {root} are from timm {found.group(1)}, older than the installed timm '
-                         f'{timm.__version__}: that is fine, a newer timm runs older scripts.')
-        else:
-            _logger.warning(f'timm\'s scripts in {root} are from timm {found.group(1)}, newer than the installed timm '
-                            f'{timm.__version__}, and may use what it lacks: pip install --upgrade timm, or '
-                            f'git -C {root} fetch --tags && git -C {root} checkout v{timm.__version__}.')
+    found = runpy.run_path(str(root / 'timm' / 'version.py'))['__version__'] if (root / 'timm').is_dir() else None
+    if found and Version(found) < Version(timm.__version__):
+        _logger.info(f'timm\'s scripts in {root} are from timm {found}, older than the installed timm '
+                     f'{timm.__version__}: that is fine, a newer timm runs older scripts.')
+    elif found and found != timm.__version__:
+        _logger.warning(f'timm\'s scripts in {root} are from timm {found}, newer than the installed timm '
+                        f'{timm.__version__}, and may use what it lacks: pip install --upgrade timm, or '
+                        f'git -C {root} fetch --tags && git -C {root} checkout v{timm.__version__}.')
     return root
-
-
-def _download_source(target: Path) -> Path:
-    """Unpack the source archive of the installed timm version into `target`, which appears whole or not at all."""
-    url = ARCHIVE_URL.format(version=timm.__version__)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    print(f'Fetching timm\'s scripts from {url} into {target} (once).', flush=True)
-    with tempfile.TemporaryDirectory(prefix=target.name + '.', dir=target.parent) as tmp:
-        with urllib.request.urlopen(url, timeout=60) as response, tarfile.open(fileobj=response, mode='r|gz') as tar:
-            tar.extractall(tmp, filter='data')  # refuses absolute paths, '..' and links out of the folder
-        tops = os.listdir(tmp)
-        if len(tops) != 1 or not (Path(tmp) / tops[0] / 'train.py').is_file():
-            raise RuntimeError(f'{url} holds no train.py in one top folder: it is not pytorch-image-models.')
-        try:
-            os.rename(Path(tmp) / tops[0], target)
-        except OSError:
-            if not (target / 'train.py').is_file():  # else another process finished the same download first
-                raise
-    return target
 
 
 def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool = True) -> Path:
@@ -92,21 +60,35 @@ def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool 
     Raises:
         RuntimeError: Nothing found, with the commands that fix it.
     """
-    if timm_root:
-        return _checkout(timm_root, '--timm-root')
-    if os.environ.get('TIMM_ROOT'):
-        return _checkout(os.environ['TIMM_ROOT'], 'TIMM_ROOT')
-    target = cache_dir() / f'pytorch-image-models-{timm.__version__}'
+    if timm_root or os.environ.get('TIMM_ROOT'):
+        return _checkout(timm_root or os.environ['TIMM_ROOT'], '--timm-root' if timm_root else 'TIMM_ROOT')
+    version = timm.__version__
+    target = cache_dir() / f'pytorch-image-models-{version}'
+    fix = (f'Fix it where you have network: git clone --branch v{version} {REPO_URL}.git /path/to/pytorch-image-models '
+           f'&& export TIMM_ROOT=/path/to/pytorch-image-models')
     if (target / 'train.py').is_file():
         return target
     if not download:
-        raise RuntimeError(f'timm\'s scripts are not in the cache ({target}). ' + _how_to_fix(target))
+        raise RuntimeError(f'timm\'s scripts are not in the cache ({target}). {fix}')
+    url = ARCHIVE_URL.format(version=version)
+    print(f'Fetching timm\'s scripts from {url} into {target} (once).', flush=True)
     try:
-        return _download_source(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=target.name + '.', dir=target.parent) as tmp:  # beside, renamed in
+            with urllib.request.urlopen(url, timeout=60) as response, tarfile.open(fileobj=response, mode='r|gz') as tar:
+                tar.extractall(tmp, filter='data')  # refuses absolute paths, '..' and links out of the folder
+            tops = os.listdir(tmp)
+            if len(tops) != 1 or not (Path(tmp) / tops[0] / 'train.py').is_file():
+                raise RuntimeError(f'{url} holds no train.py in one top folder: it is not pytorch-image-models')
+            try:
+                os.rename(Path(tmp) / tops[0], target)
+            except OSError:
+                if not (target / 'train.py').is_file():  # else another process finished the same download first
+                    raise
     except Exception as e:
         raise RuntimeError(f'timm\'s train.py is not part of the timm wheel, TIMM_ROOT is not set, and the download '
-                           f'of timm {timm.__version__}\'s source failed ({type(e).__name__}: {e}). '
-                           + _how_to_fix(target)) from e
+                           f'of timm {version}\'s source failed ({type(e).__name__}: {e}). {fix}') from e
+    return target
 
 
 def train_parser(train_py: Optional[Union[str, Path]] = None) -> Tuple[argparse.ArgumentParser,

@@ -3,16 +3,12 @@
     ./train_timm.sh [LAUNCH OPTIONS] [train.py ARGS...]
     python -m timm_ssm.train_timm [LAUNCH OPTIONS] [train.py ARGS...]
 
-Finds timm's `train.py` (`--timm-root`, `TIMM_ROOT`, or the cached source of the installed timm version), checks the
-arguments with train.py's own parser and runs it unchanged, in this process with the `<arch>_ssm` models registered
-(`timm_ssm.launch`), or under torchrun for several processes or nodes. `-c NAME` also takes a recipe shipped in
-`timm_ssm/configs` (`-c resnet50_ssm`).
-
-With no data set in the arguments it makes the default run: Fashion-MNIST as an image folder
-(`timm_ssm.fashion_mnist`); train.py with the recipe `configs/fashion_mnist.yaml`, the user's arguments over it, in a
-run folder of its own; then `timm_ssm.evaluate` of the checkpoint train.py chose on the validation split, once, on the
-test split. Ctrl-C, SIGTERM and SIGHUP end train.py's epoch loop; the run then says what it has and exits 128 + the
-signal's number (130 for Ctrl-C).
+Finds timm's `train.py`, checks the arguments with its own parser and runs it unchanged with the `<arch>_ssm` models
+registered: in this process (`timm_ssm.launch`), or under torchrun for several processes or nodes. `-c NAME` takes a
+recipe shipped in `timm_ssm/configs` too. With no data set it makes the default run: Fashion-MNIST as an image folder,
+train.py with the recipe `configs/fashion_mnist.yaml` under the user's arguments, then `timm_ssm.evaluate` of the
+checkpoint chosen on the validation split, once, on the test split. Ctrl-C, SIGTERM and SIGHUP end train.py's epoch
+loop; the run then says what it has and exits 128 + the signal's number.
 """
 import argparse
 import csv
@@ -105,16 +101,23 @@ def _command(opts: argparse.Namespace, train_py: Path, args: List[str]) -> List[
 
 
 def _train(opts: argparse.Namespace, train_py: Path, args: List[str], children: Children) -> int:
-    """Run train.py (in this process, or torchrun's children) and return its exit code."""
+    """Run train.py (in this process, or torchrun's children) and return its exit code.
+
+    Raises:
+        Stopped: A stop signal came; train.py has ended its epoch loop.
+    """
     if opts.nproc > 1 or opts.multi_node:
         return children.run(_command(opts, train_py, args))
     try:
         run_train(str(train_py), args)
+        code = 0
     except RunFolderBusy as e:
-        return _error(e)
+        code = _error(e)
     except SystemExit as e:  # train.py's argparse, or a sys.exit of its own
-        return e.code if isinstance(e.code, int) else int(e.code is not None)
-    return 0
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    if children.stopped:
+        raise Stopped(children.signum)
+    return code
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -141,23 +144,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         config, rest = train_parser(train_py)[0].parse_known_args(args)
         if config.config:
             args = ['-c', str(resolve_config(config.config)), *rest]
-        ns = parse_train_args(args, train_py)
+        ns = parse_train_args(args, train_py, device=None)  # None: not given
+        data_dir = ns.data or ns.data_dir
+        default_run = not (data_dir or ns.dataset)
+        if default_run and config.config:
+            raise ValueError(f'no data set: neither the arguments nor {config.config} name one. Add --data-dir DIR (an '
+                             f'image folder with train/ and validation/, or the root folder of --dataset NAME).')
+        if default_run:
+            ns = parse_train_args(['-c', str(DEFAULT_RECIPE), *args], train_py, device=None)
     except (RuntimeError, ValueError) as e:
         return _error(e)
-    data_dir = ns.data or ns.data_dir
-    if not (data_dir or ns.dataset):
-        if config.config:
-            return _error(f'no data set: neither the arguments nor {config.config} name one. Add --data-dir DIR (an '
-                          f'image folder with train/ and validation/, or the root folder of --dataset NAME).')
-        return _default_run(opts, train_py, args)
 
     gpus = torch.cuda.device_count()
-    if not _set_nproc(opts, ns.device, gpus):
-        return 2
-    if ns.device.startswith('cuda') and not gpus:
-        print(f'{PROG}: no GPU is visible and train.py trains on --device {ns.device}: add --device cpu to train on '
-              f'the CPU.', file=sys.stderr)
-    if data_dir and '/' not in ns.dataset and not os.path.isdir(data_dir):
+    device = ns.device or ('cpu' if default_run and not gpus else 'cuda')
+    opts.nproc = opts.nproc or (1 if device.startswith('cpu') else max(gpus, 1))
+    if (opts.nproc > 1 or opts.multi_node) and device.startswith('cpu'):
+        return _error(f'{opts.nproc} processes on --device {device}: timm\'s train.py wraps the model in '
+                      f'DistributedDataParallel with device_ids=[device], which works on GPUs only, so several '
+                      f'processes need GPUs. Train on the CPU with one process (--nproc 1).')
+    if device.startswith('cuda') and not gpus:
+        print(f'{PROG}: no GPU is visible and train.py trains on --device {device}: add --device cpu to train on the '
+              f'CPU.', file=sys.stderr)
+    if default_run:
+        try:
+            args, run_dir, eval_args = _default_run(opts, ns, args, device)
+        except (RuntimeError, OSError) as e:
+            return _error(e)
+    elif data_dir and '/' not in ns.dataset and not os.path.isdir(data_dir) and not opts.dry_run:
         return _error(f'--data-dir {data_dir} does not exist: give the folder that holds train/ and validation/ '
                       f'(one sub-folder of images per class).')
     print('+ ' + shlex.join(_command(opts, train_py, args)), flush=True)
@@ -166,117 +179,90 @@ def main(argv: Optional[List[str]] = None) -> int:
     with Children() as children:
         try:
             code = _train(opts, train_py, args, children)
-            if children.stopped:
-                raise Stopped(children.signum)
+            return _report(run_dir, ns, eval_args) if default_run and not code else code
         except Stopped as stop:
+            if default_run:
+                return _partial_report(run_dir, stop, eval_args)
             print(f'{PROG}: {stop}: train.py ended early; its checkpoints so far are kept.', file=sys.stderr)
             return stop.exit_code
-    return code
 
 
-def _set_nproc(opts: argparse.Namespace, device: str, gpus: int) -> bool:
-    """Set `opts.nproc` (default: the visible GPUs, 1 on CPU); False after an error for several on the CPU."""
-    on_cpu = device.startswith('cpu')
-    opts.nproc = opts.nproc or (1 if on_cpu else max(gpus, 1))
-    if (opts.nproc > 1 or opts.multi_node) and on_cpu:
-        _error(f'{opts.nproc} processes on --device {device}: timm\'s train.py wraps the model in '
-               f'DistributedDataParallel with device_ids=[device], which works on GPUs only, so several processes '
-               f'need GPUs. Train on the CPU with one process (--nproc 1).')
-        return False
-    return True
+def _default_run(opts: argparse.Namespace, ns: argparse.Namespace, args: List[str], device: str):
+    """The default run's data (prepared, unless --dry-run), run folder, train.py arguments and evaluation arguments.
 
-
-def _default_run(opts: argparse.Namespace, train_py: Path, user_args: List[str]) -> int:
-    from . import evaluate
+    Raises:
+        RuntimeError, OSError: The data or the folder cannot be made.
+    """
     from .fashion_mnist import FOLDER_NAME, default_root, prepare_fashion_mnist_folder
-
-    ns = parse_train_args(['-c', str(DEFAULT_RECIPE), *user_args], train_py, device=None)  # None: not given
-    gpus = torch.cuda.device_count()
-    device = ns.device or ('cuda' if gpus else 'cpu')
-    output = Path(ns.output or 'output/train').resolve()
-    name = f'fashion_mnist-{ns.model.replace("/", "_").replace(":", "_")}-{datetime.datetime.now():%Y%m%d-%H%M%S}'
-    if not _set_nproc(opts, device, gpus):
-        return 2
     print(f'No data set given: the default run trains {ns.model} on Fashion-MNIST, chooses its checkpoint on a '
           f'validation split held out of the training images and evaluates that one on the test split. Train on your '
           f'own data with --data-dir DIR ({PROG} --help).', flush=True)
+    output = Path(ns.output or 'output/train').resolve()
+    name = f'fashion_mnist-{ns.model.replace("/", "_").replace(":", "_")}-{datetime.datetime.now():%Y%m%d-%H%M%S}'
     if opts.dry_run:
         data, run_dir = default_root() / FOLDER_NAME, output / (ns.experiment or name)
         print(f'Fashion-MNIST would be prepared in {data} (not with --dry-run)')
     else:
-        try:
-            data = prepare_fashion_mnist_folder()
-            run_dir = output / ns.experiment if ns.experiment else Path(get_outdir(output, name, inc=True))
-        except (RuntimeError, OSError) as e:
-            return _error(e)
+        data = prepare_fashion_mnist_folder()
+        run_dir = output / ns.experiment if ns.experiment else Path(get_outdir(output, name, inc=True))
         print(f'Fashion-MNIST is ready in {data}', flush=True)
-    args = ['-c', str(DEFAULT_RECIPE), '--data-dir', str(data), *user_args]
-    args += [] if ns.device else ['--device', device]
-    args += [] if ns.output else ['--output', str(output)]
-    args += [] if ns.experiment else ['--experiment', run_dir.name]
     if device == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
         # one thread: the 28x28 convolutions gain little from more, and on shared cores threads that wait for each
         # other at every operation slow training down many times
         torch.set_num_threads(1)
         print('+ OMP_NUM_THREADS=1 (set OMP_NUM_THREADS to choose another number of threads)')
-    print('+ ' + shlex.join(_command(opts, train_py, args)), flush=True)
-    if opts.dry_run:
-        return 0
-
+    args = ['-c', str(DEFAULT_RECIPE), '--data-dir', str(data), *args] + ['--device', device] * (not ns.device)
+    args += ([] if ns.output else ['--output', str(output)]) + ([] if ns.experiment else ['--experiment', run_dir.name])
     eval_args = ['--data-dir', str(data), '--split', 'test', '-b', str(ns.validation_batch_size or ns.batch_size),
                  '--workers', str(ns.workers), '--device', device] + ['--use-ema'] * bool(ns.model_ema)
-    with Children() as children:
-        try:
-            code = _train(opts, train_py, args, children)
-            if children.stopped:
-                raise Stopped(children.signum)
-            checkpoint = next((p for p in (run_dir / 'model_best.pth.tar', run_dir / 'last.pth.tar') if p.is_file()),
-                              None)
-            if code or checkpoint is None:
-                return code or _error(f'train.py finished but wrote no checkpoint in {run_dir}.')
-            eval_json = run_dir / 'eval_test.json'
-            print('+ python -m timm_ssm.evaluate ' + shlex.join(
-                ['--checkpoint', str(checkpoint), *eval_args, '--json', str(eval_json), '--overwrite']), flush=True)
-            try:
-                result = evaluate.main(['--checkpoint', str(checkpoint), *eval_args, '--json', str(eval_json),
-                                        '--overwrite'])
-            except SystemExit as e:
-                return e.code
-        except Stopped as stop:
-            return _partial_report(run_dir, stop, eval_args)
+    return args, run_dir, eval_args
+
+
+def _checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint train.py chose on the validation split, else its last one."""
+    return next((p for p in (run_dir / 'model_best.pth.tar', run_dir / 'last.pth.tar') if p.is_file()), None)
+
+
+def _report(run_dir: Path, ns: argparse.Namespace, eval_args: List[str]) -> int:
+    """Evaluate the chosen checkpoint once on the test split (`timm_ssm.evaluate`) and say where everything is."""
+    from . import evaluate
+    checkpoint = _checkpoint(run_dir)
+    if checkpoint is None:
+        return _error(f'train.py finished but wrote no checkpoint in {run_dir}.')
+    argv = ['--checkpoint', str(checkpoint), *eval_args, '--json', str(run_dir / 'eval_test.json'), '--overwrite']
+    print('+ python -m timm_ssm.evaluate ' + shlex.join(argv), flush=True)
+    try:
+        result = evaluate.main(argv)  # --overwrite: this run's evaluation replaces an earlier one of the same run
+    except SystemExit as e:
+        return e.code
     model = result['models'][0]
     chosen = '; the best on the validation split' if checkpoint.name == 'model_best.pth.tar' else ''
     print(f'\n{ns.model}, {checkpoint.name} of epoch {model["epoch"]} (train.py counts from 0{chosen}): top-1 '
           f'{model["top1"]:.2f}% on the {result["data"]["num_samples"]} test images, evaluated once (each '
           f'sub-classifier\'s in the table above).\nResults and checkpoints are in {run_dir}:')
-    for what, path in (('best checkpoint', checkpoint.with_name('model_best.pth.tar')),
-                       ('last checkpoint', checkpoint.with_name('last.pth.tar')), ('per-epoch metrics', run_dir /
-                       'summary.csv'), ('train.py arguments', run_dir / 'args.yaml'), ('test evaluation', eval_json)):
-        if path.exists():
-            print(f'  {what + ":":22s}{path}')
+    for name in ('model_best.pth.tar', 'last.pth.tar', 'summary.csv', 'args.yaml', 'eval_test.json'):
+        if (run_dir / name).exists():
+            print(f'  {run_dir / name}')
     print(f'Publish it on the Hugging Face Hub (python -m timm_ssm.hub --help):\n'
           f'  python -m timm_ssm.hub {run_dir} --checkpoint {checkpoint.name} --repo-id ORG/NAME --dry-run')
     return 0
 
 
 def _partial_report(run_dir: Path, stop: Stopped, eval_args: List[str]) -> int:
-    """What a stopped default run has: the epochs done, the checkpoints and the command that evaluates one."""
+    """What a stopped default run has: the last epoch done, and the command that evaluates its checkpoint."""
     try:
         with open(run_dir / 'summary.csv', newline='') as f:
             rows = list(csv.DictReader(f))
     except OSError:
         rows = []
-    lines = [f'\n{PROG}: {stop}: the default run is partial, it ends here (exit code {stop.exit_code}).']
+    print(f'\n{PROG}: {stop}: the default run is partial, it ends here (exit code {stop.exit_code}).', file=sys.stderr)
     if rows:
         top1 = f', validation top-1 {float(rows[-1]["eval_top1"]):.2f}%' if rows[-1].get('eval_top1') else ''
-        lines.append(f'train.py finished epoch {rows[-1]["epoch"]} (counted from 0{top1}).')
-    checkpoints = [p for p in (run_dir / 'model_best.pth.tar', run_dir / 'last.pth.tar') if p.is_file()]
-    if checkpoints:
-        lines.append(f'Evaluate its checkpoint {checkpoints[0]} on the test split with:\n  python -m timm_ssm.evaluate '
-                     f'{shlex.join(["--checkpoint", str(checkpoints[0]), *eval_args])}')
-    else:
-        lines.append(f'No checkpoint was saved in {run_dir}.')
-    print('\n'.join(lines), file=sys.stderr, flush=True)
+        print(f'train.py finished epoch {rows[-1]["epoch"]} (counted from 0{top1}).', file=sys.stderr)
+    checkpoint = _checkpoint(run_dir)
+    print(f'Evaluate its checkpoint {checkpoint} on the test split with:\n  python -m timm_ssm.evaluate '
+          f'{shlex.join(["--checkpoint", str(checkpoint), *eval_args])}' if checkpoint else
+          f'No checkpoint was saved in {run_dir}.', file=sys.stderr, flush=True)
     return stop.exit_code
 
 
