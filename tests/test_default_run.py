@@ -6,15 +6,14 @@ import io
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from timm_ssm import launch, train_timm
 
-pytestmark = pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py and inference.py: '
-                                                                        'set TIMM_ROOT to a pytorch-image-models checkout')
+pytestmark = pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py and inference.py: set '
+                                'TIMM_ROOT to a pytorch-image-models checkout')
 
 
 @pytest.fixture(scope='module')

@@ -1,21 +1,15 @@
 """The command blocks of README.md and docs/: each one has a stated treatment, and runs or parses as written.
 
-Every ```bash and ```python block of README.md and docs/*.md is listed in BLOCKS by its page and first line, with
-what this test does with it:
-
-* RUN: run as written (bash -euo pipefail, or python) in a sandbox: a temporary HOME and working folder holding a
-  default-run folder `output/train/fashion_mnist-...` (a real checkpoint of the default run's model and its
-  args.yaml, no training) and a small copy of the default run's Fashion-MNIST image folder in `~/.cache/timm_ssm`;
-  offline (HF_HUB_OFFLINE), on CPU. Blocks that run timm's scripts need TIMM_ROOT.
-* FLAGS: nothing runs; each command's options are parsed by the program's own parser (`train_timm.sh` with
-  `--dry-run`, which also checks its config names; timm's scripts, timm_ssm's tools and the benchmarks through their
-  argparse parsers; torchrun through torch's). Shell set-up commands (pip, git, export, cd, ...) are passed over.
+Every ```bash and ```python block is listed in BLOCKS by its page and first line, with its treatment:
+* RUN: run as written (bash -euo pipefail, or python) in a sandbox: a temporary HOME holding the default run's image
+  folder (of a tiny Fashion-MNIST) in `~/.cache/timm_ssm` and a working folder with a default-run folder (a real
+  checkpoint of its model and its args.yaml, no training); offline, on CPU. Blocks with timm's scripts need TIMM_ROOT.
+* FLAGS: nothing runs; each command's options are parsed by the program's own parser (`train_timm.sh --dry-run`,
+  timm's scripts, timm_ssm's tools, the benchmarks, torchrun). Set-up commands (pip, git, export, ...) are passed over.
 * SKIP(why): cannot run offline on a CPU in seconds (a GPU, ImageNet, the network, the whole suite).
-* TODO(why): known not to run as written yet; reported as an expected failure until the page is fixed.
-
-A block that is not listed, or a listed block that no page has any more, fails the test: a new block gets its
-treatment here, visibly. The treatment of a block is the reviewer's to check; change the block's first line and the
-key follows.
+* TODO(why): known not to run as written yet; an expected failure until the page is fixed.
+A block without a treatment, or a treatment of a block no page has any more, fails: change a block's first line and
+its key follows.
 """
 import argparse
 import contextlib
@@ -57,8 +51,7 @@ def TODO(why):  # noqa: N802
 BLOCKS: Dict[str, Treatment] = {
     'README.md: python3 -m venv .venv && . .venv/bin/activate && pip install \'.[test]\'   # set up (Python >= 3.10)':
         FLAGS,
-    'README.md: pip install .              # Python >= 3.10: torch >= 2.9.1, timm >= 1.0.31, huggingface_hub >= 0.34.4, '
-    'scipy, matplotlib': FLAGS,
+    'README.md: pip install .              # Python >= 3.10: torch, timm, huggingface_hub, scipy, matplotlib': FLAGS,
     'README.md: import timm': SKIP('downloads timm\'s resnet50.a1_in1k weights from the Hub'),
     'README.md: model = timm.create_model(\'hf-hub:ORG/NAME\', pretrained=True)': SKIP('ORG/NAME is a placeholder'),
     'README.md: import timm #2': RUN,

@@ -15,7 +15,7 @@ from timm.data import create_dataset
 from torchvision.datasets import FashionMNIST
 
 from timm_ssm import fashion_mnist
-from timm_ssm.fashion_mnist import CLASS_NAMES, DEBIAN_SOURCE, FILES, MEAN, STD, prepare_fashion_mnist, \
+from timm_ssm.fashion_mnist import CLASS_NAMES, FILES, MEAN, STD, prepare_fashion_mnist, \
     prepare_fashion_mnist_folder
 from timm_ssm.train_timm import DEFAULT_RECIPE
 
@@ -91,8 +91,9 @@ def test_download_through_torchvision(tmp_path, monkeypatch, capsys):
     """No local copy: torchvision downloads the files (from a local mirror here), into a folder beside the data."""
     mirror = tmp_path / 'mirror'
     mirror.mkdir()
+    plain = write_fashion_mnist(tmp_path / 'plain')
     for name in FILES:
-        (mirror / f'{name}.gz').write_bytes(gzip.compress((write_fashion_mnist(tmp_path / 'plain') / name).read_bytes()))
+        (mirror / f'{name}.gz').write_bytes(gzip.compress((plain / name).read_bytes()))
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(mirror))
     handler.log_message = lambda *args: None
     server = ThreadingHTTPServer(('127.0.0.1', 0), handler)

@@ -17,8 +17,8 @@ from timm.utils import random_seed
 
 from timm_ssm import launch, train_timm
 
-pytestmark = pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py and validate.py: '
-                                                                        'set TIMM_ROOT to a pytorch-image-models checkout')
+pytestmark = pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py and validate.py: set '
+                                'TIMM_ROOT to a pytorch-image-models checkout')
 
 CLASSES = ('circle', 'square', 'stripe')
 IMAGES_PER_CLASS = 4

@@ -85,14 +85,16 @@ def test_processes_and_torchrun(cwd, capsys, monkeypatch, argv, gpus, train_args
 @pytest.mark.parametrize('argv, message', [
     (['--nproc', '2', '--data-dir', '.', '--device', 'cpu'], 'DistributedDataParallel with device_ids=.* several '
                                                               'processes need GPUs'),
-    (['-c', 'resnet51_ssm', '--data-dir', '.'], 'config file resnet51_ssm does not exist, and it is none of the recipes '
-                                                'shipped with timm-ssm \\(-c NAME: fashion_mnist, finetune_ssm, '),
+    (['-c', 'resnet51_ssm', '--data-dir', '.'],
+     'config file resnet51_ssm does not exist, and it is none of the recipes shipped with timm-ssm \\(-c NAME: '
+     'fashion_mnist, finetune_ssm, '),
     (['-c', 'c.yaml'], 'no data set: neither the arguments nor c.yaml name one. Add --data-dir DIR'),
     (['-c', 'python.yaml', '--data-dir', '.'], '-c python.yaml is not a config file train.py can read .*without '
                                                '!!python tags'),
     (['--epochs', '1', '--no-such-option'], 'train.py does not take these arguments: unrecognized arguments: '
                                             '--no-such-option'),
-    (['--data-dir', 'imagenet', '--device', 'cpu'], '--data-dir imagenet does not exist'),
+    (['--data-dir', 'imagenet', '--device', 'cpu'], '--data-dir imagenet holds no images \\(it does not exist\\)'),
+    (['.', '--device', 'cpu'], '--data-dir . holds no images \\(it is empty\\): give the folder that holds train/'),
     (['--timm-root', '.', '--data-dir', '.'], '--timm-root .* is not a pytorch-image-models checkout'),
     (['--timm-root=', '--data-dir', '.'], '--timm-root is empty'),
 ])

@@ -64,8 +64,8 @@ def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool 
         return _checkout(timm_root or os.environ['TIMM_ROOT'], '--timm-root' if timm_root else 'TIMM_ROOT')
     version = timm.__version__
     target = cache_dir() / f'pytorch-image-models-{version}'
-    fix = (f'Fix it where you have network: git clone --branch v{version} {REPO_URL}.git /path/to/pytorch-image-models '
-           f'&& export TIMM_ROOT=/path/to/pytorch-image-models')
+    fix = (f'Fix it (where GitHub can be reached): git clone --branch v{version} {REPO_URL}.git ~/pytorch-image-models '
+           f'&& export TIMM_ROOT=~/pytorch-image-models')
     if (target / 'train.py').is_file():
         return target
     if not download:
@@ -75,8 +75,9 @@ def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=target.name + '.', dir=target.parent) as tmp:  # beside, renamed in
-            with urllib.request.urlopen(url, timeout=60) as response, tarfile.open(fileobj=response, mode='r|gz') as tar:
-                tar.extractall(tmp, filter='data')  # refuses absolute paths, '..' and links out of the folder
+            with urllib.request.urlopen(url, timeout=60) as response:
+                with tarfile.open(fileobj=response, mode='r|gz') as tar:
+                    tar.extractall(tmp, filter='data')  # refuses absolute paths, '..' and links out of the folder
             tops = os.listdir(tmp)
             if len(tops) != 1 or not (Path(tmp) / tops[0] / 'train.py').is_file():
                 raise RuntimeError(f'{url} holds no train.py in one top folder: it is not pytorch-image-models')

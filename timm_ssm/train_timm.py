@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import torch
+from timm.data import get_img_extensions
 from timm.utils import FormatterNoInfo, get_outdir
 
 from .launch import RunFolderBusy, run_train
@@ -50,9 +51,9 @@ launch_parser = argparse.ArgumentParser(
     prog=PROG, usage=f'{PROG} [LAUNCH OPTIONS] [train.py ARGS...]', add_help=False, allow_abbrev=False,
     formatter_class=argparse.RawDescriptionHelpFormatter,
     description='Runs timm\'s own train.py, unchanged, with timm-ssm\'s <arch>_ssm models registered.',
-    epilog=f'Without a data set (no --data-dir, --dataset, DIR or -c config that names one) it trains a small SSM model '
-           f'on Fashion-MNIST,\nevaluates it and prints where the results are: the default run.\n-c NAME takes a recipe '
-           f'shipped in timm_ssm/configs ({", ".join(config_names())}) or a path.\n\n'
+    epilog=f'Without a data set (no --data-dir, --dataset, DIR or -c config that names one) it trains a small SSM '
+           f'model on Fashion-MNIST,\nevaluates it and prints where the results are: the default run.\n-c NAME takes a '
+           f'recipe shipped in timm_ssm/configs ({", ".join(config_names())}) or a path.\n\n'
            f'timm\'s train.py wraps the model in DistributedDataParallel with device_ids, so several processes need '
            f'GPUs;\non CPU use one process.')
 group = launch_parser.add_argument_group('Launch options (everything else goes to train.py as it is)')
@@ -170,9 +171,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             args, run_dir, eval_args = _default_run(opts, ns, args, device)
         except (RuntimeError, OSError) as e:
             return _error(e)
-    elif data_dir and '/' not in ns.dataset and not os.path.isdir(data_dir) and not opts.dry_run:
-        return _error(f'--data-dir {data_dir} does not exist: give the folder that holds train/ and validation/ '
-                      f'(one sub-folder of images per class).')
+    elif data_dir and '/' not in ns.dataset and not opts.dry_run and not any(  # stops at the first image
+            p.suffix.lower() in get_img_extensions() for p in Path(data_dir).rglob('*')):
+        why = 'it is empty' if os.path.isdir(data_dir) else 'it does not exist'
+        return _error(f'--data-dir {data_dir} holds no images ({why}): give the folder that holds train/ and '
+                      f'validation/, one sub-folder of images per class.')
     print('+ ' + shlex.join(_command(opts, train_py, args)), flush=True)
     if opts.dry_run:
         return 0
