@@ -135,19 +135,9 @@ def cam_grid(
         panel: int = 224,
         alpha: float = 0.5,
 ) -> Image.Image:
-    """One row of panels: the image, then each heat map overlaid on it, each under a two-line title.
-
-    Args:
-        image: The image as the model saw it, (C, H, W) in [0, 1], C = 1 or 3.
-        cams: Heat maps (m, H, W) in [0, 1].
-        titles: Two title lines per panel, m + 1 of them (the image's first).
-        header: A line above the row.
-        panel: Side of each square panel in pixels.
-        alpha: Weight of the heat map in the overlay.
-
-    Returns:
-        An RGB image of width (m + 1) * (panel + PANEL_PAD) + PANEL_PAD.
-    """
+    """One row of square panels of `panel` pixels: the image as the model saw it ((C, H, W) in [0, 1]), then each
+    heat map ((m, H, W) in [0, 1]) overlaid on it with weight `alpha`, each under its two `titles` lines (m + 1 of
+    them), with a `header` line above; (m + 1) * (panel + PANEL_PAD) + PANEL_PAD pixels wide."""
     image = image.float().cpu().clamp(0, 1)
     image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
     panels = [image] + [(1 - alpha) * image + alpha * _jet(c.float().cpu()) for c in cams]

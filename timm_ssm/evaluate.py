@@ -3,24 +3,15 @@
 Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
 (Lee et al., Electronics 2022)
 
-`python -m timm_ssm.evaluate` takes the options of timm's `validate.py` and walks its road (`timm_ssm.runs`: the
-run's own model options and data config, the command line's over them), measuring with timm's `accuracy` and
-`AverageMeter`, in one pass: the averaged output (Table 1, validate.py's top-1), each sub-classifier FC1..FCn
+`python -m timm_ssm.evaluate --checkpoint RUN --data-dir DIR` walks timm validate.py's road (`timm_ssm.runs`: the
+run's own model options and data config under the command line's) and measures with its `accuracy` and
+`AverageMeter`, in one pass: the averaged output (Table 1; validate.py's top-1), each sub-classifier FC1..FCn
 (Table 2), the oracle that counts a sample when any sub-classifier is right (Discussion), label-free rules that pick
-or combine sub-classifiers per sample, parameters and multiply-adds (Table 4), and the ensemble of several
-checkpoints (mean of logits, Table 3). Plain timm models go through the same code (averaged output, ensembles).
-A pass in which an image could not be read, or a logit is not finite, reports no number.
-
-Examples:
-    python -m timm_ssm.evaluate --checkpoint output/train/run --data-dir /data/imagenet --json results.json
-    python -m timm_ssm.evaluate --checkpoint run1/ run2/ --data-dir /data/imagenet   # ensemble of two runs
-
-Label-free rules (per sample, without labels):
-    max_prob: the sub-classifier with the highest maximum softmax probability.
-    min_entropy: the sub-classifier with the lowest entropy of its softmax.
-    max_margin: the sub-classifier with the largest gap between its two highest probabilities.
-    vote: the class most sub-classifiers predict, ties broken by the mean of their softmax probabilities.
-    prob_avg: the mean of the sub-classifiers' softmax probabilities (instead of their logits).
+(`max_prob`: highest top probability, `min_entropy`, `max_margin`: largest gap between the two best classes) or
+combine (`vote`, ties broken by the mean probabilities; `prob_avg`: the mean probabilities) sub-classifiers per
+sample, parameters and multiply-adds (Table 4), and the ensemble of several checkpoints (mean of logits, Table 3).
+Plain timm models go through the same code. A pass in which an image could not be read, or a logit is not finite,
+reports no number.
 """
 import argparse
 import csv
@@ -84,16 +75,8 @@ def evaluate(
         progress: Optional[bool] = None,
         warmup: Optional[torch.Tensor] = None,
 ) -> Dict[str, Any]:
-    """One pass of a loader through one or more models, measured as timm's validate.py measures.
-
-    Args:
-        models: Models in eval mode on `device`; with several, their ensemble (mean of logits) is measured too.
-        loader: Batches of (images, class indices), as timm's `create_loader` gives them.
-        device: Device of the models; the first model's if None.
-        amp_autocast: Context manager of the forward passes.
-        channels_last: Feed channels-last images.
-        progress: Show a progress bar; None shows one only on a terminal.
-        warmup: Images that go through the models before the timed pass, as in validate.py.
+    """One pass of a loader of (images, class indices) through models in eval mode on `device` (with several, their
+    ensemble too), as timm's validate.py measures it; `warmup` images go through the models before the timed pass.
 
     Returns:
         `models`: the accuracy part of each model's entry of the JSON schema (docs/analyses.md); `ensemble`,
@@ -212,52 +195,32 @@ group.add_argument('--overwrite', action='store_true', default=False, help='repl
 group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
 
 
-def _output_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
-    rows = []
-    for m in result['models']:
-        base = dict(model=m['model'], checkpoint=m['checkpoint'] or '')
-        rows += [dict(base, output=h['name'], top1=h['top1'], top5=h['top5']) for h in m['heads']]
-        rows.append(dict(base, output='averaged', top1=m['top1'], top5=m['top5']))
-        if m['oracle'] is not None:
-            rows.append(dict(base, output='oracle', top1=m['oracle']['top1'], top5=''))
-        rows += [dict(base, output=f'select:{rule}', top1=r['top1'], top5=r['top5'])
-                 for rule, r in m['selection'].items()]
-    if result['ensemble'] is not None:
-        e = result['ensemble']
-        rows.append(dict(model='+'.join(m['model'] for m in result['models']), checkpoint='', output='ensemble',
-                         top1=e['top1'], top5=e['top5']))
-    return rows
+def _rows(m: Dict[str, Any]) -> List[tuple]:
+    """(output, channels it sees, top1, top5, fraction of samples per sub-classifier) of each output of a model."""
+    rows = [(h['name'], f'0-{h["width"] - 1}', h['top1'], h['top5'], None) for h in m['heads']]
+    rows.append(('averaged', '', m['top1'], m['top5'], None))
+    rows += [('oracle', '', m['oracle']['top1'], None, None)] if m['oracle'] is not None else []
+    return rows + [(f'select:{rule}', '', r['top1'], r['top5'], r['chosen']) for rule, r in m['selection'].items()]
 
 
 def _count(value: Optional[int]) -> str:
-    if value is None:
-        return '-'
-    unit, scale = next(((u, s) for u, s in (('G', 1e9), ('M', 1e6), ('K', 1e3)) if value >= s), ('', 1))
-    return f'{value / scale:.2f} {unit}' if unit else str(value)
+    unit, scale = next(((u, s) for u, s in (('G', 1e9), ('M', 1e6), ('K', 1e3)) if (value or 0) >= s), ('', 1))
+    return '-' if value is None else f'{value / scale:.2f} {unit}' if unit else str(value)
 
 
 def format_table(result: Dict[str, Any]) -> str:
     """The results as the printed text table."""
     lines = []
     for m in result['models']:
-        lines += [
-            m['model'] + (f'  ({m["checkpoint"]})' if m['checkpoint'] else ''),
-            f'  params {_count(m["param_count"])} (head {_count(m["head_param_count"])})   '
-            f'multiply-adds {_count(m["macs"])} (head {_count(m["head_macs"])})',
-            f'  {"output":<22}{"sees channels":>14}{"top1":>10}{"top5":>10}{"vs avg":>9}',
-        ]
-        for h in m['heads']:
-            channels = f'0-{h["width"] - 1}'
-            lines.append(f'  {h["name"]:<22}{channels:>14}{h["top1"]:>10.3f}{h["top5"]:>10.3f}'
-                         f'{h["top1"] - m["top1"]:>+9.2f}')
-        lines.append(f'  {"averaged":<22}{"":>14}{m["top1"]:>10.3f}{m["top5"]:>10.3f}')
-        if m['oracle'] is not None:
-            lines.append(f'  {"oracle (any FC right)":<22}{"":>14}{m["oracle"]["top1"]:>10.3f}{"":>10}'
-                         f'{m["oracle"]["top1"] - m["top1"]:>+9.2f}')
-        for rule, r in m['selection'].items():
-            picks = '  picks ' + ' '.join(f'{100 * c:.0f}%' for c in r['chosen']) if r['chosen'] is not None else ''
-            lines.append(f'  {"select " + rule:<22}{"":>14}{r["top1"]:>10.3f}{r["top5"]:>10.3f}'
-                         f'{r["top1"] - m["top1"]:>+9.2f}{picks}')
+        lines += [m['model'] + (f'  ({m["checkpoint"]})' if m['checkpoint'] else ''),
+                  f'  params {_count(m["param_count"])} (head {_count(m["head_param_count"])})   '
+                  f'multiply-adds {_count(m["macs"])} (head {_count(m["head_macs"])})',
+                  f'  {"output":<22}{"sees channels":>14}{"top1":>10}{"top5":>10}{"vs avg":>9}']
+        for output, channels, top1, top5, chosen in _rows(m):
+            top5 = '' if top5 is None else f'{top5:.3f}'
+            gap = '' if output == 'averaged' else f'{top1 - m["top1"]:+.2f}'
+            picks = '  picks ' + ' '.join(f'{100 * c:.0f}%' for c in chosen) if chosen is not None else ''
+            lines.append(f'  {output:<22}{channels:>14}{top1:>10.3f}{top5:>10}{gap:>9}{picks}'.rstrip())
         lines.append('')
     if result['ensemble'] is not None:
         e = result['ensemble']
@@ -298,10 +261,16 @@ def _write_json(result: Dict[str, Any], path: str):
 
 
 def _write_csv(result: Dict[str, Any], path: str):
+    rows = [dict(model=m['model'], checkpoint=m['checkpoint'] or '', output=output, top1=top1, top5=top5)
+            for m in result['models'] for output, _, top1, top5, _ in _rows(m)]
+    if result['ensemble'] is not None:
+        rows.append(dict(model='+'.join(m['model'] for m in result['models']), output='ensemble',
+                         top1=result['ensemble']['top1'], top5=result['ensemble']['top5']))
+
     def _write(f):
         writer = csv.DictWriter(f, fieldnames=['model', 'checkpoint', 'output', 'top1', 'top5'])
         writer.writeheader()
-        writer.writerows(_output_rows(result))
+        writer.writerows(rows)
     atomic_write(path, _write, mode='w')
 
 
@@ -336,20 +305,8 @@ def run(args) -> Dict[str, Any]:
         input_key=args.input_key, target_key=args.target_key, seed=args.seed,
         input_img_mode=args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L'),
     )
-    loader = create_loader(
-        dataset,
-        input_size=data_config['input_size'],
-        batch_size=args.batch_size,
-        use_prefetcher=not args.no_prefetcher,
-        interpolation=data_config['interpolation'],
-        mean=data_config['mean'],
-        std=data_config['std'],
-        num_workers=args.workers,
-        crop_pct=data_config['crop_pct'],
-        crop_mode=data_config['crop_mode'],
-        pin_memory=args.pin_mem,
-        device=device,
-    )
+    loader = create_loader(dataset, batch_size=args.batch_size, use_prefetcher=not args.no_prefetcher,
+                           num_workers=args.workers, pin_memory=args.pin_mem, device=device, **data_config)
     if args.channels_last:
         models = [m.to(memory_format=torch.channels_last) for m in models]
     amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype)) \
@@ -367,26 +324,16 @@ def run(args) -> Dict[str, Any]:
         raise RunError(f'{results["nonfinite"]} of the {results["num_samples"]} images gave logits that are not '
                        f'finite (NaN or inf), so no accuracy is reported: {fix}.')
 
-    out = dict(
-        data=dict(
-            data_dir=args.data or args.data_dir, dataset=args.dataset, split=args.split,
-            split_folder=str(dataset.folder) if dataset.folder else None, num_samples=results['num_samples'],
-            input_size=list(data_config['input_size']), interpolation=data_config['interpolation'],
-            crop_pct=data_config['crop_pct'], crop_mode=data_config['crop_mode'],
-            mean=list(data_config['mean']), std=list(data_config['std']),
-        ),
-        models=[],
-        ensemble=results['ensemble'],
-        throughput=results['throughput'],
-        seconds=results['seconds'],
-    )
+    data = dict(data_dir=args.data or args.data_dir, dataset=args.dataset, split=args.split,
+                split_folder=str(dataset.folder) if dataset.folder else None, num_samples=results['num_samples'],
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()})
+    out = dict(data=data, models=[], ensemble=results['ensemble'], throughput=results['throughput'],
+               seconds=results['seconds'])
     for run_, model, digest, cost, accuracy_ in zip(runs, models, digests, complexity, results['models']):
-        head = split_head(model)
         out['models'].append(dict(
             model=run_.args['model'], checkpoint=str(run_.checkpoint) if run_.checkpoint else None, epoch=run_.epoch,
             use_ema=args.use_ema, weights_sha256=digest, num_classes=model.num_classes,
-            num_splits=head.num_splits if head is not None else None, **cost, **accuracy_,
-        ))
+            num_splits=split_head(model).num_splits if split_head(model) is not None else None, **cost, **accuracy_))
     return out
 
 

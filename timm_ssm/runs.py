@@ -218,16 +218,12 @@ def create_run_model(
     if use_ema and not run.has_ema:
         raise RunError(f'{run.checkpoint or name} has no EMA weights (train.py saves them with --model-ema): leave '
                        f'out --use-ema.')
-    kwargs = dict(
-        num_classes=args.get('num_classes'),
-        in_chans=args.get('in_chans') or (args['input_size'][0] if args.get('input_size') else None),
-        global_pool=args.get('gp'),
-        bn_momentum=args.get('bn_momentum'),
-        bn_eps=args.get('bn_eps'),
-        **(args.get('model_kwargs') or {}),
-    )
-    kwargs = {k: v for k, v in dict(kwargs, **{k: v for k, v in (overrides or {}).items() if v is not None}).items()
-              if v is not None}
+    input_size = args.get('input_size') or [None]  # train.py's channels: --in-chans, else those of --input-size
+    kwargs = dict(num_classes=args.get('num_classes'), in_chans=args.get('in_chans') or input_size[0],
+                  global_pool=args.get('gp'), bn_momentum=args.get('bn_momentum'), bn_eps=args.get('bn_eps'))
+    for more in (args.get('model_kwargs') or {}, overrides or {}):
+        kwargs.update({k: v for k, v in more.items() if v is not None})
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     what = f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())}) from {run.args_source}'
     try:
         model = create_model(name, pretrained=run.checkpoint is None, **kwargs)
@@ -398,7 +394,7 @@ class _Recorder:
 
 class ReadCheckedDataset(ImageDataset):
     """timm's `ImageDataset` on the reader of `dataset`, recording each image it could not read (and so replaced by
-    the next one) in memory shared with the loader's worker processes: `unread_files()` names them after a pass."""
+    the next one) in memory shared with the loader's worker processes; `check_read` names them after a pass."""
 
     def __init__(self, dataset: ImageDataset):
         super().__init__(
@@ -414,10 +410,6 @@ class ReadCheckedDataset(ImageDataset):
             return super().__getitem__(index)
         finally:
             self.unread[asked[:-1]] = True  # every image tried before the one returned
-
-    def unread_files(self) -> List[str]:
-        return [self.filename(i, absolute=True) for i in self.unread.nonzero().flatten().tolist()]
-
 
 def create_run_dataset(
         root: Optional[Union[str, Path]],
@@ -453,7 +445,8 @@ def create_run_dataset(
 
 def check_read(dataset):
     """A RunError naming the images of a `create_run_dataset` data set that could not be read so far."""
-    unread = dataset.unread_files() if isinstance(dataset, ReadCheckedDataset) else []
+    unread = dataset.unread.nonzero().flatten().tolist() if isinstance(dataset, ReadCheckedDataset) else []
+    unread = [dataset.filename(i, absolute=True) for i in unread]
     if unread:
         listed = ', '.join(unread[:5]) + (f' and {len(unread) - 5} more' if len(unread) > 5 else '')
         raise RunError(f'{len(unread)} of the {len(dataset)} images in {dataset.folder} could not be read, and '
@@ -503,22 +496,17 @@ group = run_parser.add_argument_group(
     'Data (as timm validate.py)', 'Unset options take the values of the run\'s train.py arguments, else those of '
                                   'the model\'s pretrained config.')
 group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
-group.add_argument('--dataset', metavar='NAME', default='',
-                   help='dataset type + name ("<type>/<name>") (default: ImageFolder or ImageTar if empty)')
+group.add_argument('--dataset', metavar='NAME', default='', help='dataset type + name ("<type>/<name>")')
 group.add_argument('--split', metavar='NAME', default='validation', help='dataset split (default: validation)')
-group.add_argument('--dataset-download', action='store_true', default=False,
-                   help='allow download of dataset for torch/ and tfds/ datasets that support it')
-group.add_argument('--class-map', default='', type=str, metavar='FILENAME',
-                   help='path to class to idx mapping file: maps the data\'s class folders to the model\'s classes')
+group.add_argument('--dataset-download', action='store_true', default=False, help='allow download of the dataset')
+group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the data\'s class folders')
 group.add_argument('--img-size', default=None, type=_positive, metavar='N', help='input image dimension')
-group.add_argument('--input-size', default=None, nargs=3, type=_positive, metavar='N',
-                   help='input all image dimensions (d h w, e.g. --input-size 3 224 224)')
+group.add_argument('--input-size', default=None, nargs=3, type=_positive, metavar='N', help='input dims (d h w)')
 group.add_argument('--crop-pct', default=None, type=_fraction, metavar='N', help='input image center crop pct')
 group.add_argument('--crop-mode', default=None, choices=CROP_MODES, help='input image crop mode')
-group.add_argument('--mean', type=_finite, nargs='+', default=None, metavar='MEAN',
-                   help='override mean pixel value (one, or one per channel)')
+group.add_argument('--mean', type=_finite, nargs='+', default=None, metavar='MEAN', help='mean (one, or per channel)')
 group.add_argument('--std', type=_positive_float, nargs='+', default=None, metavar='STD',
-                   help='override std deviation (one, or one per channel)')
+                   help='std deviation (one, or per channel)')
 group.add_argument('--interpolation', default='', choices=INTERPOLATIONS + ('',), metavar='NAME',
                    help=f'image resize interpolation type ({", ".join(INTERPOLATIONS)})')
 group = run_parser.add_argument_group('Model', 'Unset options take the values of the run\'s train.py arguments.')
