@@ -85,7 +85,7 @@ def _measure(args, data_dir: str, tmp: str):
     ]
     commands = {
         'validate.py': [sys.executable, '-m', 'timm_ssm.launch', 'validate.py', *common, '--log-freq', '1'],
-        'evaluate': [sys.executable, '-m', 'timm_ssm.evaluate', *common, '--no-progress',
+        'evaluate': [sys.executable, '-m', 'timm_ssm.evaluate', *common, '--no-progress', '--overwrite',
                      '--json', os.path.join(tmp, 'eval.json')],
     }
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
