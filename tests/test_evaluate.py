@@ -207,7 +207,7 @@ def test_unreadable_images_are_named_and_no_number_is_reported(workers, tmp_path
     err = _fails(['--checkpoint', str(run), '--data-dir', str(data.parent), '-j', str(workers), '--device', 'cpu',
                   '--img-size', str(IMG_SIZE), '--json', str(tmp_path / 'r.json')], capsys,
                  '8 of the 24 images in .*validation could not be read, and timm\'s reader read the next image in '
-                 'place of each, so no result is reported: .*c/0.png, .*c/4.png and 3 more. Replace or remove them')
+                 'place of each, so no result is reported: .*c/0.png, .*c/4.png and 3 more; replace or remove them')
     assert 'images/s' not in err and not (tmp_path / 'r.json').exists()
 
 

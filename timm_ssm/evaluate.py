@@ -291,8 +291,8 @@ def run(args) -> Dict[str, Any]:
                        f'runs or epochs.')
     num_classes = sorted({m.num_classes for m in models})
     if len(num_classes) > 1 or num_classes[0] < 2:
-        raise RunError(f'Evaluation needs one number of classes, two or more, but the models have num_classes '
-                       f'{num_classes}: give --num-classes, or models of the same classes.')
+        raise RunError(f'Evaluation needs models of one number of classes, two or more, but they have num_classes '
+                       f'{num_classes}: give models trained on the same classes.')
     data_config = run_data_config(runs[0], models[0], vars(args), verbose=True)
     for run_, model in zip(runs[1:], models[1:]):
         if run_data_config(run_, model, vars(args)) != data_config:

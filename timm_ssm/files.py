@@ -75,9 +75,9 @@ def check_output_folder(folder: Union[str, Path], option: str) -> Path:
     folder = Path(folder).expanduser()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise RunError(f'{option} {folder} cannot be used as a folder: {existing} is a file. Give a folder.')
+        raise RunError(f'{option} {folder} cannot be used as a folder: {existing} is a file; give a folder.')
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f'{option} {folder} cannot be written: {existing} is not writable. Give a folder of yours.')
+        raise RunError(f'{option} {folder} cannot be written: {existing} is not writable; give a folder of yours.')
     return folder
 
 

@@ -92,8 +92,8 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     `.safetensors` file, which holds weights only. Whatever torch's or safetensors' readers raise on a damaged or
     foreign file is a RunError."""
     path = Path(path)
-    damaged = ('If it was copied or is still being written, copy it again or wait for it; else give the file train.py '
-               'saved (model_best.pth.tar, last.pth.tar) or its run folder.')
+    damaged = ('if it was copied or is still being written, copy it again or wait for it; else give the file train.py '
+               'saved (model_best.pth.tar, last.pth.tar) or its run folder')
     if path.name.endswith('.safetensors'):
         from safetensors import safe_open
         try:
@@ -101,7 +101,7 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
                 for key in f.keys():
                     f.get_slice(key).get_shape()  # header entries that point outside the file fail here
         except Exception as e:  # noqa  SafetensorError and whatever the header parser raises
-            raise RunError(f'Cannot read {path}: it is truncated or not a safetensors file ({e}). {damaged}') from e
+            raise RunError(f'Cannot read {path}: it is truncated or not a safetensors file ({e}); {damaged}.') from e
         return {}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -119,7 +119,7 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
                            f'not loaded (weights_only=True): save its weights alone with '
                            f'torch.save(model.state_dict(), PATH).') from e
         raise RunError(f'Cannot read checkpoint {path}: it is truncated, damaged or not a PyTorch checkpoint '
-                       f'({type(e).__name__}: {str(e)[:200]}). {damaged}') from e
+                       f'({type(e).__name__}: {str(e)[:200]}); {damaged}.') from e
     if not isinstance(checkpoint, dict):
         raise RunError(f'{path} is not a model checkpoint: it holds a {type(checkpoint).__name__}, not a dict.')
     return checkpoint
@@ -281,10 +281,12 @@ def split_folder(root: Optional[Union[str, Path]], split: Optional[str], dataset
     A folder with split folders but none for `split` is refused (timm would read every split as one), and so is
     `--split ''` there; `split=None` reads `root` as it is.
     """
-    if '/' in (dataset or ''):
-        return None  # torch/, hfds/, tfds/, wds/ readers find their data or say so
-    if not root:
-        raise RunError('No data folder: give --data-dir DIR (the image folder, with one folder per class).')
+    prefix = (dataset or '').lower().partition('/')[0] if '/' in (dataset or '') else ''
+    if not root and prefix not in ('hfds', 'hfids', 'tfds', 'wds'):  # these find their data or say so
+        raise RunError('No data folder: give --data-dir DIR (the image folder, with one folder per class, or the '
+                       'folder of --dataset NAME).')
+    if prefix:
+        return None
     root = Path(root).expanduser()
     if not root.exists():
         raise RunError(f'--data-dir {root} does not exist: give the folder that holds the data set.')
@@ -450,8 +452,8 @@ def check_read(dataset):
     if unread:
         listed = ', '.join(unread[:5]) + (f' and {len(unread) - 5} more' if len(unread) > 5 else '')
         raise RunError(f'{len(unread)} of the {len(dataset)} images in {dataset.folder} could not be read, and '
-                       f'timm\'s reader read the next image in place of each, so no result is reported: {listed}. '
-                       f'Replace or remove them, and run again.')
+                       f'timm\'s reader read the next image in place of each, so no result is reported: {listed}; '
+                       f'replace or remove them, and run again.')
 
 
 def weights_digest(model: nn.Module) -> str:
