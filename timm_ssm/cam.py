@@ -267,8 +267,9 @@ def run(args) -> List[Tuple[str, int, int]]:
     items, data_names = _inputs(args, model, run_)
     names = class_names(run_, model) or data_names
     paths = [os.path.join(args.out, f'{stem}_cam.png') for stem, _, _ in items]
+    inputs = run_.files + ([args.class_map] if args.class_map else [])
     for path in paths:
-        check_output(path, '--out', args.overwrite, run_.files + ([args.class_map] if args.class_map else []))
+        check_output(path, '--out', args.overwrite, inputs)
 
     def _name(c):
         return f'{c}: {names[c]}' if names is not None and c < len(names) else f'class {c}'
@@ -279,7 +280,11 @@ def run(args) -> List[Tuple[str, int, int]]:
     for (stem, img, label), path in zip(items, paths):
         x = transform(img.convert('RGB' if chans == 3 else 'L'))[None].to(device)
         with torch.no_grad():
-            pred = int(model(x).argmax(-1))
+            logits = model(x)
+        if not torch.isfinite(logits).all():
+            raise RunError(f'{stem} gives logits that are not finite (NaN or inf): check the checkpoint (its weights '
+                           f'overflow on this image).')
+        pred = int(logits.argmax(-1))
         target = args.target_class if args.target_class is not None else label if label is not None else pred
         if target >= k:
             raise RunError(f'{stem}: its class {target} is outside the model\'s {k} classes: give --class-map FILE.')

@@ -200,13 +200,8 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
     return run
 
 
-def create_run_model(
-        run: Run,
-        model_name: Optional[str] = None,
-        use_ema: bool = False,
-        overrides: Optional[Dict[str, Any]] = None,
-        device: Optional[Union[str, torch.device]] = None,
-) -> nn.Module:
+def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool = False,
+                     overrides: Optional[Dict[str, Any]] = None, device=None) -> nn.Module:
     """The run's model as train.py built it (`model_name` instead of the run's), with the run's weights (its EMA
     weights with `use_ema`), in eval mode; `overrides` are `create_model` arguments over the run's (None values
     ignored). Weights that are not finite are refused."""
@@ -244,13 +239,8 @@ def create_run_model(
     return model.to(device).eval()
 
 
-def run_data_config(
-        run: Run,
-        model: nn.Module,
-        overrides: Optional[Dict[str, Any]] = None,
-        use_test_size: Optional[bool] = None,
-        verbose: bool = False,
-) -> Dict[str, Any]:
+def run_data_config(run: Run, model: nn.Module, overrides: Optional[Dict[str, Any]] = None,
+                    use_test_size: Optional[bool] = None, verbose: bool = False) -> Dict[str, Any]:
     """timm's `resolve_data_config` on the run's data arguments (`DATA_ARGS`) with `overrides` (a command line's,
     unset values ignored; an input size replaces the run's whole) over them, for the model's input channels.
     `use_test_size` defaults to no for a trained run (as train.py evaluates), yes for a model name (as validate.py)."""
@@ -308,14 +298,15 @@ def class_names(run: Optional[Run], model: nn.Module) -> Optional[List[str]]:
     """The model's class names in index order: its run's training classes (train.py's `--class-map` file, else the
     class folders of its training split), else the model's pretrained `label_names`; None when none is known."""
     args = run.args if run is not None else {}
-    if args.get('class_map') and os.path.isfile(str(args['class_map'])):
-        mapping = load_class_map(str(args['class_map']))
-        return sorted(map(str, mapping), key=lambda n: mapping[n])
     try:
-        folder = split_folder(args.get('data_dir') or args.get('data'), str(args.get('train_split') or 'train'),
-                              args.get('dataset') or '')
-        names = sorted((p.name for p in folder.iterdir() if p.is_dir()), key=natural_key)
-    except (RunError, OSError, AttributeError):  # no folder of the run here, or not an image folder
+        if args.get('class_map'):
+            mapping = load_class_map(str(args['class_map']))
+            names = [str(n) for n in sorted(mapping, key=mapping.get)]
+        else:
+            folder = split_folder(args.get('data_dir') or args.get('data'), str(args.get('train_split') or 'train'),
+                                  args.get('dataset') or '')
+            names = sorted((p.name for p in folder.iterdir() if p.is_dir()), key=natural_key)
+    except Exception:  # noqa  the run's class map or data is not on this machine, or is no image folder
         names = []
     names = names or list(getattr(model, 'pretrained_cfg', {}).get('label_names') or [])
     return [str(n) for n in names] if len(names) == model.num_classes else None
@@ -413,17 +404,10 @@ class ReadCheckedDataset(ImageDataset):
         finally:
             self.unread[asked[:-1]] = True  # every image tried before the one returned
 
-def create_run_dataset(
-        root: Optional[Union[str, Path]],
-        model: nn.Module,
-        run: Optional[Run] = None,
-        dataset: str = '',
-        split: Optional[str] = 'validation',
-        class_map: str = '',
-        download: bool = False,
-        labelled: bool = True,
-        **kwargs,
-):
+
+def create_run_dataset(root: Optional[Union[str, Path]], model: nn.Module, run: Optional[Run] = None, dataset: str = '',
+                       split: Optional[str] = 'validation', class_map: str = '', download: bool = False,
+                       labelled: bool = True, **kwargs):
     """timm's `create_dataset` on the folder `split_folder` resolves (`split=None`: `root` as it is), checked by
     `check_classes`; an image folder comes back as a `ReadCheckedDataset`. Its `folder` is the folder read (None for
     other data sets), its `names` the data's class names; `labelled=False` takes a flat folder of images; `kwargs` go
