@@ -142,6 +142,8 @@ def test_pretrained_study_starts_every_trunk_from_the_file(folder, tmp_path, chi
         state = _load(out / 'runs' / f'{variant}-seed0')['state_dict']  # lr 1e-9: the weights it started from
         assert all(torch.allclose(state[prefix + n], weights[n], atol=1e-6) for n in trunk), variant
         assert state['classifier.bias' if variant == 'baseline' else 'head.bias'].shape[-1] == 3  # a fresh head
+    assert sorted(p.name for p in (out / 'runs').iterdir() if p.is_dir()) == ['baseline-seed0', 'bn1fc-seed0',
+                                                                               'ssm-seed0']  # no tuning runs
     report = (out / 'study.md').read_text()
     assert f'pretrained trunk of `{tmp_path / "weights.pth"}` and its head starts fresh for the data\'s 3 classes' \
         in report and 'The learning rate was not tuned: every variant ran at lr 1e-09' in report

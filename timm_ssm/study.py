@@ -139,42 +139,37 @@ class Task:
 
 
 class Progress:
-    """Runs done, how far each training run is (from train.py's log lines), the time left for the study."""
+    """Runs done, the epoch of each run training (from train.py's log lines), the time left for the study."""
 
     def __init__(self, total: int, epochs: int):
         self.total, self.epochs, self.done, self.parts, self.out = total, epochs, 0, {}, sys.stdout
         self.start = self.shown = time.perf_counter()
 
-    def left(self) -> str:
+    def line(self, text: str, name: Optional[str] = None):
+        """Print `text`, or for a train.py log line of run `name` where every run is, at most once a minute."""
+        if name is not None:
+            if not (found := re.search(r'Train: (\d+) \[\s*(\d+)/(\d+)', text)):
+                return
+            self.parts[name] = (int(found[1]) + (int(found[2]) + 1) / int(found[3])) / self.epochs
+            if time.perf_counter() - self.shown < PROGRESS_SECONDS:
+                return
+            text = f'[{self.done}/{self.total} done] ' + ', '.join(
+                f'{n} at epoch {p * self.epochs:.1f} of {self.epochs}' for n, p in list(self.parts.items()))
         work = self.done + sum(self.parts.values())
-        return f'about {(time.perf_counter() - self.start) / work * (self.total - work) / 60:.0f} min left for the ' \
-               f'study' if work else 'time left unknown yet'
-
-    def line(self, text: str):
-        print(text, file=self.out, flush=True)
-
-    def train_line(self, name: str, line: str):
-        """Read the epoch and batch of a train.py log line; say where every run is, at most once a minute."""
-        if found := re.search(r'Train: (\d+) \[\s*(\d+)/(\d+)', line):
-            epoch, batch, batches = map(int, found.groups())
-            self.parts[name] = min(1.0, (epoch + (batch + 1) / batches) / self.epochs)
-            if time.perf_counter() - self.shown > PROGRESS_SECONDS:
-                self.shown = time.perf_counter()
-                self.line(f'[{self.done}/{self.total} done] ' + ', '.join(
-                    f'{n} at epoch {p * self.epochs:.1f} of {self.epochs}' for n, p in list(self.parts.items())) +
-                    f'; {self.left()}')
+        left = (time.perf_counter() - self.start) / work * (self.total - work) / 60 if work else math.nan
+        self.shown = time.perf_counter()
+        print(f'{text}; ' + (f'about {left:.0f} min left for the study' if work else 'time left unknown yet'),
+              file=self.out, flush=True)
 
 
 def run_task(task: Task, study, progress: Progress) -> dict:
     """Train one run (a child process), evaluate it (in this process, one at a time); its record."""
-    if os.path.commonpath([study.runs, os.path.realpath(task.dir)]) != study.runs:
-        raise RuntimeError(f'{task.name}: not a folder inside {study.runs}')
-    shutil.rmtree(task.dir, ignore_errors=True)  # unfinished or trained otherwise: train.py would append to it
+    shutil.rmtree(task.dir, ignore_errors=True)  # unfinished or trained otherwise (names are plain: inside --out)
     start, log = time.perf_counter(), os.path.join(study.runs, f'{task.name}.log')
     with open(log, 'w') as f:
         def on_line(line: str):
             f.write(line)
-            progress.train_line(task.name, line)
+            progress.line(line, task.name)
         code = study.children.run([sys.executable, '-m', 'timm_ssm.launch', 'train.py', *task.train_args],
                                   env=study.env, stderr=subprocess.STDOUT, on_line=on_line)
     progress.parts.pop(task.name, None)
@@ -203,7 +198,8 @@ def run_all(study, tasks: List[Task], progress: Progress) -> Dict[str, dict]:
     progress.line(f'{len(tasks)} runs: {len(records)} finished and kept, {len(todo)} to train, {study.jobs} at a '
                   f'time, in {study.runs}')
     os.makedirs(study.runs, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=study.jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=study.jobs)
+    try:
         futures = {pool.submit(run_task, t, study, progress): t for t in todo}
         for future in as_completed(futures):
             progress.done += 1
@@ -214,7 +210,9 @@ def run_all(study, tasks: List[Task], progress: Progress) -> Dict[str, dict]:
                 progress.line(f'[{progress.done}/{progress.total}] {e}')
                 continue
             progress.line(f'[{progress.done}/{progress.total}] {futures[future].name}: top-1 {r["top1"]:.2f} on '
-                          f'{r["split"]}, {r["seconds"] / 60:.1f} min (load {r["load"]:.1f}); {progress.left()}')
+                          f'{r["split"]}, {r["seconds"] / 60:.1f} min (load {r["load"]:.1f})')
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after a stop signal, no queued run starts
     return records
 
 
@@ -288,10 +286,6 @@ def _ms(values: Sequence[float], sign: str = '') -> str:
     return f'{np.mean(values):{sign}.2f}' + (f' ± {np.std(values, ddof=1):.2f}' if len(values) > 1 else '')
 
 
-def _p(p: float) -> str:
-    return 'nan' if math.isnan(p) else '< 0.001' if p < 0.0005 else f'{p:.3f}'
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence]) -> List[str]:
     return [f'| {" | ".join(header)} |', '|' + '---|' * len(header), *(f'| {" | ".join(map(str, r))} |' for r in rows)]
 
@@ -303,8 +297,8 @@ def compare(study, top1: Dict[str, Dict[int, float]]) -> List[dict]:
     pairs = [(x, y) if x.startswith('ssm') and not y.startswith('ssm') else (y, x)
              for x, y in itertools.combinations(study.variants, 2)]
     pairs = named + [(a, b, '') for a, b in pairs if {a, b} not in [{x, y} for x, y, _ in named]]
-    out = [dict(a=a, b=b, primary=name, **paired(top1.get(a, {}), top1.get(b, {}), 1 - ALPHA / max(1, len(named))
-                                                 if name else 1 - ALPHA)) for a, b, name in pairs if a and b]
+    out = [dict(a=a, b=b, primary=name, **paired(top1.get(a, {}), top1.get(b, {}), 1 - ALPHA / len(named) if name
+                                                 else 1 - ALPHA)) for a, b, name in pairs if a and b]
     for primary in (True, False):
         family = [p for p in out if bool(p['primary']) == primary]
         for p, adjusted in zip(family, holm([p['p'] for p in family])):
@@ -314,81 +308,70 @@ def compare(study, top1: Dict[str, Dict[int, float]]) -> List[dict]:
 
 def report(study, records: Dict[str, dict], wall: float) -> dict:
     """Write OUT/study.md, study.json and study.png from the finished runs; return the JSON."""
-    done = [t for t in study.tasks if t.name in records]
-    tuned = [t for t in study.tune_tasks if t.name in records]
-    top1 = {}
-    for t in done:
-        top1.setdefault(t.variant, {})[t.seed] = records[t.name]['top1']
-    pairs = compare(study, top1)
-    verdicts = [p['verdict'] for p in pairs if p['primary']]
-    answer = headline(verdicts, study.margin, ' and '.join(dict.fromkeys(p['a'] for p in pairs if p['primary'])))
-    seen = records[done[0].name]['num_samples'] if done else 0
+    done, tuned = ([t for t in tasks if t.name in records] for tasks in (study.tasks, study.tune_tasks))
+    runs = [dict(variant=t.variant, seed=t.seed, model=t.model, model_kwargs=t.kwargs, tuned=t.tuned,
+                 **records[t.name]) for t in done]
+    pairs = compare(study, {v: {r['seed']: r['top1'] for r in runs if r['variant'] == v} for v in study.variants})
+    primary = [p for p in pairs if p['primary']]
+    answer = headline([p['verdict'] for p in primary], study.margin, ' and '.join({p['a']: 0 for p in primary}))
     start = (f'every variant starts from the pretrained trunk of `{study.pretrained}` and its head starts fresh for '
              f'the data\'s {study.num_classes} classes' if study.pretrained else 'every variant trains from scratch')
     lines = [f'# `{study.model}` on {study.data_name}: baseline, SSM and controls', '',
-             f'Top-1 (%) of the model\'s output on `{study.val_split}` ({seen:,} images), used once per reported run '
-             f'and for no choice; {start}. Seed k of every variant starts from the same trunk weights, sees the same '
-             f'data order and seeds the head\'s own generator alike: the variants are paired seed k against seed k. '
-             f'Training data: {study.train_name}.', '']
+             f'Top-1 (%) of the model\'s output on `{study.val_split}` ({runs[0]["num_samples"]:,} images), used once '
+             f'per reported run and for no choice; {start}. Seed k of every variant starts from the same trunk '
+             f'weights, sees the same data order and seeds the head\'s own generator alike: the variants are paired '
+             f'seed k against seed k. Training data: {study.train_name}.', '']
     if study.tune:
-        cell = lambda v, c: [records[t.name]['top1'] for t in tuned if (t.variant, t.tuned) == (v, c)]  # noqa: E731
-        rows = [[v] + [('**{}**' if study.picks.get(v) == c else '{}').format(
-            f'{np.mean(cell(v, c)):.2f} ({", ".join(f"{x:.2f}" for x in cell(v, c))})' if cell(v, c) else '–')
-            for c in study.combos] for v in study.variants]
+        rows = []
+        for v in study.variants:
+            rows.append([v])
+            for c in study.combos:
+                got = [records[t.name]['top1'] for t in tuned if (t.variant, t.tuned) == (v, c)]
+                cell = f'{np.mean(got):.2f} ({", ".join(f"{x:.2f}" for x in got)})' if got else '–'
+                rows[-1].append(f'**{cell}**' if study.picks.get(v) == c else cell)
         lines += [f'## Tuning on {study.tune_name}, seeds {", ".join(map(str, study.tune_seeds))}', '',
                   'Mean top-1 (per seed); **bold**: the pick (the highest mean, ties to the first listed value), which '
                   'the reported runs use.', '',
-                  *_table(['variant'] + [' '.join(f'{k}={x}' for k, x in c.items()) for c in study.combos], rows), '',
-                  f'Best plain head on the tuning split: {study.best or "none"}.', '']
+                  *_table(['variant'] + [' '.join(f'{k}={x}' for k, x in c.items()) for c in study.combos], rows),
+                  '', f'Best plain head on the tuning split: {study.best}.', '']
     else:
         lines += [f'The learning rate was not tuned: every variant ran at lr {study.lr}.', '']
-    rows, runs = [], []
+    rows = []
     for v in study.variants:
-        rs = [(t, records[t.name]) for t in done if t.variant == v]
-        if rs:
-            heads = zip(*[[h['top1'] for h in r['heads']] for _, r in rs])
-            rows.append([v, ' '.join([f'`{rs[0][0].model}`', *rs[0][0].kwargs]),
-                         ' '.join(f'{k}={x}' for k, x in rs[0][0].tuned.items()) or '–',
-                         ', '.join(str(t.seed) for t, _ in rs), _ms([r['top1'] for _, r in rs]),
-                         ', '.join(f'{r["top1"]:.2f}' for _, r in rs),
-                         '; '.join(f'{_ms(h)} (w {x["width"]})' for h, x in zip(heads, rs[0][1]['heads'])),
-                         f'{rs[0][1]["param_count"]:,}', _ms([r['seconds'] / 60 for _, r in rs])])
-            runs += [dict(variant=v, seed=t.seed, model=t.model, model_kwargs=t.kwargs, tuned=t.tuned, **r)
-                     for t, r in rs]
-    lines += ['## Results', '', *_table(['variant', 'model', 'tuned', 'seeds', 'top-1', 'per seed',
-                                         'each sub-classifier', 'parameters', 'min / run'], rows)]
+        if rs := [r for r in runs if r['variant'] == v]:
+            heads = zip(rs[0]['heads'], *[r['heads'] for r in rs])  # per sub-classifier: its width, then each seed
+            rows.append([v, ' '.join([f'`{rs[0]["model"]}`', *rs[0]['model_kwargs']]),
+                         ' '.join(f'{k}={x}' for k, x in rs[0]['tuned'].items()) or '–', _ms([r['top1'] for r in rs]),
+                         ', '.join(f'{r["seed"]}: {r["top1"]:.2f}' for r in rs),
+                         '; '.join(f'{_ms([h["top1"] for h in hs])} (w {w["width"]})' for w, *hs in heads),
+                         f'{rs[0]["param_count"]:,}', _ms([r['seconds'] / 60 for r in rs])])
+    lines += ['## Results', '', *_table(['variant', 'model', 'tuned', 'top-1', 'per seed', 'each sub-classifier',
+                                         'parameters', 'min / run'], rows)]
     cells = lambda p: [f'{p["a"]} − {p["b"]}' + ' (best plain head)' * ('bestplain' in p['primary']),  # noqa: E731
-                       ', '.join(map(str, p['seeds'])),
-                       ', '.join(f'{d:+.2f}' for d in p['diffs']), _ms(p['diffs'], '+') if p['diffs'] else '–',
-                       f'{p["ci"][0]:+.2f} to {p["ci"][1]:+.2f}', f'{p["wins"]} / {p["losses"]}', _p(p['sign_p']),
-                       _p(p['p']), _p(p['p_holm'])]
-    header = ['comparison', 'seeds', 'per seed', 'mean ± sd', '{} CI', 'wins / losses', 'sign test p', 'paired t p',
-              'Holm p']
-    m = len(study.primary)
-    lines += ['', f'## Primary comparisons (named before the runs; Holm over {m})', '',
+                       ', '.join(f'{s}: {d:+.2f}' for s, d in zip(p['seeds'], p['diffs'])),
+                       _ms(p['diffs'], '+') if p['diffs'] else '–', f'{p["ci"][0]:+.2f} to {p["ci"][1]:+.2f}',
+                       f'{p["wins"]} / {p["losses"]}', *(f'{x:.3g}' for x in (p['sign_p'], p['p'], p['p_holm']))]
+    header = ['comparison', 'per seed', 'mean ± sd', '{} CI', 'wins / losses', 'sign test p', 'paired t p', 'Holm p']
+    lines += ['', f'## Primary comparisons (named before the runs; Holm over {len(study.primary)})', '',
               f'Rule: {RULE.replace("±M", f"±{study.margin:g}")}', '']
-    if verdicts:
-        level = f'{100 * (1 - ALPHA / m):g}%'
-        lines += [*_table([h.format(level) for h in header] + ['verdict'], [
-            cells(p) + [f'**{p["verdict"]}**'] for p in pairs if p['primary']]), '', f'**Headline: {answer}.**']
-    else:
-        lines += ['None: without --tune the best plain head cannot be picked on a split that is not reported; give '
-                  '--tune, or --primary A-B with named variants.']
+    lines += [*_table([h.format(f'{100 * (1 - ALPHA / len(primary)):g}%') for h in header] + ['verdict'], [
+        cells(p) + [f'**{p["verdict"]}**'] for p in primary]), '', f'**Headline: {answer}.**'] if primary else [
+        'None: without --tune the best plain head cannot be picked on a split that is not reported; give --tune, or '
+        '--primary A-B with named variants.']
     loads = [records[t.name]['load'] for t in done + tuned]
     lines += ['', '## Secondary comparisons (exploratory; Holm over their own family)', '',
               *_table([h.format('95%') for h in header], [cells(p) for p in pairs if not p['primary']]), '',
               f'Wall time of this invocation {wall / 60:.1f} min on {study.hardware}; 1-minute load average at the end '
-              f'of the runs {min(loads, default=0):.1f}-{max(loads, default=0):.1f}. train.py arguments of every run '
-              f'(then its model, seed and tuned values):', '',
-              '    ' + ' '.join(a if a and ' ' not in a else repr(a) for a in study.train_args)]
+              f'of the runs {min(loads):.1f}-{max(loads):.1f}. train.py arguments of every run (then its model, seed '
+              f'and tuned values):', '', '    ' + ' '.join(a if a and ' ' not in a else repr(a)
+                                                       for a in study.train_args)]
     if len(done) < len(study.tasks):
         lines[1:1] = ['', f'**Partial report: {len(done)} of {len(study.tasks)} reported runs finished.**']
-    result = dict(argv=study.argv, model=study.model, val_split=study.val_split, num_samples=seen,
-                  variants=study.variants, seeds=study.seeds, pretrained=study.pretrained, train_args=study.train_args,
-                  tuning=[dict(variant=t.variant, seed=t.seed, tuned=t.tuned, split=study.tune_split,
-                               top1=records[t.name]['top1']) for t in tuned],
+    result = dict(argv=study.argv, model=study.model, val_split=study.val_split, pretrained=study.pretrained,
+                  train_args=study.train_args, tuning=[dict(variant=t.variant, seed=t.seed, tuned=t.tuned,
+                                                            top1=records[t.name]['top1']) for t in tuned],
                   picks=[dict(variant=v, tuned=c) for v, c in study.picks.items()], best_plain=study.best, runs=runs,
-                  comparisons=pairs, headline=answer if verdicts else None, complete=len(done) == len(study.tasks),
+                  comparisons=pairs, headline=answer if primary else None, complete=len(done) == len(study.tasks),
                   wall_seconds=round(wall, 1), hardware=study.hardware)
     atomic_write(os.path.join(study.out, 'study.md'), lambda f: f.write('\n'.join(lines) + '\n'), mode='w')
     atomic_write(os.path.join(study.out, 'study.json'), lambda f: json.dump(result, f, indent=1), mode='w')
@@ -444,25 +427,23 @@ def _split(root: str, dataset: str, split: str, option: str):
 
 def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     """The study a command line asks for, checked before any run starts; a RunError says what is wrong."""
+    import timm
+    import timm_ssm  # noqa: F401  registers <arch>_ssm
+    if args.model.split('.')[0].endswith('_ssm') or not timm.is_model(args.model.split('.')[0] + '_ssm'):
+        raise RunError(f'--model {args.model}: not a timm classifier to put a head on; give one such as resnet50 (the '
+                       f'study builds <model>_ssm itself).')
     study = argparse.Namespace(argv=argv, model=args.model, variants=list(dict.fromkeys(args.variants)),
                                num_splits=args.num_splits, seeds=list(dict.fromkeys(args.seeds)), margin=args.margin,
                                tune_seeds=list(dict.fromkeys(args.tune_seeds)), out=os.path.abspath(args.out),
-                               model_kwargs=list(args.model_kwargs), failed=[], picks={}, best=None, tasks=[])
-    import timm
-    import timm_ssm  # noqa: F401  registers <arch>_ssm
-    if not timm.is_model(args.model.split('.')[0] + '_ssm') or args.model.split('.')[0].endswith('_ssm'):
-        raise RunError(f'--model {args.model}: not a timm classifier to put a head on; give one such as resnet50 (the '
-                       f'study builds <model>_ssm itself).')
+                               model_kwargs=args.model_kwargs, failed=[], picks={}, best=None, tasks=[],
+                               tune=dict(_tune_values(text) for text in args.tune))
     for v in study.variants:
-        variant_model(args.model, v)
+        variant_model(args.model, v)  # a RunError for an unknown one
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
     study.jobs = args.jobs if args.jobs is not None else max(1, cores // 3) if args.device.startswith('cuda') else cores
-    if not 1 <= study.jobs <= cores or args.threads < 1:
-        raise RunError(f'--jobs {study.jobs} --threads {args.threads}: give 1 to {cores} jobs (runs at a time, at '
-                       f'most one per CPU core) and 1 or more threads.')
-    if args.margin <= 0 or any('=' not in kv for kv in args.model_kwargs):
-        raise RunError('--margin must be above 0 points, --model-kwargs KEY=VALUE pairs.')
-    study.tune = dict(_tune_values(text) for text in args.tune)
+    if not 1 <= study.jobs <= cores or args.threads < 1 or args.margin <= 0:
+        raise RunError(f'--jobs {study.jobs} --threads {args.threads} --margin {args.margin:g}: give 1 to {cores} jobs '
+                       f'(at most one run per CPU core), 1 or more threads and a margin above 0 points.')
     study.combos = [dict(zip(study.tune, c)) for c in itertools.product(*study.tune.values())]
     if study.tune and set(study.tune_seeds) & set(study.seeds):
         raise RunError('--tune-seeds and --seeds overlap: give tuning seeds distinct from the reported ones.')
@@ -538,7 +519,7 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
         f', torch {torch.__version__}, {study.jobs} runs at a time'
     study.eval_lock = threading.Lock()
     study.tune_tasks = [Task(study, v, s, c, True) for s in study.tune_seeds for c in study.combos
-                        for v in study.variants]
+                        for v in study.variants] if study.tune else []
     return study
 
 
