@@ -39,6 +39,13 @@ def _sub_classifiers(head):
     return list(zip(head.weight.split(head.widths, 1), head.bias))
 
 
+@torch.no_grad()
+def _start_from(head, linear):
+    weight, bias = head.converted_classifier(linear.weight, linear.bias)
+    head.weight.copy_(weight)
+    head.bias.copy_(bias)
+
+
 def _ref_grads(reference):
     return [bn.weight.grad for bn in reference.bns] + [bn.bias.grad for bn in reference.bns] + [
         g for fc in reference.fcs for g in (fc.weight.grad, fc.bias.grad)]
@@ -172,7 +179,7 @@ def test_one_split_is_the_plain_classifier(norm_all):
     if not norm_all:
         assert isinstance(head.norm, nn.Identity) and sum(p.numel() for p in head.parameters()) == 64 * 10 + 10
         linear = nn.Linear(64, 10)
-        head.init_from_classifier(linear.weight, linear.bias)
+        _start_from(head, linear)
         with torch.no_grad():
             torch.testing.assert_close(head(x), linear(x))
 
@@ -188,7 +195,7 @@ def test_unsplit_controls_are_parallel_plain_classifiers(k):
     torch.testing.assert_close(splits, torch.stack([F.linear(x, w, b) for w, b in _sub_classifiers(head)], 1))
     torch.testing.assert_close(head(x), splits.mean(1))
     linear = nn.Linear(64, 10)
-    head.init_from_classifier(linear.weight, linear.bias)
+    _start_from(head, linear)
     with torch.no_grad():
         torch.testing.assert_close(head(x), linear(x), rtol=1e-5, atol=1e-6)
 
@@ -201,17 +208,17 @@ def test_scripted_head_has_forward_splits():
     torch.testing.assert_close(scripted(x), head(x))
 
 
-def test_init_from_classifier_reproduces_it():
+def test_converted_classifier_reproduces_it():
     linear = nn.Linear(64, 10)
     head = SplitShareHead(64, 10).eval()
-    head.init_from_classifier(linear.weight, linear.bias)
+    _start_from(head, linear)
     x = torch.randn(4, 64)
     with torch.no_grad():
         torch.testing.assert_close(head(x), linear(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match='norm_all'):
-        SplitShareHead(64, 10, norm_all=True).init_from_classifier(linear.weight, linear.bias)
+        SplitShareHead(64, 10, norm_all=True).converted_classifier(linear.weight, linear.bias)
     with pytest.raises(ValueError, match='does not fit'):
-        head.init_from_classifier(torch.zeros(10, 32))
+        head.converted_classifier(torch.zeros(10, 32))
 
 
 def test_individual_loss_is_each_sub_classifier_with_its_own_loss():
@@ -254,21 +261,16 @@ def test_each_sub_classifier_starts_as_its_own_linear():
             torch.testing.assert_close(t.std(), torch.tensor(bound / 3 ** 0.5), rtol=0.1, atol=0)
 
 
-@pytest.mark.parametrize('norm_all', [False, True])
-def test_checkpoints_of_one_linear_per_sub_classifier_load_converted(norm_all):
-    """The earlier layout (fc.{i}.weight / fc.{i}.bias, one Linear each) loads into the fused weight."""
-    head, reference = _matched_pair(norm_all=norm_all)
-    reference.eval()
-    legacy = {f'fc.{i}.{k}': v for i, fc in enumerate(reference.fcs) for k, v in fc.state_dict().items()}
-    legacy.update({f'norm.{k}': v for k, v in head.norm.state_dict().items()})
-    fresh = SplitShareHead(64, 10, norm_all=norm_all).eval()
-    fresh.load_state_dict(legacy)
-    x = torch.randn(4, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), reference(x), rtol=1e-5, atol=1e-6)
-    del legacy['fc.2.bias']
-    with pytest.raises(RuntimeError, match=r'lacks fc\.2\.bias'):
-        fresh.load_state_dict(legacy)
+def test_initial_weights_follow_the_seed_without_drawing_from_the_global_rng():
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    head = SplitShareHead(64, 10, norm_kwargs=dict(momentum=0.01, eps=1e-3))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert (head.norm.momentum, head.norm.eps) == (0.01, 1e-3)
+    torch.manual_seed(0)
+    assert torch.equal(SplitShareHead(64, 10).weight, head.weight)
+    torch.manual_seed(1)
+    assert not torch.equal(SplitShareHead(64, 10).weight, head.weight)
 
 
 def test_head_norm_splits_by_augmentation_with_split_bn():

@@ -7,8 +7,6 @@ import torch
 
 import timm
 import timm_ssm
-from timm.layers import set_layer_config
-from timm.models import create_feature_extractor, get_graph_node_names
 from timm.optim import param_groups_layer_decay
 
 # tiny timm models covering CNNs, a ViT, NHWC features and a head with a hidden MLP (mambaout)
@@ -168,12 +166,67 @@ def test_reset_classifier_keeps_device_dtype_mode_and_frozen():
     assert model.training and model.head.training and model.head.weight.shape[0] == 6
 
 
-def test_get_classifier_and_no_weight_decay():
-    model = timm.create_model('test_vit_ssm')
+@pytest.mark.parametrize('arch', ['test_resnet', 'test_efficientnet', 'test_vit'])
+@pytest.mark.parametrize('head_args', [{}, dict(num_splits=1, norm_all=True), dict(num_splits=2, split=False),
+                                       dict(num_splits=1)], ids=['ssm', 'bn1fc', '2fc', '1fc'])
+def test_a_seed_builds_the_plain_trunk_and_leaves_the_rng_where_the_plain_model_does(arch, head_args):
+    """Paired seeds: at one seed a change of head changes the head alone (trunk weights, next draws)."""
+    torch.manual_seed(7)
+    plain = timm.create_model(arch, num_classes=10)
+    plain_next = torch.rand(8)
+    torch.manual_seed(7)
+    model = timm.create_model(f'{arch}_ssm', num_classes=10, **head_args)
+    assert torch.equal(torch.rand(8), plain_next)
+    plain_state = plain.state_dict()
+    trunk_state = model.trunk.state_dict()
+    assert trunk_state and all(torch.equal(v, plain_state[k]) for k, v in trunk_state.items())
+    torch.manual_seed(7)
+    again = timm.create_model(f'{arch}_ssm', num_classes=10, **head_args)
+    assert torch.equal(again.head.weight, model.head.weight)  # the head follows the seed too
+    torch.manual_seed(8)
+    assert not torch.equal(timm.create_model(f'{arch}_ssm', num_classes=10, **head_args).head.weight, model.head.weight)
+
+
+def test_train_py_loader_gives_every_head_the_same_first_batch(tmp_path):
+    """train.py seeds, builds the model, then the loader, whose shuffle draws from the global RNG."""
+    from PIL import Image
+    from timm.data import create_dataset, create_loader
+    from timm.utils import random_seed
+    for c in range(2):
+        (tmp_path / str(c)).mkdir()
+        for i in range(8):
+            Image.new('RGB', (8, 8), (c * 100 + i, i, 0)).save(tmp_path / str(c) / f'{i}.png')
+    dataset = create_dataset('', root=str(tmp_path))
+    first = []
+    for name, kwargs in (('test_resnet', {}), ('test_resnet_ssm', {}), ('test_resnet_ssm', dict(split=False))):
+        random_seed(0)
+        timm.create_model(name, num_classes=2, **kwargs)
+        loader = create_loader(
+            dataset, (3, 8, 8), batch_size=4, is_training=True, no_aug=True, num_workers=0, device=torch.device('cpu'))
+        first.append(next(iter(loader))[1])
+    assert torch.equal(first[0], first[1]) and torch.equal(first[0], first[2])
+
+
+@pytest.mark.parametrize('layer_decay', [None, 0.7])
+def test_weight_decay_groups_as_for_a_plain_classifier(layer_decay):
+    from timm.optim import create_optimizer_v2
+    model = timm.create_model('test_vit_ssm', num_classes=5)
     assert model.get_classifier() is model.head
-    base = timm.create_model('test_vit')
-    assert model.no_weight_decay() == {'trunk.' + n for n in base.no_weight_decay()}
-    assert 'trunk.pos_embed' in model.no_weight_decay()
+    assert {'trunk.pos_embed', 'head.bias'} <= model.no_weight_decay()
+    optimizer = create_optimizer_v2(model, 'adamw', weight_decay=0.05, layer_decay=layer_decay)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: g['weight_decay'] for g in optimizer.param_groups for p in g['params']}
+    assert decay['head.weight'] == 0.05
+    assert decay['head.bias'] == decay['head.norm.weight'] == decay['head.norm.bias'] == 0
+
+
+def test_bn_momentum_and_eps_reach_the_heads_batchnorm():
+    model = timm.create_model('test_efficientnet_ssm', bn_momentum=0.01, bn_eps=1e-3, num_classes=0)
+    model.reset_classifier(5)
+    for width in (None, 'catavgmax'):  # the norm made by reset, then rebuilt for another pooled width
+        model.reset_classifier(5, width)
+        assert (model.head.norm.momentum, model.head.norm.eps) == (0.01, 1e-3)
+    assert model.trunk.bn1.eps == 1e-3
 
 
 def _lr_scales(model):
@@ -207,30 +260,6 @@ def test_grad_checkpointing_gives_the_same_gradients():
     model(x).sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5, msg=n)
-
-
-@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_vit_ssm'])
-def test_torchscript(model_name):
-    with set_layer_config(scriptable=True):
-        model = timm.create_model(model_name).eval()
-    scripted = torch.jit.script(model)
-    x = _input(model)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), model(x))
-
-
-@pytest.mark.parametrize('model_name', ['test_resnet_ssm', 'test_efficientnet_ssm'])
-def test_fx(model_name):
-    model = timm.create_model(model_name, num_classes=7)
-    _, eval_nodes = get_graph_node_names(model)
-    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
-    x = _input(model, 4)
-    model.eval()
-    fx_model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], model(x))
-    fx_model.train()  # traced with the training branch (batch-of-one check) too
-    fx_model(x)[eval_nodes[-1]].sum().backward()
 
 
 def test_torch_compile_train_step():
@@ -324,7 +353,7 @@ def test_reset_classifier_with_a_pooling_of_another_width_rebuilds_the_head(mode
 @pytest.mark.parametrize('kwargs, message', [
     (dict(num_splits=0), 'num_splits >= 1'),
     (dict(num_splits=-2), 'num_splits >= 1'),
-    (dict(num_classes=-1), 'num_classes >= 0'),
+    (dict(num_classes=-1), 'num_classes must be >= 0'),
     (dict(split=False, norm_all=True), 'norm_all'),
 ])
 def test_bad_head_arguments_fail_when_the_model_is_created(kwargs, message):
@@ -458,6 +487,27 @@ def test_split_bn_splits_every_batchnorm_by_augmentation():
     assert split.head.norm.aux_bn[0].weight.grad is not None
     with torch.no_grad():
         torch.testing.assert_close(split.eval()(x), clean.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_of_a_split_bn_run_loads_as_the_cleaned_one(tmp_path):
+    """A train.py --split-bn checkpoint holds aux_bn tensors: they load as clean_checkpoint.py --clean-aux-bn drops
+    them, and the model predicts with the main BatchNorms."""
+    from timm.layers import convert_splitbn_model
+    from timm.models import load_checkpoint
+    split = convert_splitbn_model(timm.create_model('test_resnet_ssm', num_classes=5), 2).train()
+    for _ in range(2):
+        split(_input(split, 8))
+    state = split.state_dict()
+    assert any('.aux_bn.' in k for k in state) and any(k.startswith('head.norm.aux_bn') for k in state)
+    torch.save({'state_dict': state, 'epoch': 1}, tmp_path / 'last.pth.tar')
+    model = timm.create_model('test_resnet_ssm', num_classes=5).eval()
+    load_checkpoint(model, str(tmp_path / 'last.pth.tar'))
+    cleaned = timm.create_model('test_resnet_ssm', num_classes=5).eval()
+    cleaned.load_state_dict({k: v for k, v in state.items() if 'aux_bn' not in k})
+    x = _input(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), cleaned(x))
+        torch.testing.assert_close(model(x), split.eval()(x))
 
 
 def test_feature_info_is_the_trunks_under_trunk():

@@ -76,11 +76,20 @@ def test_other_num_classes_loads_trunk_and_starts_head_fresh(hub_cache, tmp_path
     assert model.head.weight[:, 0].abs().sum() > 0  # a fresh init, not the zeros of a conversion
 
 
+def test_bn_momentum_and_eps_reach_the_head_of_a_pretrained_model(hub_cache, tmp_path):
+    _random_base_weights(hub_cache, 'test_efficientnet.r160_in1k', tmp_path)
+    for num_classes in (7, 1000):  # a fresh head, and one started from the pretrained classifier
+        model = timm.create_model(
+            'test_efficientnet_ssm.r160_in1k', pretrained=True, num_classes=num_classes, bn_eps=1e-3, bn_momentum=0.2)
+        assert (model.head.norm.eps, model.head.norm.momentum) == (model.trunk.bn1.eps, model.trunk.bn1.momentum)
+        assert (model.head.norm.eps, model.head.norm.momentum) == (1e-3, 0.2)
+
+
 @pytest.mark.parametrize('name, reason', [
     # DeiT distilled has two classifiers on two tokens: no single Linear on the pooled feature
-    ('deit_tiny_distilled_patch16_224.fb_in1k', 'its classifier is tuple'),
+    ('deit_tiny_distilled_patch16_224.fb_in1k', 'its classifier is 2 layers'),
     # EfficientViT (MSRA) has a BatchNorm before its Linear, which reset_classifier removes with it
-    ('efficientvit_m0.r224_in1k', 'holds more than the Linear classifier'),
+    ('efficientvit_m0.r224_in1k', 'holds more than the classifier'),
 ])
 def test_unconvertible_classifier_warns_and_starts_fresh(name, reason, hub_cache, tmp_path, caplog):
     base = _random_base_weights(hub_cache, name, tmp_path)
@@ -178,15 +187,6 @@ def _plain(name='test_resnet', num_classes=5):
     return base
 
 
-def _legacy_layout(model):
-    """The model's state dict in the earlier layout of one Linear per sub-classifier (head.fc.{i}.weight / .bias)."""
-    state_dict = dict(model.state_dict())
-    weight, bias = state_dict.pop('head.weight'), state_dict.pop('head.bias')
-    for i, (w, b) in enumerate(zip(weight.split(model.head.widths, 1), bias)):
-        state_dict[f'head.fc.{i}.weight'], state_dict[f'head.fc.{i}.bias'] = w.clone(), b.clone()
-    return state_dict
-
-
 @pytest.mark.parametrize('name', ['test_resnet', 'test_vit', 'test_convnext'])
 def test_plain_checkpoint_path_predicts_as_the_plain_model(name, tmp_path):
     """checkpoint_path= with a plain timm model's state dict: the trunk loads it and the head is converted from
@@ -271,34 +271,6 @@ def test_pretrained_file_of_a_plain_model_converts_and_adapts_the_stem(tmp_path,
     with torch.no_grad():
         for a, b in zip(features.eval()(x), reference.eval()(x)):
             torch.testing.assert_close(a, b)
-
-
-def test_checkpoints_of_the_earlier_head_layout_load(hub_cache, tmp_path):
-    """Checkpoints and exports written with one Linear per sub-classifier (head.fc.{i}.weight / .bias)."""
-    model = _trained_ssm()
-    legacy = _legacy_layout(model)
-    torch.save({'epoch': 1, 'state_dict': legacy}, tmp_path / 'old.pth.tar')
-    x = torch.randn(2, 3, 64, 64)
-    loaded = timm.create_model('test_resnet_ssm', num_classes=5)
-    load_checkpoint(loaded, str(tmp_path / 'old.pth.tar'), strict=True)
-    overlay = dict(file=str(tmp_path / 'old.pth.tar'), num_classes=5)
-    from_file = timm.create_model('test_resnet_ssm', pretrained=True, num_classes=5, pretrained_cfg_overlay=overlay)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(x), model(x))
-        torch.testing.assert_close(from_file.eval()(x), model(x))
-
-    export = tmp_path / 'export'
-    save_for_hf(model, export, safe_serialization=True)
-    safetensors.torch.save_file(legacy, export / 'model.safetensors')
-    config = json.loads((export / 'config.json').read_text())
-    config['pretrained_cfg']['classifier'] = [f'head.fc.{i}' for i in range(4)]  # as the earlier exports have it
-    (export / 'config.json').write_text(json.dumps(config))
-    local = timm.create_model(f'local-dir:{export}', pretrained=True).eval()
-    tuned = timm.create_model(f'local-dir:{export}', pretrained=True, num_classes=3)  # fine-tune: new classifiers
-    with torch.no_grad():
-        torch.testing.assert_close(local(x), model(x))
-    assert tuned.head.weight.shape == (3, 240)
-    torch.testing.assert_close(tuned.head.norm.running_var, model.head.norm.running_var)
 
 
 def test_weights_of_neither_layout_are_an_error_that_says_what_they_hold(tmp_path):

@@ -8,11 +8,15 @@ Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.33
 architecture that has a classifier, and `<arch>_ssm.<tag>` for each of its pretrained tags: those load timm's
 weights for `<arch>.<tag>` into the trunk and start the head from the original classifier, so the SSM model's
 logits equal the original model's until it is trained.
+
+At one seed, `create_model('<arch>_ssm', num_classes=K)` builds exactly the trunk that `create_model('<arch>',
+num_classes=K)` builds and leaves torch's global RNG in the same state (the head draws from its own generator): a
+change of head changes the head alone, and train.py gives every head the same data order.
 """
 import dataclasses
 import logging
 import re
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -43,10 +47,8 @@ PAPER_ALIASES = {'resnext50': 'resnext50_32x4d', 'resnext101': 'resnext101_32x4d
 
 
 def base_model_name(model_name: str) -> str:
-    """Name of the timm architecture under an SSM model name: `resnet50_ssm.a1_in1k` -> `resnet50`.
-
-    The paper's names `resnext50_ssm` and `resnext101_ssm` give the ResNeXt 32x4d trunks.
-    """
+    """The timm architecture of an SSM model: `resnet50_ssm.a1_in1k` -> `resnet50`, `resnext50_ssm` ->
+    `resnext50_32x4d`."""
     arch = split_model_name_tag(model_name)[0]
     if not arch.endswith(SUFFIX):
         raise ValueError(f'{model_name} is not an SSM model name: it should end in {SUFFIX} (before any .tag).')
@@ -54,29 +56,20 @@ def base_model_name(model_name: str) -> str:
     return PAPER_ALIASES.get(arch, arch)
 
 
-def _prefix(names: Union[str, tuple, list, None], prefix: str):
+def _check_head_args(num_classes: int, global_pool: Optional[str]):
+    num_classes = check_int_arg('num_classes', num_classes)
+    if num_classes < 0:
+        raise ValueError(f'num_classes must be >= 0 (0 for pooled features out), got {num_classes}.')
+    if global_pool == '' and num_classes > 0:
+        raise ValueError("global_pool='' leaves the features unpooled, but the Split-and-Share head needs pooled "
+                         "features: use global_pool='' only with num_classes=0.")
+    return num_classes
+
+
+def _under_trunk(names: Union[str, Tuple[str, ...], None]):
     if not names:
         return names
-    if isinstance(names, str):
-        return prefix + names
-    return tuple(prefix + n for n in names)
-
-
-def _num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _classifier_as_linear(classifier: Any, in_features: int, num_classes: int):
-    """Weight and bias of a classifier that is one affine map of the pooled feature, else None."""
-    if isinstance(classifier, nn.Linear):
-        weight = classifier.weight
-    elif isinstance(classifier, nn.Conv2d) and classifier.kernel_size == (1, 1) and classifier.groups == 1:
-        weight = classifier.weight.flatten(1)
-    else:
-        return None
-    if tuple(weight.shape) != (num_classes, in_features):
-        return None
-    return weight, classifier.bias
+    return 'trunk.' + names if isinstance(names, str) else tuple('trunk.' + n for n in names)
 
 
 def _convert_on_load(module: nn.Module, state_dict: Dict[str, Any], prefix: str, *args):
@@ -100,6 +93,8 @@ class SplitShareNet(nn.Module):
             split: bool = True,
             in_chans: int = 3,
             global_pool: Optional[str] = None,
+            bn_momentum: Optional[float] = None,
+            bn_eps: Optional[float] = None,
             pretrained_trunk: bool = False,
             trunk_kwargs: Optional[Dict[str, Any]] = None,
             device=None,
@@ -114,115 +109,69 @@ class SplitShareNet(nn.Module):
             split: False for n plain Linear classifiers on all C channels, averaged (Table 4's controls).
             in_chans: Input image channels.
             global_pool: Pooling of the trunk, its default if None, '' for none (only with num_classes=0).
-            pretrained_trunk: Load timm's pretrained weights into the trunk and, when its classifier has
-                num_classes outputs, start the head from that classifier.
-            trunk_kwargs: Other arguments of `timm.create_model` for the trunk (drop_path_rate, img_size,
-                pretrained_cfg, ...).
+            bn_momentum: BatchNorm momentum of the trunk (where it takes one) and of the head.
+            bn_eps: BatchNorm eps of the trunk (where it takes one) and of the head.
+            pretrained_trunk: Load timm's weights into the trunk; a classifier of num_classes starts the head.
+            trunk_kwargs: Other `timm.create_model` arguments of the trunk (drop_path_rate, img_size, ...).
         """
         super().__init__()
-        num_classes = check_int_arg('num_classes', num_classes)
-        num_splits = check_int_arg('num_splits', num_splits)
-        norm_all = check_bool_arg('norm_all', norm_all)
-        split = check_bool_arg('split', split)
-        if num_classes < 0 or num_splits < 1:
-            raise ValueError(
-                f'A Split-and-Share model needs num_classes >= 0 (0 for pooled features out) and num_splits >= 1, '
-                f'got num_classes={num_classes}, num_splits={num_splits}.')
-        if global_pool == '' and num_classes > 0:
-            raise ValueError(
-                "global_pool='' leaves the features unpooled, but the Split-and-Share head needs pooled "
-                "features: use global_pool='' only with num_classes=0.")
-        trunk_kwargs = dict(trunk_kwargs or {})
-        if global_pool is not None:
-            trunk_kwargs['global_pool'] = global_pool
-        if not pretrained_trunk:
-            trunk_kwargs['num_classes'] = 0  # no classifier to build, the head replaces it
+        num_classes = _check_head_args(num_classes, global_pool)
+        trunk_kwargs = dict(trunk_kwargs or {}, global_pool=global_pool, bn_momentum=bn_momentum, bn_eps=bn_eps)
+        # built exactly as create_model(model_name, num_classes=num_classes) builds it, classifier included: the
+        # same seed gives the same trunk weights and leaves the global RNG where the plain model leaves it
         trunk = create_model(
-            model_name,
-            pretrained=pretrained_trunk,
-            in_chans=in_chans,
-            device=device,
-            dtype=dtype,
-            **trunk_kwargs,
-        )
+            model_name, pretrained=pretrained_trunk, num_classes=num_classes, in_chans=in_chans, device=device,
+            dtype=dtype, **{k: v for k, v in trunk_kwargs.items() if v is not None})
         if not hasattr(trunk, 'reset_classifier'):
             raise ValueError(
                 f'{model_name} ({type(trunk).__name__}) has no classifier to replace (no reset_classifier()): '
                 f'the Split-and-Share head needs a timm classification model.')
-        classifier = trunk.get_classifier() if pretrained_trunk else None
-        pretrained_classes = trunk.pretrained_cfg.get('num_classes') if pretrained_trunk else None
-        num_params = _num_params(trunk)
-        trunk.reset_classifier(0)
-        # a head that held more than its classifier (a norm before it, an MLP) loses pretrained layers here
-        classifier_only = isinstance(classifier, nn.Module) and (
-            num_params - _num_params(trunk) == _num_params(classifier))
-
-        self.trunk = trunk
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.num_features = trunk.num_features
-        self.head_hidden_size = getattr(trunk, 'head_hidden_size', trunk.num_features)
-        if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = SplitShareHead(
-            self.head_hidden_size,
-            num_classes,
-            num_splits=num_splits,
-            norm_all=norm_all,
-            split=split,
-            device=device,
-            dtype=dtype,
-        )
-        if classifier is not None and num_classes > 0 and pretrained_classes == num_classes:
-            self._init_head_from(classifier, classifier_only, model_name)
-        # every load_state_dict (load_checkpoint, checkpoint_path=, resume, train.py) takes the layouts of
-        # convert_state_dict
-        self.register_load_state_dict_pre_hook(_convert_on_load)
-
-    def _init_head_from(self, classifier: Any, classifier_only: bool, model_name: str):
-        linear = None
-        if self.head.norm_all:
-            reason = 'norm_all=True normalizes the features of the last sub-classifier'
-        else:
-            linear = _classifier_as_linear(classifier, self.head.in_features, self.num_classes)
-            reason = f'its classifier is {type(classifier).__name__}, not one Linear on the pooled features'
-            if linear is not None and not classifier_only:
-                linear = None
-                reason = f'its head holds more than the {type(classifier).__name__} classifier, such as a norm'
-        if linear is None:
-            _logger.warning(
-                f'The pretrained classifier of {model_name} cannot start the Split-and-Share head ({reason}): '
-                f'the trunk is pretrained, the head starts fresh.')
-            return
-        self.head.init_from_classifier(*linear)
+        # a pretrained classifier for these classes starts the head, through the road of any plain state dict
+        plain_state = trunk.state_dict() if pretrained_trunk and num_classes > 0 and \
+            trunk.pretrained_cfg.get('num_classes') == num_classes else None
+        with torch.random.fork_rng(devices=[]):  # what follows leaves the global RNG as it was
+            trunk.reset_classifier(0)
+            self.trunk = trunk
+            self.num_classes = num_classes
+            self.in_chans = in_chans
+            self.num_features = trunk.num_features
+            self.head_hidden_size = getattr(trunk, 'head_hidden_size', trunk.num_features)
+            if global_pool is not None:
+                self.global_pool = global_pool
+            self.head = SplitShareHead(
+                self.head_hidden_size, num_classes, num_splits=num_splits, norm_all=norm_all, split=split,
+                norm_kwargs=dict(momentum=bn_momentum, eps=bn_eps), device=device, dtype=dtype)
+            # every load_state_dict (load_checkpoint, checkpoint_path=, resume, train.py) takes the layouts of
+            # convert_state_dict
+            self.register_load_state_dict_pre_hook(_convert_on_load)
+            if plain_state is not None:
+                self.load_state_dict(plain_state)
 
     def convert_state_dict(self, state_dict: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-        """Bring the entries of a state dict under `prefix` into this model's layout, in place; returns it.
+        """Bring the entries under `prefix` of a state dict into this model's layout, in place; returns it.
 
-        Three layouts load: this model's (`trunk.*`, `head.weight`, `head.bias`, `head.norm.*`), the earlier one of a
-        Linear per sub-classifier (`head.fc.{i}.weight`/`.bias`), and a plain timm model of the trunk's architecture
-        (`conv1.weight`, ..., `fc.weight`): its tensors go to the trunk and its classifier into the head as
-        `SplitShareHead.converted_classifier` makes it, so the model predicts as the plain one did. A plain
-        classifier that cannot start the head (other classes, a head of more than one Linear, `norm_all`) leaves
-        the head as it is, with a warning. Anything else is a RuntimeError that says what the state dict holds.
-
-        Args:
-            state_dict: The state dict, changed in place.
-            prefix: Where this model's entries are (`load_state_dict` of a model this one is a part of).
+        This model's layout loads as it is. A plain timm model of the trunk's architecture is the one road from a
+        plain classifier to the head: its tensors go to the trunk and its classifier into the head as
+        `SplitShareHead.converted_classifier` makes it (the model predicts as the plain one did), or, where it cannot
+        (other classes, a head of more than one Linear, `norm_all`), the head stays as it is, with a warning.
+        `--split-bn` runs' `aux_bn` tensors are dropped (as `clean_checkpoint.py --clean-aux-bn` does) when this model
+        has none. Anything else is a RuntimeError that says what the state dict holds.
         """
+        own = self.state_dict()
+        for k in [k for k in state_dict if k.startswith(prefix) and '.aux_bn.' in k]:
+            if k[len(prefix):] not in own:
+                del state_dict[k]
         keys = [k[len(prefix):] for k in state_dict if k.startswith(prefix)]
-        key_set = set(keys)
         trunk_keys = set(self.trunk.state_dict())
         arch = self.trunk.pretrained_cfg.get('architecture') or type(self.trunk).__name__
         if any(k.startswith('trunk.') for k in keys):
-            self.head.convert_legacy_state_dict(state_dict, prefix + 'head.')
-            missing = [k for k in self.trunk.state_dict() if f'trunk.{k}' not in key_set]
+            missing = [k for k in trunk_keys if f'{prefix}trunk.{k}' not in state_dict]
             if missing:  # said also where the caller loads without strict (train.py --pretrained-path)
                 _logger.warning(
                     f'The weights lack {len(missing)} of the {len(trunk_keys)} tensors of the {arch} trunk, such as '
                     f'trunk.{", trunk.".join(missing[:3])}: those keep their fresh values.')
             return state_dict
-        missing = [k for k in self.trunk.state_dict() if k not in key_set]
+        missing = [k for k in trunk_keys if k not in keys]
         if not keys or missing:
             held = f'it holds {len(keys)} tensors such as {", ".join(keys[:4])}' if keys else 'it is empty'
             raise RuntimeError(
@@ -233,19 +182,17 @@ class SplitShareNet(nn.Module):
 
         names = self.trunk.pretrained_cfg.get('classifier')
         names = (names,) if isinstance(names, str) else tuple(names or ())
-        rest = [k for k in keys if k not in trunk_keys]
+        others = [k for k in keys if k not in trunk_keys and k.rsplit('.', 1)[0] not in names]
+        weight = state_dict.get(f'{prefix}{names[0]}.weight') if len(names) == 1 else None
         converted, reason = None, ''
         if self.num_classes > 0:
-            classifier = {f'{n}.{p}' for n in names for p in ('weight', 'bias')}
-            weight = state_dict.get(f'{prefix}{names[0]}.weight') if len(names) == 1 else None
             if len(names) != 1:
                 reason = f'its classifier is {len(names)} layers ({", ".join(names)}), not one Linear'
             elif weight is None:
                 reason = f'it has no classifier {names[0]}.weight (it was saved with num_classes=0)'
             elif weight.shape[0] != self.num_classes:
                 reason = f'it has {weight.shape[0]} classes, the model {self.num_classes}'
-            elif any(k not in classifier for k in rest):
-                others = [k for k in rest if k not in classifier]
+            elif others:
                 reason = f'its head holds more than the classifier {names[0]}, such as {", ".join(others[:3])}'
             else:
                 try:
@@ -256,11 +203,9 @@ class SplitShareNet(nn.Module):
             value = state_dict.pop(prefix + k)
             if k in trunk_keys:
                 state_dict[f'{prefix}trunk.{k}'] = value
-        head_state = self.head.state_dict()  # the head's own entries where the plain model has none
+        state_dict.update({prefix + k: v for k, v in own.items() if k.startswith('head.')})  # the head keeps its own
         if converted is not None:
-            head_state['weight'], head_state['bias'] = converted
-        for k, v in head_state.items():
-            state_dict[f'{prefix}head.{k}'] = v
+            state_dict[f'{prefix}head.weight'], state_dict[f'{prefix}head.bias'] = converted
         if reason:
             _logger.warning(
                 f'The weights are those of a plain {arch}, whose classifier cannot start the Split-and-Share head '
@@ -294,30 +239,23 @@ class SplitShareNet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
+        """The trunk's names under `trunk.`, and the head's bias: n x K, no weight decay as a plain classifier's bias
+        (timm's optimizer factory exempts only 1-D parameters from weight decay under `layer_decay`)."""
         no_wd = self.trunk.no_weight_decay() if hasattr(self.trunk, 'no_weight_decay') else set()
-        return {'trunk.' + n for n in no_wd}
+        return {'trunk.' + n for n in no_wd} | {'head.bias'}
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """Replace the sub-classifiers and optionally the trunk's pooling.
+        """Replace the sub-classifiers (0: pooled features out) and optionally the trunk's pooling ('' for none).
 
-        The new layers take the model's device, dtype and train/eval mode. While the pooled width stays the same,
-        the head's BatchNorm (weights and running statistics) is kept, also through `reset_classifier(0)`; a
-        `global_pool` that changes the pooled width (`'catavgmax'`) rebuilds the whole head for the new width.
-
-        Args:
-            num_classes: Classes of the new head, 0 for the pooled features.
-            global_pool: Pooling type of the trunk, unchanged if None, '' for none (only with num_classes=0).
+        New layers take the model's device, dtype and mode. The head's BatchNorm is kept, also through
+        `reset_classifier(0)`, unless a `global_pool` changes the pooled width (`'catavgmax'`): then the whole head is
+        rebuilt.
         """
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0 (0 for pooled features out), got {num_classes}.')
-        if global_pool == '' and num_classes > 0:
-            raise ValueError(
-                "global_pool='' leaves the features unpooled, but the Split-and-Share head needs pooled "
-                "features: use global_pool='' only with num_classes=0.")
+        num_classes = _check_head_args(num_classes, global_pool)
         dd = get_device_dtype(self)
         if global_pool is not None:
             width = self._pooled_width(global_pool) if global_pool else self.head.in_features
@@ -326,15 +264,15 @@ class SplitShareNet(nn.Module):
             if width != self.head.in_features:
                 head = self.head
                 self.head = SplitShareHead(
-                    width, 0, num_splits=head.num_splits, norm_all=head.norm_all, split=head.split, **dd)
+                    width, 0, num_splits=head.num_splits, norm_all=head.norm_all, split=head.split,
+                    norm_kwargs=head.norm_kwargs, **dd)
                 self.head.train(head.training)
                 self.head_hidden_size = width
         self.num_classes = num_classes
         self.head.reset(num_classes, **dd)
 
     def _pooled_width(self, global_pool: str) -> int:
-        """Width of the trunk's pooled feature under `global_pool`, read off the classifier the trunk builds for it
-        (the caller removes that classifier again)."""
+        """Width of the trunk's pooled feature under `global_pool`, read off the classifier the trunk builds for it."""
         self.trunk.reset_classifier(1, global_pool)
         classifier = self.trunk.get_classifier()
         return getattr(classifier, 'in_features', getattr(classifier, 'in_channels', self.head.in_features))
@@ -345,18 +283,15 @@ class SplitShareNet(nn.Module):
 
     @property
     def feature_info(self) -> List[Dict[str, Any]]:
-        """The trunk's `feature_info`, its module names under `trunk.`."""
         return [dict(info, module=f'trunk.{info["module"]}') if info.get('module') else dict(info)
                 for info in self.trunk.feature_info]
 
     @property
     def forward_intermediates(self) -> Callable:
-        """The trunk's `forward_intermediates(x, indices=None, ...)`: features of several stages."""
         return self.trunk.forward_intermediates
 
     @property
     def set_input_size(self) -> Callable:
-        """The trunk's `set_input_size(img_size=None, ...)`."""
         return self.trunk.set_input_size
 
     @property
@@ -381,28 +316,21 @@ class SplitShareNet(nn.Module):
 
     @torch.jit.export
     def forward_splits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every sub-classifier for an image batch, shape (B, n, num_classes).
-
-        Their mean over dim 1 is `forward(x)`.
-        """
+        """Logits of every sub-classifier for an image batch, shape (B, n, num_classes); their mean is forward(x)."""
         return self.head.forward_splits(self.forward_head(self.forward_features(x), pre_logits=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x
+        return self.forward_head(self.forward_features(x))
 
 
-_MODEL_ARGS = ('num_classes', 'num_splits', 'norm_all', 'split', 'in_chans', 'global_pool', 'device', 'dtype')
-
-
+_MODEL_ARGS = ('num_classes', 'num_splits', 'norm_all', 'split', 'in_chans', 'global_pool', 'bn_momentum', 'bn_eps',
+               'device', 'dtype')
 CLASSIFIER = 'head'  # head.weight and head.bias: every sub-classifier
 
 
 def _loads_whole_model(cfg: Dict[str, Any]) -> bool:
-    """Whether a pretrained cfg names weights for the whole model (hf-hub:, local-dir:, a `file` or `state_dict`
-    overlay), which `SplitShareNet.convert_state_dict` reads in any of its layouts, rather than a registry tag's timm
-    weights of the trunk architecture."""
+    """Whether a pretrained cfg names weights of the whole model (hf-hub:, local-dir:, a `file` or `state_dict`), not
+    a registry tag's timm weights of the trunk."""
     return cfg.get('source') in ('hf-hub', 'local-dir') or bool(cfg.get('file')) or cfg.get('state_dict') is not None
 
 
@@ -467,10 +395,7 @@ def _create_split_share(variant: str, pretrained: bool = False, **kwargs) -> Spl
 
 
 def _split_share_cfgs(arch: str) -> Optional[DefaultCfg]:
-    """Pretrained cfgs of `<arch>_ssm`, one per tag of `<arch>`, pointing at the same weights.
-
-    None for an architecture without a classifier to replace.
-    """
+    """Pretrained cfgs of `<arch>_ssm`, one per tag of `<arch>` (the same weights); None without a classifier."""
     cfgs = get_arch_pretrained_cfgs(arch)
     if not cfgs or next(iter(cfgs.values())).classifier is None:
         return None
@@ -478,11 +403,7 @@ def _split_share_cfgs(arch: str) -> Optional[DefaultCfg]:
     for name, cfg in cfgs.items():
         tag = split_model_name_tag(name)[1]
         default_cfg.tags.append(tag)
-        default_cfg.cfgs[tag] = dataclasses.replace(
-            cfg,
-            first_conv=_prefix(cfg.first_conv, 'trunk.'),
-            classifier=CLASSIFIER,
-        )
+        default_cfg.cfgs[tag] = dataclasses.replace(cfg, first_conv=_under_trunk(cfg.first_conv), classifier=CLASSIFIER)
         default_cfg.is_pretrained |= bool(cfg.has_weights)
     return default_cfg
 
@@ -492,51 +413,16 @@ default_cfgs = {k: v for k, v in default_cfgs.items() if v is not None}
 default_cfgs.update({f'{alias}{SUFFIX}': _split_share_cfgs(arch) for alias, arch in PAPER_ALIASES.items()})
 
 
-@register_model
-def resnet18_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
-    """ResNet-18 with a Split-and-Share head (paper Table 1)."""
-    model_args = dict(num_splits=4)
-    return _create_split_share('resnet18_ssm', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnet50_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
-    """ResNet-50 with a Split-and-Share head (paper Tables 1-4)."""
-    model_args = dict(num_splits=4)
-    return _create_split_share('resnet50_ssm', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnet101_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
-    """ResNet-101 with a Split-and-Share head (paper Table 1)."""
-    model_args = dict(num_splits=4)
-    return _create_split_share('resnet101_ssm', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnext50_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
-    """ResNeXt50 of the paper's Table 1: the ResNeXt-50 32x4d trunk (`resnext50_32x4d`) with a Split-and-Share head."""
-    model_args = dict(num_splits=4)
-    return _create_split_share('resnext50_ssm', pretrained, **dict(model_args, **kwargs))
-
-
-@register_model
-def resnext101_ssm(pretrained: bool = False, **kwargs) -> SplitShareNet:
-    """ResNeXt101 of the paper's Table 1: the ResNeXt-101 32x4d trunk (`resnext101_32x4d`) with a Split-and-Share
-    head."""
-    model_args = dict(num_splits=4)
-    return _create_split_share('resnext101_ssm', pretrained, **dict(model_args, **kwargs))
-
-
 def _register(variant: str):
     def _entrypoint(pretrained: bool = False, **kwargs) -> SplitShareNet:
         return _create_split_share(variant, pretrained, **kwargs)
 
+    arch = variant[:-len(SUFFIX)]
+    paper = f' (the paper\'s {arch}, Table 1)' if arch in PAPER_MODELS else ''
     _entrypoint.__name__ = _entrypoint.__qualname__ = variant
-    _entrypoint.__doc__ = f'{base_model_name(variant)} with a Split-and-Share head.'
+    _entrypoint.__doc__ = f'{base_model_name(variant)} with a Split-and-Share head{paper}.'
     register_model(_entrypoint)
 
 
 for _variant in default_cfgs:
-    if _variant[:-len(SUFFIX)] not in PAPER_MODELS:
-        _register(_variant)
+    _register(_variant)
