@@ -1,16 +1,12 @@
 """ Does SSM help my model on my data? Baseline, SSM and its controls, tuned alike, trained alike, paired tests
 
-Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
-
 Every run is timm's own `train.py`, unchanged, with the same arguments but the model, the seed and the tuned values;
 its last checkpoint is evaluated once by `timm_ssm.evaluate`. Seed k of every variant starts from the same trunk
-weights and sees the same data order, so variants are compared seed k against seed k. With `--tune`, each variant
-picks its own values on `--tune-split` (held out of the training images) over `--tune-seeds`; the reported runs
-(`--seeds`, each variant at its pick) are evaluated on `--val-split`, which picks nothing. The primary comparisons
-(`--primary`) get Holm's correction and a verdict (`--margin`); the other pairs are exploratory. Variants: baseline
-(`--model`'s own classifier), kfc (`<model>_ssm`: k plain Linear layers on all C channels, averaged), bn1fc
-(BatchNorm + ReLU on all C, one Linear), ssm and ssm_norm_all (Algorithm 1's BatchNorm before every sub-classifier).
-Output: OUT/study.md, OUT/study.json (the options, saved at the start, then the results), OUT/study.png.
+weights and sees the same data order: variants are compared seed k against seed k. With `--tune`, each variant picks
+its values on `--tune-split` (held out of the training images); the reported runs are evaluated on `--val-split`,
+which picks nothing. The primary comparisons get Holm's correction and a verdict, the other pairs are exploratory.
+Variants: baseline (`--model`'s own classifier), kfc (`<model>_ssm`: k Linear layers on all C channels, averaged),
+bn1fc (BatchNorm + ReLU on all C, one Linear), ssm and ssm_norm_all (the paper's head; docs/evidence.md).
 """
 import argparse
 import contextlib
@@ -30,6 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import timm
 import torch
 import yaml
 from scipy.stats import binomtest, t as student_t, ttest_rel
@@ -56,52 +53,45 @@ RULE = ('a primary comparison is *ahead* if its Holm-adjusted paired t-test p < 
         'every primary comparison is ahead; "hurts" if any is behind; "no difference within ±M" if every one is '
         'equivalent; otherwise "inconclusive".')
 
-parser = argparse.ArgumentParser(prog='python -m timm_ssm.study', allow_abbrev=False, description=(
-    'Baseline, SSM and its controls trained alike by timm\'s train.py over seeds, tuned per variant on a held-out '
-    'split, evaluated on a split that picked nothing, with paired tests. Other arguments go to train.py unchanged.'))
+parser = argparse.ArgumentParser(prog='python -m timm_ssm.study', allow_abbrev=False, description=__doc__.split(
+    '\n')[0] + '. Other arguments go to train.py unchanged.')
 add = parser.add_argument
 add('--model', default='lcnet_050', help='the baseline timm classifier (default: lcnet_050)')
-add('--variants', nargs='+', default=['baseline', 'ssm', '4fc'], help='baseline, ssm, ssm_norm_all, bn1fc, kfc for '
-    'any k >= 1 (default: baseline ssm 4fc)')
+add('--variants', nargs='+', default=['baseline', 'ssm', '4fc'], help='of baseline, ssm, ssm_norm_all, bn1fc, kfc')
 add('--num-splits', type=int, default=4, help='sub-classifiers n of the SSM variants (default: 4)')
 add('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='the reported seeds (default: 0-4)')
 add('--model-kwargs', nargs='*', default=[], metavar='KEY=VALUE', help='trunk arguments of every variant')
-add('--data-dir', help='an image folder with split folders, or the --dataset root (default: Fashion-MNIST)')
+add('--data-dir', help='an image folder with split folders, or a --dataset root (default: Fashion-MNIST)')
 add('--dataset', default='', help='train.py\'s --dataset (default: an image folder)')
 add('--train-split', default='train', help='the split to train on (default: train)')
 add('--val-split', help='the reported split (default: test on Fashion-MNIST, else validation)')
 add('--train-subset', type=int, metavar='N', help='train on a class-balanced draw of N images, links in OUT')
-add('--tune', action='append', default=[], metavar='KEY=V1,V2,...', help='a train.py option each variant tunes, '
-    'such as lr=0.01,0.03,0.1 (repeat for a grid)')
+add('--tune', action='append', default=[], metavar='KEY=V1,V2', help='a train.py option each variant tunes')
 add('--tune-split', default='validation', help='the tuning split, held out of the training images')
 add('--tune-subset', type=int, metavar='N', help='tune on a class-balanced draw of N images of it')
 add('--tune-seeds', type=int, nargs='+', default=[100, 101], help='the tuning seeds (default: 100 101)')
-add('--primary', nargs='+', metavar='A-B', help='the primary comparisons (default with --tune: ssm-bestplain '
-    'ssm-bn1fc, bestplain being the plain head best on the tuning split)')
+add('--primary', nargs='+', metavar='A-B', help='primary comparisons (default with --tune: ssm-bestplain ssm-bn1fc)')
 add('--margin', type=float, default=0.5, help='M of the equivalence verdict, in points (default: 0.5)')
 add('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
 add('--jobs', type=int, help='runs at a time (default: one per CPU core, on CUDA one per 3 cores)')
 add('--threads', type=int, default=1, help='OMP_NUM_THREADS of each run (default: 1)')
 add('--out', default='output/study', help='output folder (default: output/study)')
-add('--report', action='store_true', help='train nothing, report the finished runs (from --out alone: the options '
-    'saved in OUT/study.json)')
+add('--report', action='store_true', help='train nothing, report the finished runs (--out alone: the saved options)')
 
 
 def variant_model(model: str, variant: str, num_splits: int = 4) -> tuple:
     """(model name, model kwargs) of a variant; a RunError for an unknown one."""
-    match = VARIANT_RE.match(variant)
-    if match is None:
+    if not (match := VARIANT_RE.match(variant)):
         raise RunError(f'Unknown variant {variant!r}: give baseline, ssm, ssm_norm_all, bn1fc or kfc for any k >= 1 '
                        f'(1fc, 2fc, 4fc, ...).')
-    if match.group(2):
-        return f'{model}_ssm', [f'num_splits={match.group(2)}', 'split=False']
-    return {'baseline': (model, []), 'bn1fc': (f'{model}_ssm', ['num_splits=1', 'norm_all=True']),
-            'ssm_norm_all': (f'{model}_ssm', [f'num_splits={num_splits}', 'norm_all=True'])
-            }.get(variant, (f'{model}_ssm', [f'num_splits={num_splits}']))
+    kwargs = {'baseline': None, 'bn1fc': ['num_splits=1', 'norm_all=True'], 'ssm': [f'num_splits={num_splits}'],
+              'ssm_norm_all': [f'num_splits={num_splits}', 'norm_all=True']}.get(variant, [f'num_splits={match[2]}',
+                                                                                         'split=False'])
+    return (model, []) if kwargs is None else (f'{model}_ssm', kwargs)
 
 
 def _tune_values(text: str) -> tuple:
-    key, _, values = text.partition('=')
+    key, values = text.partition('=')[::2]
     values = list(dict.fromkeys(v for v in values.split(',') if v))
     bad = [v for v in values if not PLAIN_VALUE_RE.match(v)]
     if bad or not values or not key.replace('-', '_').isidentifier():
@@ -133,46 +123,33 @@ class Task:
         """The record of this run trained and evaluated with exactly these arguments, else None."""
         with contextlib.suppress(OSError, ValueError, KeyError):
             record = json.loads(Path(self.dir, 'run.json').read_text())
-            if record['train_args'] == self.train_args and record['eval_args'] == self.eval_args:
-                return record
-        return None
+            return record if (record['train_args'], record['eval_args']) == (self.train_args, self.eval_args) else None
 
 
-class Progress:
-    """Runs done, the epoch of each run training (from train.py's log lines), the time left for the study."""
-
-    def __init__(self, total: int, epochs: int):
-        self.total, self.epochs, self.done, self.parts, self.out = total, epochs, 0, {}, sys.stdout
-        self.start = self.shown = time.perf_counter()
-
-    def line(self, text: str, name: Optional[str] = None):
-        """Print `text`, or for a train.py log line of run `name` where every run is, at most once a minute."""
-        if name is not None:
-            if not (found := re.search(r'Train: (\d+) \[\s*(\d+)/(\d+)', text)):
-                return
-            self.parts[name] = (int(found[1]) + (int(found[2]) + 1) / int(found[3])) / self.epochs
-            if time.perf_counter() - self.shown < PROGRESS_SECONDS:
-                return
-            text = f'[{self.done}/{self.total} done] ' + ', '.join(
-                f'{n} at epoch {p * self.epochs:.1f} of {self.epochs}' for n, p in list(self.parts.items()))
-        work = self.done + sum(self.parts.values())
-        left = (time.perf_counter() - self.start) / work * (self.total - work) / 60 if work else math.nan
-        self.shown = time.perf_counter()
-        print(f'{text}; ' + (f'about {left:.0f} min left for the study' if work else 'time left unknown yet'),
-              file=self.out, flush=True)
+def say(study, text: str):
+    """Print a progress line with the time left for the study, from the runs done and the epochs of those training."""
+    work = study.done + sum(study.parts.values())
+    left = (time.perf_counter() - study.start) / work * (study.total - work) / 60 if work else 0
+    study.shown = time.perf_counter()
+    print(f'{text}; ' + (f'about {left:.0f} min left for the study' if work else 'time left unknown yet'),
+          file=study.stdout, flush=True)
 
 
-def run_task(task: Task, study, progress: Progress) -> dict:
+def run_task(task: Task, study) -> dict:
     """Train one run (a child process), evaluate it (in this process, one at a time); its record."""
     shutil.rmtree(task.dir, ignore_errors=True)  # unfinished or trained otherwise (names are plain: inside --out)
     start, log = time.perf_counter(), os.path.join(study.runs, f'{task.name}.log')
     with open(log, 'w') as f:
-        def on_line(line: str):
+        def on_line(line: str):  # train.py's log: the epoch and batch of this run, said at most once a minute
             f.write(line)
-            progress.line(line, task.name)
+            if found := re.search(r'Train: (\d+) \[\s*(\d+)/(\d+)', line):
+                study.parts[task.name] = (int(found[1]) + (int(found[2]) + 1) / int(found[3])) / study.epochs
+                if time.perf_counter() - study.shown > PROGRESS_SECONDS:
+                    say(study, f'[{study.done}/{study.total} done] ' + ', '.join(
+                        f'{n} at epoch {p * study.epochs:.1f} of {study.epochs}' for n, p in list(study.parts.items())))
         code = study.children.run([sys.executable, '-m', 'timm_ssm.launch', 'train.py', *task.train_args],
                                   env=study.env, stderr=subprocess.STDOUT, on_line=on_line)
-    progress.parts.pop(task.name, None)
+    study.parts.pop(task.name, None)
     if code != 0:
         raise RuntimeError(f'{task.name}: train.py failed (exit code {code}), see {log}')
     from .evaluate import main as evaluate
@@ -191,25 +168,25 @@ def run_task(task: Task, study, progress: Progress) -> dict:
     return record
 
 
-def run_all(study, tasks: List[Task], progress: Progress) -> Dict[str, dict]:
+def run_all(study, tasks: List[Task]) -> Dict[str, dict]:
     """Train and evaluate the runs not finished, `study.jobs` at a time; the records of all that finished."""
     records = {t.name: r for t in tasks if (r := t.finished()) is not None}
     todo = [t for t in tasks if t.name not in records]
-    progress.line(f'{len(tasks)} runs: {len(records)} finished and kept, {len(todo)} to train, {study.jobs} at a '
+    say(study, f'{len(tasks)} runs: {len(records)} finished and kept, {len(todo)} to train, {study.jobs} at a '
                   f'time, in {study.runs}')
     os.makedirs(study.runs, exist_ok=True)
     pool = ThreadPoolExecutor(max_workers=study.jobs)
     try:
-        futures = {pool.submit(run_task, t, study, progress): t for t in todo}
+        futures = {pool.submit(run_task, t, study): t for t in todo}
         for future in as_completed(futures):
-            progress.done += 1
+            study.done += 1
             try:
                 records[futures[future].name] = r = future.result()
             except RuntimeError as e:
                 study.failed.append(str(e))
-                progress.line(f'[{progress.done}/{progress.total}] {e}')
+                say(study, f'[{study.done}/{study.total}] {e}')
                 continue
-            progress.line(f'[{progress.done}/{progress.total}] {futures[future].name}: top-1 {r["top1"]:.2f} on '
+            say(study, f'[{study.done}/{study.total}] {futures[future].name}: top-1 {r["top1"]:.2f} on '
                           f'{r["split"]}, {r["seconds"] / 60:.1f} min (load {r["load"]:.1f})')
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # after a stop signal, no queued run starts
@@ -314,11 +291,11 @@ def report(study, records: Dict[str, dict], wall: float) -> dict:
     pairs = compare(study, {v: {r['seed']: r['top1'] for r in runs if r['variant'] == v} for v in study.variants})
     primary = [p for p in pairs if p['primary']]
     answer = headline([p['verdict'] for p in primary], study.margin, ' and '.join({p['a']: 0 for p in primary}))
-    start = (f'every variant starts from the pretrained trunk of `{study.pretrained}` and its head starts fresh for '
-             f'the data\'s {study.num_classes} classes' if study.pretrained else 'every variant trains from scratch')
     lines = [f'# `{study.model}` on {study.data_name}: baseline, SSM and controls', '',
              f'Top-1 (%) of the model\'s output on `{study.val_split}` ({runs[0]["num_samples"]:,} images), used once '
-             f'per reported run and for no choice; {start}. Seed k of every variant starts from the same trunk '
+             f'per reported run and for no choice; every variant ' + (f'starts from the pretrained trunk of '
+             f'`{study.pretrained}` and its head starts fresh for the data\'s {study.num_classes} classes'
+             if study.pretrained else 'trains from scratch') + '. Seed k of every variant starts from the same trunk '
              f'weights, sees the same data order and seeds the head\'s own generator alike: the variants are paired '
              f'seed k against seed k. Training data: {study.train_name}.', '']
     if study.tune:
@@ -382,11 +359,10 @@ def report(study, records: Dict[str, dict], wall: float) -> dict:
 
 def plot(result: dict, margin: float, path: str):
     """Each paired difference (seeds as dots, mean and interval), the primary ones first, and the ±margin band."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display
     pairs = sorted(result['comparisons'], key=lambda p: not p['primary'])
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs)), 4))
+    fig = Figure(figsize=(max(6, 0.9 * len(pairs)), 4), layout='tight')
+    ax = fig.subplots()
     ax.axhspan(-margin, margin, color='0.9', label=f'±{margin:g} points')
     for i, p in enumerate(pairs):
         ax.plot([i] * len(p['diffs']), p['diffs'], '.', color='0.6')
@@ -398,9 +374,7 @@ def plot(result: dict, margin: float, path: str):
     ax.set_title(f'{result["model"]}: paired differences by seed (blue: primary, Holm-level interval; grey: '
                  f'exploratory, 95%)', fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100))
-    plt.close(fig)
 
 
 def _given(rest: List[str], dests: Sequence[str]) -> List[str]:
@@ -418,8 +392,7 @@ def _split(root: str, dataset: str, split: str, option: str):
     """timm's reader of a split of an image folder (`reader.root`: the folder it reads), or the split's name."""
     if dataset:
         return argparse.Namespace(root=f'{dataset}:{split}')
-    from timm.data import create_dataset
-    reader = create_dataset('', root=root, split=split).reader
+    reader = timm.data.create_dataset('', root=root, split=split).reader
     if os.path.realpath(reader.root) == os.path.realpath(root):
         raise RunError(f'{option} {split}: {root} has no {split} folder: give a split folder of it.')
     return reader
@@ -427,8 +400,6 @@ def _split(root: str, dataset: str, split: str, option: str):
 
 def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     """The study a command line asks for, checked before any run starts; a RunError says what is wrong."""
-    import timm
-    import timm_ssm  # noqa: F401  registers <arch>_ssm
     if args.model.split('.')[0].endswith('_ssm') or not timm.is_model(args.model.split('.')[0] + '_ssm'):
         raise RunError(f'--model {args.model}: not a timm classifier to put a head on; give one such as resnet50 (the '
                        f'study builds <model>_ssm itself).')
@@ -436,7 +407,8 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
                                num_splits=args.num_splits, seeds=list(dict.fromkeys(args.seeds)), margin=args.margin,
                                tune_seeds=list(dict.fromkeys(args.tune_seeds)), out=os.path.abspath(args.out),
                                model_kwargs=args.model_kwargs, failed=[], picks={}, best=None, tasks=[],
-                               tune=dict(_tune_values(text) for text in args.tune))
+                               tune=dict(_tune_values(text) for text in args.tune), eval_lock=threading.Lock(),
+                               done=0, parts={}, stdout=sys.stdout)
     for v in study.variants:
         variant_model(args.model, v)  # a RunError for an unknown one
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
@@ -448,9 +420,8 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     if study.tune and set(study.tune_seeds) & set(study.seeds):
         raise RunError('--tune-seeds and --seeds overlap: give tuning seeds distinct from the reported ones.')
     plain = [v for v in study.variants if PLAIN_HEAD_RE.match(v)]
-    study.primary = [tuple(p.split('-', 1)) for p in dict.fromkeys(args.primary or [
-        p for p, ok in (('ssm-bestplain', study.tune and plain and 'ssm' in study.variants),
-                        ('ssm-bn1fc', {'ssm', 'bn1fc'} <= set(study.variants))) if ok])]
+    default = ['ssm-bestplain'] * bool(study.tune and plain) + ['ssm-bn1fc'] * ('bn1fc' in study.variants)
+    study.primary = [tuple(p.split('-', 1)) for p in dict.fromkeys(args.primary or default * ('ssm' in study.variants))]
     for a, b in study.primary:
         if {a, b} - {*study.variants, 'bestplain'} or a == b:
             raise RunError(f'--primary {a}-{b}: give A-B with two variants of the study (or bestplain).')
@@ -458,7 +429,7 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
             raise RunError(f'--primary {a}-{b}: bestplain is picked on the tuning split: give --tune (and a plain '
                            f'head, baseline or kfc) or name the variant, such as {a}-{plain[0] if plain else "1fc"}.')
     check_output_folder(study.out, '--out')
-    parse_train_args(rest)  # train.py's own check of the user's arguments
+    parse_train_args(rest + [a for k, vs in study.tune.items() for v in vs for a in (f'--{k.replace("_", "-")}', v)])
     for dest in _given(rest, OWNED + tuple(study.tune)):
         if dest in study.tune:
             raise RunError(f'--{dest.replace("_", "-")} conflicts with --tune {dest}=...: give one of them.')
@@ -478,21 +449,18 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     train = _split(study.data_dir, args.dataset, args.train_split, '--train-split')
     val = _split(study.data_dir, args.dataset, study.val_split, '--val-split')
     tune = _split(study.data_dir, args.dataset, study.tune_split, '--tune-split') if study.tune else None
-    for option, reader, other, name in (('--val-split', val, train, '--train-split'),
-                                        ('--tune-split', tune, train, '--train-split'),
-                                        ('--tune-split', tune, val, '--val-split')):
-        if reader and reader.root == other.root:
-            raise RunError(f'{option} reads {reader.root}, as {name} does: give a split of its own (the tuning split '
-                           f'is held out of the training images and is never the reported one).')
+    roots = {'--train-split': train.root, '--val-split': val.root, **({'--tune-split': tune.root} if tune else {})}
+    if len(set(roots.values())) < len(roots):
+        raise RunError(', '.join(f'{o} reads {r}' for o, r in roots.items()) + ': give each a split folder of its own '
+                       '(the tuning split is held out of the training images and is never the reported one).')
     train_root, study.train_name = study.data_dir, f'the `{args.train_split}` split of {study.data_dir}'
+    study.tune_root, study.tune_name = study.data_dir, f'`{study.tune_split}`'
     if args.train_subset:
         train_root = subset_folder(train, args.train_split, args.train_subset, study.out, '--train-subset')
-        study.train_name = (f'a class-balanced subset of {args.train_subset:,} images of `{args.train_split}` (drawn '
-                            f'once, seed 0; links in {train_root})')
-    study.tune_root, study.tune_name = study.data_dir, f'`{study.tune_split}`'
+        study.train_name = f'a class-balanced draw of {args.train_subset:,} images of `{args.train_split}`'
     if tune and args.tune_subset:
         study.tune_root = subset_folder(tune, study.tune_split, args.tune_subset, study.out, '--tune-subset')
-        study.tune_name = f'a class-balanced subset of {args.tune_subset:,} images of `{study.tune_split}`'
+        study.tune_name = f'a class-balanced draw of {args.tune_subset:,} images of `{study.tune_split}`'
     study.data_name = 'Fashion-MNIST' if fashion_mnist else f'{args.dataset or "the image folder"} {study.data_dir}'
     classes = len(train.class_to_idx) if hasattr(train, 'class_to_idx') else None
     study.train_args = [*(RECIPE if fashion_mnist else []), *(['--num-classes', str(classes)] if classes else []),
@@ -512,12 +480,10 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
                        *(['--channels-last'] if ns.channels_last else []),
                        *(['--class-map', ns.class_map] if ns.class_map else [])]
     study.runs = os.path.join(study.out, 'runs')
-    path, root = os.environ.get('PYTHONPATH'), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    study.env = dict(os.environ, PYTHONPATH=root + (os.pathsep + path if path else ''),
-                     OMP_NUM_THREADS=str(args.threads))
+    path = [str(Path(__file__).resolve().parents[1])] + [os.environ['PYTHONPATH']] * ('PYTHONPATH' in os.environ)
+    study.env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS=str(args.threads))
     study.hardware = (torch.cuda.get_device_name(0) if args.device.startswith('cuda') else f'{cores} CPU cores') + \
         f', torch {torch.__version__}, {study.jobs} runs at a time'
-    study.eval_lock = threading.Lock()
     study.tune_tasks = [Task(study, v, s, c, True) for s in study.tune_seeds for c in study.combos
                         for v in study.variants] if study.tune else []
     return study
@@ -526,17 +492,16 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
 def pick(study, records: Dict[str, dict]):
     """Each variant's tuned values (the best mean top-1 on the tuning split, ties to the first listed), the best
     plain head, and the reported runs (only for variants whose tuning finished)."""
-    means = {}
+    scores = {}
+    for t in study.tune_tasks:
+        if t.name in records:
+            scores.setdefault((t.variant, tuple(t.tuned.items())), []).append(records[t.name]['top1'])
     for v in study.variants:
-        for c in study.combos:
-            got = [records[t.name]['top1'] for t in study.tune_tasks if (t.variant, t.tuned) == (v, c)
-                   and t.name in records]
-            if len(got) == len(study.tune_seeds):
-                means.setdefault(v, []).append((float(np.mean(got)), c))
-        if len(means.get(v, [])) == len(study.combos):
-            study.picks[v] = max(means[v], key=lambda m: m[0])[1]
-    plain = [(max(m for m, _ in means[v]), v) for v in study.picks if PLAIN_HEAD_RE.match(v)]
-    study.best = max(plain, key=lambda m: m[0])[1] if plain else None
+        got = [scores.get((v, tuple(c.items())), []) for c in study.combos]
+        if all(len(g) == len(study.tune_seeds) for g in got):  # its tuning finished
+            study.picks[v] = study.combos[int(np.argmax([np.mean(g) for g in got]))]  # ties: the first listed
+    plain = [v for v in study.picks if PLAIN_HEAD_RE.match(v)]
+    study.best = max(plain, key=lambda v: np.mean(scores[v, tuple(study.picks[v].items())]), default=None)
     study.tasks = [Task(study, v, s, study.picks.get(v, {}), False) for s in study.seeds for v in study.variants
                    if not study.tune or v in study.picks]
 
@@ -563,15 +528,15 @@ def main(argv: Optional[List[str]] = None):
         records.update({t.name: r for t in study.tasks if (r := t.finished()) is not None})
     else:
         atomic_write(saved, lambda f: json.dump(dict(argv=study.argv), f, indent=1), mode='w')
-        todo = sum(t.name not in records for t in study.tune_tasks)
-        progress = Progress(todo + len(study.variants) * len(study.seeds), study.epochs)
+        study.total = sum(t.name not in records for t in study.tune_tasks) + len(study.variants) * len(study.seeds)
+        study.start = study.shown = time.perf_counter()
         with Children() as study.children:  # SIGTERM, SIGHUP, Ctrl-C stop every run; finished ones are kept
             try:
-                records = run_all(study, study.tune_tasks, progress) if study.tune_tasks else {}
+                records = run_all(study, study.tune_tasks) if study.tune_tasks else {}
                 if not study.failed:
                     pick(study, records)
-                    progress.total = progress.done + sum(t.finished() is None for t in study.tasks)
-                    records.update(run_all(study, study.tasks, progress))
+                    study.total = study.done + sum(t.finished() is None for t in study.tasks)
+                    records.update(run_all(study, study.tasks))
             except Stopped as stop:
                 print(f'{stop}: the finished runs are kept in {study.runs}; run the same command again to train '
                       f'the rest, or add --report.', file=sys.stderr)
