@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,10 +49,9 @@ RECIPE = ['--img-size', '28', '--crop-pct', '1.0', '--interpolation', 'bilinear'
           '--cooldown-epochs', '0', '-b', '128', '--workers', '2']
 ALPHA, PROGRESS_SECONDS = 0.05, 60
 RULE = ('a primary comparison is *ahead* if its Holm-adjusted paired t-test p < 0.05 and its mean difference > 0, '
-        '*behind* if p < 0.05 and the mean < 0, *equivalent within ±M* if its (1 − 0.05/m) two-sided t confidence '
-        'interval (m primary comparisons) lies inside ±M points, else *inconclusive*. Headline: "helps" only if '
-        'every primary comparison is ahead; "hurts" if any is behind; "no difference within ±M" if every one is '
-        'equivalent; otherwise "inconclusive".')
+        '*behind* if p < 0.05 and the mean < 0, *equivalent within ±M* if its (1 − 0.05/m) two-sided t interval '
+        '(m primary comparisons) lies inside ±M points, else *inconclusive*. Headline: "helps" only if every one is '
+        'ahead; "hurts" if any is behind; "no difference within ±M" if every one is equivalent; else "inconclusive".')
 
 parser = argparse.ArgumentParser(prog='python -m timm_ssm.study', allow_abbrev=False, description=__doc__.split(
     '\n')[0] + '. Other arguments go to train.py unchanged.')
@@ -222,8 +222,7 @@ def paired(a: Dict[int, float], b: Dict[int, float], level: float = 0.95) -> dic
     interval at `level`, the paired t-test and the exact sign test."""
     seeds = [s for s in a if s in b]
     diffs, n = [a[s] - b[s] for s in seeds], len(seeds)
-    mean = float(np.mean(diffs)) if n else math.nan
-    sd = float(np.std(diffs, ddof=1)) if n > 1 else math.nan
+    mean, sd = float(np.mean(diffs)) if n else math.nan, float(np.std(diffs, ddof=1)) if n > 1 else math.nan
     p = float(ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue) if n > 1 else math.nan
     half = float(student_t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
     wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
@@ -333,15 +332,13 @@ def report(study, records: Dict[str, dict], wall: float) -> dict:
               f'Rule: {RULE.replace("±M", f"±{study.margin:g}")}', '']
     lines += [*_table([h.format(f'{100 * (1 - ALPHA / len(primary)):g}%') for h in header] + ['verdict'], [
         cells(p) + [f'**{p["verdict"]}**'] for p in primary]), '', f'**Headline: {answer}.**'] if primary else [
-        'None: without --tune the best plain head cannot be picked on a split that is not reported; give --tune, or '
-        '--primary A-B with named variants.']
+        'None named (without --tune, name them with --primary A-B): every comparison is exploratory.']
     loads = [records[t.name]['load'] for t in done + tuned]
     lines += ['', '## Secondary comparisons (exploratory; Holm over their own family)', '',
               *_table([h.format('95%') for h in header], [cells(p) for p in pairs if not p['primary']]), '',
               f'Wall time of this invocation {wall / 60:.1f} min on {study.hardware}; 1-minute load average at the end '
               f'of the runs {min(loads):.1f}-{max(loads):.1f}. train.py arguments of every run (then its model, seed '
-              f'and tuned values):', '', '    ' + ' '.join(a if a and ' ' not in a else repr(a)
-                                                       for a in study.train_args)]
+              f'and tuned values):', '', '    ' + ' '.join(map(shlex.quote, study.train_args))]
     if len(done) < len(study.tasks):
         lines[1:1] = ['', f'**Partial report: {len(done)} of {len(study.tasks)} reported runs finished.**']
     result = dict(argv=study.argv, model=study.model, val_split=study.val_split, pretrained=study.pretrained,
