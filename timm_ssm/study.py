@@ -368,8 +368,8 @@ def plot(result: dict, margin: float, path: str):
     ax.axhline(0, color='k', lw=0.8)
     ax.set_xticks(range(len(pairs)), [f'{p["a"]}\n− {p["b"]}' for p in pairs], fontsize=7)
     ax.set_ylabel('top-1 difference (points)')
-    ax.set_title(f'{result["model"]}: paired differences by seed (blue: primary, Holm-level interval; grey: '
-                 f'exploratory, 95%)', fontsize=8)
+    ax.set_title(f'{result["model"]}: paired differences by seed\nblue: primary, Holm-level interval; grey: '
+                 f'exploratory, 95%', fontsize=8)
     ax.legend(fontsize=7)
     atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100))
 
