@@ -9,7 +9,7 @@ evaluator's `throughput` from its JSON; both time the loop from its first batch 
 each command, and its CPU time (user + system, data loading workers included: less sensitive than wall time to
 other processes on a shared machine); then the median ratios.
 
-    python benchmarks/evaluate_throughput.py                       # test_resnet_ssm, Fashion-MNIST test split
+    python benchmarks/evaluate_throughput.py                       # test_resnet_ssm, Fashion-MNIST test images
     python benchmarks/evaluate_throughput.py --model resnet18_ssm --img-size 64 --num-classes 1000 --rounds 5
 
 Needs timm's validate.py: TIMM_ROOT=/path/to/pytorch-image-models (or the cached copy `timm_ssm.launch` finds).
@@ -33,15 +33,16 @@ from progress import Progress  # noqa: E402  (benchmarks/progress.py)
 
 import timm
 import timm_ssm  # noqa: F401  (registers the *_ssm models)
-from timm_ssm.fashion_mnist import MEAN, STD, prepare_fashion_mnist
+from timm_ssm.fashion_mnist import MEAN, STD, prepare_fashion_mnist_folder
 
 parser = argparse.ArgumentParser(description='evaluate vs validate.py throughput, side by side')
 parser.add_argument('--model', default='test_resnet_ssm', help='SSM model to evaluate (default: test_resnet_ssm)')
 parser.add_argument('--num-classes', type=int, default=10,
                     help='classes of the model (default: 10; more classes cost the evaluator more per image)')
 parser.add_argument('--img-size', type=int, default=28, help='input size (default: 28, Fashion-MNIST\'s own)')
-parser.add_argument('--data-dir', default=None, help='Fashion-MNIST root (default: prepared by timm_ssm)')
-parser.add_argument('--dataset', default='torch/fashion_mnist', help='timm data set (default: torch/fashion_mnist)')
+parser.add_argument('--data-dir', default=None,
+                    help='image folder (default: the Fashion-MNIST image folder prepared by timm_ssm)')
+parser.add_argument('--dataset', default='', help='timm data set (default: an image folder)')
 parser.add_argument('--split', default='test', help='split (default: test, 10000 images)')
 parser.add_argument('--in-chans', type=int, default=1, help='image channels (default: 1)')
 parser.add_argument('-b', '--batch-size', type=int, default=250,
@@ -79,12 +80,12 @@ def _measure(args, data_dir: str, tmp: str):
         '--model', args.model, '--checkpoint', checkpoint, '--num-classes', str(args.num_classes),
         '--in-chans', str(args.in_chans), '--img-size', str(args.img_size),
         '--mean', *map(str, MEAN), '--std', *map(str, STD), '--crop-pct', '1.0', '--interpolation', 'bilinear',
-        '--data-dir', data_dir, '--dataset', args.dataset, '--split', args.split,
+        '--data-dir', data_dir, *(['--dataset', args.dataset] if args.dataset else []), '--split', args.split,
         '-b', str(args.batch_size), '-j', str(args.workers), '--device', args.device,
     ]
     commands = {
         'validate.py': [sys.executable, '-m', 'timm_ssm.launch', 'validate.py', *common, '--log-freq', '1'],
-        'evaluate': [sys.executable, '-m', 'timm_ssm.evaluate', *common, '--no-progress',
+        'evaluate': [sys.executable, '-m', 'timm_ssm.evaluate', *common, '--no-progress', '--overwrite',
                      '--json', os.path.join(tmp, 'eval.json')],
     }
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -97,7 +98,7 @@ def _measure(args, data_dir: str, tmp: str):
     walls = {name: [] for name in commands}
     cpus = {name: [] for name in commands}
     order = list(commands)
-    print(f'{args.model} ({args.num_classes} classes), {args.dataset} {args.split} at {args.img_size} px, '
+    print(f'{args.model} ({args.num_classes} classes), {args.dataset or data_dir} {args.split} at {args.img_size} px, '
           f'batch {args.batch_size}, {args.workers} workers, {args.device}, torch {torch.__version__}, '
           f'{os.cpu_count()} CPUs, OMP_NUM_THREADS={env.get("OMP_NUM_THREADS", "unset")}')
     progress = Progress(args.rounds * len(order), 'commands', every=0.)  # on stderr
@@ -133,7 +134,7 @@ def _measure(args, data_dir: str, tmp: str):
 
 def main():
     args = parser.parse_args()
-    data_dir = args.data_dir or str(prepare_fashion_mnist())
+    data_dir = args.data_dir or str(prepare_fashion_mnist_folder())
     with tempfile.TemporaryDirectory(prefix='eval_throughput_') as tmp:
         _measure(args, data_dir, tmp)
 

@@ -7,8 +7,10 @@ and timm's own loaders then read them unchanged, as they would after a download.
 TIMM_ROOT that is not a pytorch-image-models checkout (no train.py in it, as the quick start's placeholder
 `/path/to/pytorch-image-models`) is set aside here, so that the tests of timm's scripts skip, saying why.
 """
+import logging
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -103,6 +105,38 @@ def fashion_mnist_cache(tmp_path_factory):
     return cache
 
 
+def write_fashion_mnist(folder: Path, num_train: int = 120, num_test: int = 20) -> Path:
+    """Fashion-MNIST's four IDX files, as torchvision reads them, of random 28x28 images (label: index % 10)."""
+    import numpy as np
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (('train', num_train), ('t10k', num_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        for kind, array in (('images-idx3', images), ('labels-idx1', np.arange(n, dtype=np.uint8) % 10)):
+            header = bytes([0, 0, 8, array.ndim]) + struct.pack(f'>{array.ndim}I', *array.shape)
+            (folder / f'{prefix}-{kind}-ubyte').write_bytes(header + array.tobytes())
+    return folder
+
+
+@pytest.fixture(scope='session')
+def tiny_cache(tmp_path_factory):
+    """A timm-ssm cache folder (for XDG_CACHE_HOME) with the image folder of a tiny Fashion-MNIST of random images:
+    110 train, 10 validation, 20 test."""
+    from timm_ssm.fashion_mnist import prepare_fashion_mnist_folder
+    cache = tmp_path_factory.mktemp('tiny_cache')
+    source = write_fashion_mnist(cache / 'source')
+    prepare_fashion_mnist_folder(cache / 'timm_ssm' / 'data', source=source, download=False)
+    return cache
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers():
+    """timm's scripts run in the test process add a root handler on the test's captured stderr each: removed after."""
+    handlers = list(logging.root.handlers)
+    yield
+    logging.root.handlers[:] = handlers

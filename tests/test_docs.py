@@ -1,21 +1,15 @@
 """The command blocks of README.md and docs/: each one has a stated treatment, and runs or parses as written.
 
-Every ```bash and ```python block of README.md and docs/*.md is listed in BLOCKS by its page and first line, with
-what this test does with it:
-
-* RUN: run as written (bash -euo pipefail, or python) in a sandbox: a temporary HOME and working folder holding a
-  default-run folder `output/train/fashion_mnist-...` (a real checkpoint of the default run's model and its
-  args.yaml, no training) and a small copy of the default run's Fashion-MNIST image folder in `~/.cache/timm_ssm`;
-  offline (HF_HUB_OFFLINE), on CPU. Blocks that run timm's scripts need TIMM_ROOT.
-* FLAGS: nothing runs; each command's options are parsed by the program's own parser (`train_timm.sh` with
-  `--dry-run`, which also checks its config names; timm's scripts, timm_ssm's tools and the benchmarks through their
-  argparse parsers; torchrun through torch's). Shell set-up commands (pip, git, export, cd, ...) are passed over.
+Every ```bash and ```python block is listed in BLOCKS by its page and first line, with its treatment:
+* RUN: run as written (bash -euo pipefail, or python) in a sandbox: a temporary HOME holding the default run's image
+  folder (of a tiny Fashion-MNIST) in `~/.cache/timm_ssm` and a working folder with a default-run folder (a real
+  checkpoint of its model and its args.yaml, no training); offline, on CPU. Blocks with timm's scripts need TIMM_ROOT.
+* FLAGS: nothing runs; each command's options are parsed by the program's own parser (`train_timm.sh --dry-run`,
+  timm's scripts, timm_ssm's tools, the benchmarks, torchrun). Set-up commands (pip, git, export, ...) are passed over.
 * SKIP(why): cannot run offline on a CPU in seconds (a GPU, ImageNet, the network, the whole suite).
-* TODO(why): known not to run as written yet; reported as an expected failure until the page is fixed.
-
-A block that is not listed, or a listed block that no page has any more, fails the test: a new block gets its
-treatment here, visibly. The treatment of a block is the reviewer's to check; change the block's first line and the
-key follows.
+* TODO(why): known not to run as written yet; an expected failure until the page is fixed.
+A block without a treatment, or a treatment of a block no page has any more, fails: change a block's first line and
+its key follows.
 """
 import argparse
 import contextlib
@@ -24,6 +18,7 @@ import os
 import re
 import runpy
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,17 +49,17 @@ def TODO(why):  # noqa: N802
 
 # page: first line of the block (a second block with the same first line: ' #2'): treatment
 BLOCKS: Dict[str, Treatment] = {
-    'README.md: python3 -m venv .venv && . .venv/bin/activate': FLAGS,
-    'README.md: pip install .              # Python >= 3.10: torch >= 2.9.1, timm >= 1.0.31, huggingface_hub >= 0.34.4':
+    'README.md: python3 -m venv .venv && . .venv/bin/activate && pip install \'.[test]\'   # set up (Python >= 3.10)':
         FLAGS,
+    'README.md: pip install .              # Python >= 3.10: torch, timm, huggingface_hub, scipy, matplotlib': FLAGS,
     'README.md: import timm': SKIP('downloads timm\'s resnet50.a1_in1k weights from the Hub'),
     'README.md: model = timm.create_model(\'hf-hub:ORG/NAME\', pretrained=True)': SKIP('ORG/NAME is a placeholder'),
     'README.md: import timm #2': RUN,
     'README.md: ./train_timm.sh --data-dir /data/imagenet --model resnet50_ssm --epochs 90 --device cuda   # any '
     'train.py argument': FLAGS,
     'README.md: RUN=$(ls -d output/train/fashion_mnist-* | tail -1)': RUN,
-    'README.md: python -m pytest -q                                                 # offline, tiny models':
-        SKIP('the test suite itself'),
+    'README.md: python -m pytest -q                                                 # offline, tiny models; skips say '
+    'why': SKIP('the test suite itself'),
     'analyses.md: RUN=$(ls -d output/train/fashion_mnist-* | tail -1)': RUN,
     'analyses.md: python -m timm_ssm.evaluate --checkpoint $RUN --data-dir $DATA --split test \\': FLAGS,
     'analyses.md: python -m timm_ssm.evaluate --checkpoint output/train/RUN_A output/train/RUN_B --data-dir $DATA '
@@ -173,20 +168,13 @@ def _script_parser(path: Path) -> argparse.ArgumentParser:
 
 
 def _check_train_timm(args: List[str], what: str):
+    """train_timm's own check of its options and train.py's (`--dry-run`: nothing runs, no data is prepared)."""
+    if not TIMM_ROOT:
+        pytest.skip('train_timm.sh checks its arguments with train.py\'s parser: set TIMM_ROOT')
     from timm_ssm import train_timm
-    opts, rest = train_timm.split_args(args)
-    config = train_timm._option_value(rest, '-c', '--config')
-    if config is not None:
-        train_timm.resolve_config(config)  # a shipped name or a file
-    if TIMM_ROOT:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-            code = train_timm.main([*args, '--dry-run'])
-        assert code == 0, f'{what}: exit {code}'
-        train = Path(TIMM_ROOT) / 'train.py'
-        module = runpy.run_path(str(train), run_name='timm_ssm_docs_check')
-        config_args, remaining = module['config_parser'].parse_known_args(rest)
-        _parse(module['parser'], remaining, what)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = train_timm.main([*args, '--dry-run'])
+    assert code == 0, f'{what}: {err.getvalue()}'
 
 
 def _check_flags(words: List[str], env: Dict[str, str]):
@@ -229,39 +217,28 @@ def _check_flags(words: List[str], env: Dict[str, str]):
 
 
 @pytest.fixture(scope='module')
-def sandbox(tmp_path_factory, fashion_mnist_cache):
-    """A HOME and working folder as after the default run: its image folder (10 images of each class and split) and
-    a run folder with a checkpoint of its model, as train.py writes them."""
-    import shutil
-
+def sandbox(tmp_path_factory, tiny_cache):
+    """A HOME and working folder as after the default run: the image folder (of a tiny Fashion-MNIST) in its cache and
+    a run folder with a checkpoint of its model, as train.py writes them (and one of the Grad-CAM recipe's model)."""
     import timm
     import torch
     import yaml
     from timm.utils import CheckpointSaver
 
-    from timm_ssm import fashion_mnist, train_timm
     home = tmp_path_factory.mktemp('home')
-    full = fashion_mnist_cache / 'timm_ssm' / 'data' / fashion_mnist.FOLDER_NAME
-    data = home / '.cache' / 'timm_ssm' / 'data' / fashion_mnist.FOLDER_NAME
-    for split in ('train', 'validation', 'test'):
-        for name in fashion_mnist.CLASS_NAMES:
-            (data / split / name).mkdir(parents=True)
-            for png in sorted((full / split / name).iterdir())[:10]:
-                os.link(png, data / split / name / png.name)
-    shutil.copy(full / 'manifest.json', data)
-
+    shutil.copytree(tiny_cache / 'timm_ssm', home / '.cache' / 'timm_ssm', copy_function=os.link)
+    data = home / '.cache' / 'timm_ssm' / 'data' / 'fashion_mnist_images'
     work = home / 'work'
     run = work / 'output' / 'train' / 'fashion_mnist-test_resnet_ssm-20261201-100000'
-    run.mkdir(parents=True)
     args = dict(  # the default run's args.yaml, as far as the tools read it
-        model=train_timm.DEFAULT_MODEL, num_classes=10, data_dir=str(data), dataset='', train_split='train',
+        model='test_resnet_ssm', num_classes=10, data_dir=str(data), dataset='', train_split='train',
         val_split='validation', input_size=[3, 28, 28], img_size=None, in_chans=None, mean=[0.286] * 3,
         std=[0.353] * 3, crop_pct=1.0, crop_mode=None, interpolation='bilinear', batch_size=50,
         validation_batch_size=None, workers=0, device='cpu', model_ema=False, epochs=5, gp=None, bn_eps=None,
-        bn_momentum=None, output=str(run.parent), experiment=run.name)
-    for folder, kwargs in ((run, {}), (run.parent / 'cam-os8', dict(output_stride=8))):  # + the Grad-CAM recipe's
-        folder.mkdir(exist_ok=True)
-        model = timm.create_model(train_timm.DEFAULT_MODEL, num_classes=10, **kwargs)
+        bn_momentum=None, output=str(run.parent))
+    for folder, kwargs in ((run, {}), (run.parent / 'cam-os8', dict(output_stride=8))):
+        folder.mkdir(parents=True)
+        model = timm.create_model('test_resnet_ssm', num_classes=10, **kwargs)
         run_args = dict(args, model_kwargs=kwargs, experiment=folder.name)
         saver = CheckpointSaver(model, torch.optim.SGD(model.parameters(), lr=0.1),
                                 args=argparse.Namespace(**run_args), checkpoint_dir=str(folder), max_history=1)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -339,7 +340,7 @@ def evaluations(train_run, tmp_path_factory):
 @pytest.mark.parametrize('name, kind, label', [
     ('validation', 'held-out', 'validation'),
     ('train_slash', 'train', 'train'),
-    ('all', 'train', 'all splits'),
+    ('all', 'other', 'all splits'),
     ('other', 'other', 'validation'),
 ])
 def test_evaluation_split_is_named_by_the_folder_timm_read(name, kind, label, evaluations, train_run, tmp_path):
@@ -425,13 +426,14 @@ def test_fine_tuned_from_published_ssm_weights(base_export, hub_cache, tmp_path,
 def test_label_names(tmp_path):
     run = Run(source='x', checkpoint=tmp_path / 'x.pth.tar', args=dict(dataset='torch/fashion_mnist',
                                                                                data_dir=str(tmp_path / 'no')))
-    assert ssm_hub.label_names(run, 10)[0] is None  # not on this machine: none, and how to give them
+    model = lambda k: SimpleNamespace(num_classes=k, pretrained_cfg={})  # noqa: E731
+    assert ssm_hub.label_names(run, model(10))[0] is None  # not on this machine: none, and how to give them
     (tmp_path / 'names.txt').write_text('a\nb\nc\n')
     (tmp_path / 'names.json').write_text('["x", "y", "z"]')
-    assert ssm_hub.label_names(run, 3, str(tmp_path / 'names.txt'))[0] == ['a', 'b', 'c']
-    assert ssm_hub.label_names(run, 3, str(tmp_path / 'names.json'))[0] == ['x', 'y', 'z']
+    assert ssm_hub.label_names(run, model(3), str(tmp_path / 'names.txt'))[0] == ['a', 'b', 'c']
+    assert ssm_hub.label_names(run, model(3), str(tmp_path / 'names.json'))[0] == ['x', 'y', 'z']
     with pytest.raises(ValueError, match="does not have the model's 4 class names"):
-        ssm_hub.label_names(run, 4, str(tmp_path / 'names.txt'))
+        ssm_hub.label_names(run, model(4), str(tmp_path / 'names.txt'))
 
 
 # --- outputs ---

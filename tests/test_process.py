@@ -1,4 +1,5 @@
-"""timm_ssm.process: stop signals reach every child, the parent exits 128 + signum, Ctrl-C from a real terminal."""
+"""timm_ssm.process: stop signals reach every child, the parent exits 128 + signum, Ctrl-C from a real terminal; in
+this process a stop ends a loop that stops on Ctrl-C, as train.py's."""
 import contextlib
 import os
 import pty
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from timm_ssm.process import Children, Stopped
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +32,7 @@ CHILD = textwrap.dedent('''
     print('child stopped', flush=True)
 ''')
 
-# A parent that runs N children at once from threads, filtering the stdout of the one run in the main thread.
+# A parent that runs N children at once, from threads and from the main thread.
 PARENT = textwrap.dedent('''
     import sys, threading
     from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +42,7 @@ PARENT = textwrap.dedent('''
         try:
             with ThreadPoolExecutor(len(outs)) as pool:
                 futures = [pool.submit(children.run, [sys.executable, child, o]) for o in outs[1:]]
-                children.run([sys.executable, child, outs[0]], on_line=lambda l: print('filtered:', l, end=''))
+                children.run([sys.executable, child, outs[0]])
                 [f.result() for f in futures]
         except Stopped as stop:
             try:
@@ -92,9 +95,27 @@ def _child_pids(pid):
     return pids
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_stop_in_this_process_ends_a_loop_as_ctrl_c_does(signum):
+    """No child is live: the signal raises Stopped where this process is, which a `except KeyboardInterrupt` (train.py's
+    epoch loop) takes as Ctrl-C; no child starts after it."""
+    with Children() as children:
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        except KeyboardInterrupt as e:
+            assert isinstance(e, Stopped) and e.exit_code == 128 + signum
+        assert children.signum == signum
+        with pytest.raises(Stopped):
+            children.run([sys.executable, '-c', 'pass'])
+    assert signal.getsignal(signum) != children._handle
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_stop_signal_reaches_every_child(tmp_path, signum):
-    proc, outs = _start(tmp_path, 3, stdout=subprocess.PIPE, text=True)
+    """A signal to the parent alone (a job scheduler, a closed terminal, `kill -INT` without a terminal): every child
+    gets it once and is reaped, none starts after it, the parent exits 128 + signum."""
+    proc, outs = _start(tmp_path, 3, stdout=subprocess.PIPE, text=True, start_new_session=True)
     children = _child_pids(proc.pid)
     assert len(children) == 3
     proc.send_signal(signum)
@@ -102,18 +123,9 @@ def test_stop_signal_reaches_every_child(tmp_path, signum):
     assert proc.returncode == 128 + signum, out
     assert f'partial: stopped by {signal.Signals(signum).name}' in out
     assert 'started after the stop' not in out and 'not stopped' not in out
-    for pid in children:  # ended and reaped, not orphaned
-        assert not os.path.exists(f'/proc/{pid}'), f'child {pid} outlived its parent'
-
-
-def test_sigint_to_the_parent_alone_is_forwarded_once(tmp_path):
-    """`kill -INT PARENT` (no terminal): the children get it from the parent, once, and stop as train.py does."""
-    proc, outs = _start(tmp_path, 2, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130, out
-    assert 'filtered: child stopped' in out and 'partial: stopped by SIGINT' in out
-    assert [Path(o + '.sigint').read_text() for o in outs] == ['1', '1']
+    assert not [pid for pid in children if os.path.exists(f'/proc/{pid}')], 'a child outlived its parent'
+    if signum == signal.SIGINT:  # the children stop as train.py does, after one SIGINT each
+        assert [Path(o + '.sigint').read_text() for o in outs] == ['1'] * 3
 
 
 def test_ctrl_c_on_a_terminal_reaches_each_child_once(tmp_path):
@@ -134,14 +146,9 @@ def test_ctrl_c_on_a_terminal_reaches_each_child_once(tmp_path):
         assert proc.wait(timeout=30) == 130
     finally:
         output = b''
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                output += chunk
         os.close(master)
     assert b'partial: stopped by SIGINT' in output, output
     assert [Path(o + '.sigint').read_text() for o in outs] == ['1', '1']

@@ -1,10 +1,9 @@
-"""End to end with timm's real scripts: train.py through train_timm.sh, resume, validate/inference/benchmark.py through
-the launcher. Needs a pytorch-image-models checkout in TIMM_ROOT (timm's scripts are not in its wheel)."""
+"""End to end with timm's real scripts, run in this process: train.py through train_timm (resume, a shipped recipe by
+name, head options, pretrained starts), validate/inference/benchmark.py through the launcher. Needs a
+pytorch-image-models checkout in TIMM_ROOT (timm's scripts are not in its wheel)."""
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +15,10 @@ from PIL import Image
 from timm.models import load_checkpoint, load_state_dict
 from timm.utils import random_seed
 
-import timm_ssm  # noqa: F401  registers test_resnet_ssm here too
+from timm_ssm import launch, train_timm
 
-REPO = Path(__file__).resolve().parent.parent
-TIMM_ROOT = os.environ.get('TIMM_ROOT')
-
-pytestmark = pytest.mark.skipif(
-    not TIMM_ROOT, reason='needs timm\'s train.py and validate.py: set TIMM_ROOT to a pytorch-image-models checkout')
+pytestmark = pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py and validate.py: set '
+                                'TIMM_ROOT to a pytorch-image-models checkout')
 
 CLASSES = ('circle', 'square', 'stripe')
 IMAGES_PER_CLASS = 4
@@ -34,47 +30,32 @@ TRAIN_ARGS = [
 ]
 
 
-def _env() -> dict:
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS='1')  # tiny models: one thread is faster
-    env['CUDA_VISIBLE_DEVICES'] = ''  # on the CPU, one process, also on a host with GPUs
-    env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
-    return env
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
 
 
-def _run(cmd, cwd) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f'{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
-    return proc
-
-
-def _launch(script: str, *args, cwd) -> subprocess.CompletedProcess:
-    return _run([sys.executable, '-m', 'timm_ssm.launch', script, *args], cwd)
+def _launch(script: str, *args):
+    launch.main([script, *args])
 
 
 def _train(out: Path, experiment: str, data: Path, *extra) -> Path:
     args = ['--data-dir', str(data), *TRAIN_ARGS, '--output', str(out), '--experiment', experiment, *extra]
-    _run(['bash', str(REPO / 'train_timm.sh'), *args], out)
+    assert train_timm.main(args) == 0
     return out / experiment
 
 
 @pytest.fixture(scope='module')
 def image_folder(tmp_path_factory) -> Path:
-    """A tiny image folder data set (train/ and validation/, one folder per class) of drawn shapes."""
-    root = tmp_path_factory.mktemp('shapes')
+    """A tiny image folder data set: train/ and validation/, one folder of random pictures per class."""
+    root = tmp_path_factory.mktemp('images')
     rng = np.random.default_rng(0)
     for split in ('train', 'validation'):
-        for c, name in enumerate(CLASSES):
+        for name in CLASSES:
             (root / split / name).mkdir(parents=True)
             for i in range(IMAGES_PER_CLASS):
-                img = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-                if name == 'circle':
-                    yy, xx = np.mgrid[:40, :40]
-                    img[(yy - 20) ** 2 + (xx - 20) ** 2 < (8 + i) ** 2] = 230
-                elif name == 'square':
-                    img[10 - i // 2:30 + i // 2, 10 - i // 2:30 + i // 2] = 230
-                else:
-                    img[:, i::4 + i] = 230
-                Image.fromarray(img).save(root / split / name / f'{name}{i}.png')
+                image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+                image.save(root / split / name / f'{name}{i}.png')
     return root
 
 
@@ -99,21 +80,12 @@ def _state(path: Path, ema: bool = False) -> dict:
     return model.state_dict()
 
 
-def test_train_writes_ssm_checkpoints(runs):
-    first = runs['first']
-    assert [r['epoch'] for r in _summary(first)] == ['0']
-    for name in ('last.pth.tar', 'model_best.pth.tar', 'args.yaml'):
-        assert (first / name).is_file(), name
-    state = _state(first / 'last.pth.tar')
-    assert state['head.weight'].shape == (3, 24 + 48 + 72 + 96) and state['head.bias'].shape == (4, 3)
-    assert state['head.norm.num_batches_tracked'] == 1  # one training step
-
-
 def test_resume_continues_where_it_stopped(runs):
     """Epoch 1 resumed from epoch 0's checkpoint ends with the weights, the head's BatchNorm buffers and the EMA of
     two epochs in one run: weights, optimizer momentum, the lr schedule (x0.1 after epoch 0) and EMA were restored."""
     resumed, straight = _summary(runs['resumed']), _summary(runs['straight'])
-    assert [r['epoch'] for r in resumed] == ['1']
+    assert [r['epoch'] for r in _summary(runs['first'])] == ['0'] and [r['epoch'] for r in resumed] == ['1']
+    assert _state(runs['first'] / 'last.pth.tar')['head.norm.num_batches_tracked'] == 1  # one step an epoch
     assert float(resumed[0]['lr']) == pytest.approx(0.005) == float(straight[1]['lr'])
     for ema in (False, True):
         a = _state(runs['resumed'] / 'last.pth.tar', ema=ema)
@@ -135,7 +107,7 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
               '--workers', '0']
     results = tmp_path / 'validate_ema.json'
     _launch('validate.py', *common, '--data-dir', str(data), '--checkpoint', str(run / 'model_best.pth.tar'),
-            '--use-ema', '-b', '12', '--results-file', str(results), '--results-format', 'json', cwd=tmp_path)
+            '--use-ema', '-b', '12', '--results-file', str(results), '--results-format', 'json')
     top1 = json.loads(results.read_text())['top1']
     best = max(_summary(run), key=lambda r: float(r['eval_top1']))
     assert top1 == pytest.approx(float(best['eval_top1']), abs=0.01)  # train.py's eval of the EMA weights
@@ -143,14 +115,14 @@ def test_validate_inference_benchmark_through_launcher(runs, tmp_path):
     pytest.importorskip('pandas', reason='timm\'s inference.py needs pandas')
     _launch('inference.py', *common, '--data-dir', str(data), '--checkpoint', str(run / 'last.pth.tar'),
             '--topk', '3', '--results-file', str(tmp_path / 'predictions.json'), '--results-format', 'json',
-            '--no-console-results', cwd=tmp_path)
+            '--no-console-results')
     predictions = json.loads((tmp_path / 'predictions.json').read_text())
     assert len(predictions) == len(CLASSES) * IMAGES_PER_CLASS
 
     bench = tmp_path / 'bench.json'
     _launch('benchmark.py', '--model', 'test_resnet_ssm', '--num-classes', '3', '--img-size', '32', '--device',
             'cpu', '-b', '4', '--bench', 'inference', '--num-warm-iter', '1', '--num-bench-iter', '5',
-            '--results-file', str(bench), '--results-format', 'json', cwd=tmp_path)
+            '--results-file', str(bench), '--results-format', 'json')
     assert json.loads(bench.read_text())['model'] == 'test_resnet_ssm'
 
 
@@ -169,7 +141,7 @@ def test_finetune_config_loads_pretrained_trunk(image_folder, tmp_path, hub_cach
             '--model', 'test_resnet_ssm.r160_in1k', '--num-classes', '3', '--img-size', '32', '--device', 'cpu',
             '--workers', '0', '-b', '12', '--epochs', '1', '--lr-base', '0', '--output', str(tmp_path),
             '--experiment', 'finetune']
-    _run(['bash', str(REPO / 'train_timm.sh'), *args], tmp_path)
+    assert train_timm.main(args) == 0
     run = tmp_path / 'finetune'
     state = _state(run / 'last.pth.tar')
     for key, value in base.state_dict().items():
@@ -182,7 +154,7 @@ def test_train_py_trains_the_table_4_controls(image_folder, tmp_path):
     """`--model-kwargs num_splits=2 split=False`: train.py trains two plain classifiers on all C channels, averaged."""
     args = [a for a in TRAIN_ARGS if a not in ('--model-ema', '--model-ema-decay', '0.5')]
     _launch('train.py', '--data-dir', str(image_folder), *args, '--epochs', '1', '--output', str(tmp_path),
-            '--experiment', '2fc', '--model-kwargs', 'num_splits=2', 'split=False', cwd=tmp_path)
+            '--experiment', '2fc', '--model-kwargs', 'num_splits=2', 'split=False')
     model = timm.create_model('test_resnet_ssm', num_classes=3, num_splits=2, split=False)
     load_checkpoint(model, str(tmp_path / '2fc' / 'last.pth.tar'), strict=True)
     state = model.state_dict()
@@ -207,7 +179,7 @@ def _args(model: str = 'test_resnet_ssm', lr_zero: bool = False, aug: bool = Fal
 def _train_py(data: Path, out: Path, experiment: str, *extra, **kwargs) -> dict:
     """One train.py epoch through the launcher; the state dict (not EMA) of its last checkpoint."""
     _launch('train.py', '--data-dir', str(data), *_args(**kwargs), '--output', str(out), '--experiment', experiment,
-            *extra, cwd=out)
+            *extra)
     return load_state_dict(str(out / experiment / 'last.pth.tar'), use_ema=False)
 
 
@@ -265,25 +237,20 @@ def test_train_py_pretrained_path_of_ssm_weights(image_folder, tmp_path):
             torch.testing.assert_close(state[k], v, msg=k)
 
 
-def test_train_py_pretrained_path_of_a_plain_model(image_folder, tmp_path, plain_checkpoint):
+@pytest.mark.parametrize('option', ['--pretrained-path', '--initial-checkpoint'])
+def test_train_py_starts_from_a_plain_model(image_folder, tmp_path, plain_checkpoint, option):
+    """A plain train.py checkpoint: the trunk loads it; with --initial-checkpoint the head starts as exactly the plain
+    classifier (the last sub-classifier is 4 times it, the others zero), with --pretrained-path it starts fresh."""
     plain = _weights(load_state_dict(str(plain_checkpoint), use_ema=False))
-    state = _train_py(image_folder, tmp_path, 'plain_file', '--pretrained', '--pretrained-path', str(plain_checkpoint),
-                      lr_zero=True)
-    for k, v in plain.items():
-        if not k.startswith('fc.'):
-            torch.testing.assert_close(state['trunk.' + k], v, msg=k)
-
-
-def test_train_py_initial_checkpoint_of_a_plain_model(image_folder, tmp_path, plain_checkpoint):
-    """--initial-checkpoint with a plain train.py checkpoint: the trunk loads it and the head starts as exactly the
-    plain classifier (the last sub-classifier is 4 times it, the others zero)."""
-    plain = _weights(load_state_dict(str(plain_checkpoint), use_ema=False))
-    state = _train_py(image_folder, tmp_path, 'plain_init', '--initial-checkpoint', str(plain_checkpoint),
-                      lr_zero=True)
+    state = _train_py(image_folder, tmp_path, 'plain', *['--pretrained'] * (option == '--pretrained-path'), option,
+                      str(plain_checkpoint), lr_zero=True)
     for k, v in plain.items():
         if not k.startswith('fc.'):
             torch.testing.assert_close(state['trunk.' + k], v, msg=k)
     weight, bias = state['head.weight'], state['head.bias']
-    torch.testing.assert_close(weight[:, -96:], 4 * plain['fc.weight'])
-    torch.testing.assert_close(bias[-1], 4 * plain['fc.bias'])
-    assert not weight[:, :-96].any() and not bias[:-1].any()
+    if option == '--initial-checkpoint':
+        torch.testing.assert_close(weight[:, -96:], 4 * plain['fc.weight'])
+        torch.testing.assert_close(bias[-1], 4 * plain['fc.bias'])
+        assert not weight[:, :-96].any() and not bias[:-1].any()
+    else:
+        assert not torch.equal(weight[:, -96:], 4 * plain['fc.weight'])

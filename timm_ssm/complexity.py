@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import timm
 
 from .head import SplitShareHead
+from .runs import number_in
 from .split_share import PAPER_MODELS, SUFFIX, base_model_name
 
 __all__ = ['count_params', 'head_macs', 'model_macs', 'model_complexity', 'profile', 'markdown_table']
@@ -101,10 +102,8 @@ def markdown_table(rows: List[Dict[str, float]]) -> str:
 def main(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(prog='python -m timm_ssm.complexity', description=__doc__.split('\n')[0])
     parser.add_argument('models', nargs='*', default=list(PAPER_MODELS), help='timm architectures (no _ssm)')
-    parser.add_argument('--num-classes', type=int, default=1000)
+    parser.add_argument('--num-classes', type=number_in(int, 1), default=1000, help='classes (default: 1000)')
     args = parser.parse_args(argv)
-    if args.num_classes < 1:
-        parser.error(f'argument --num-classes: {args.num_classes} is not a positive integer')
     unknown = [m for m in args.models if not timm.is_model(m.removesuffix(SUFFIX) + SUFFIX)]
     if unknown:
         parser.error(f'{", ".join(unknown)}: no timm architecture of that name (see timm.list_models(), e.g. '

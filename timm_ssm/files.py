@@ -63,7 +63,8 @@ def check_output(
         if any(Path(p).exists() and os.path.samefile(path, p) for p in inputs):
             raise RunError(f'{option} {path} is an input of this run, which would be lost: give another path.')
         if not overwrite:
-            raise RunError(f'{option} {path} already exists: give another path, or --overwrite to replace it.')
+            other = option if option.startswith('--') else 'path'
+            raise RunError(f'{option} {path} already exists: give another {other}, or --overwrite to replace it.')
     check_output_folder(path.parent, option)
     return path
 
@@ -74,14 +75,15 @@ def check_output_folder(folder: Union[str, Path], option: str) -> Path:
     folder = Path(folder).expanduser()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise RunError(f'{option} {folder} cannot be used as a folder: {existing} is a file. Give a folder.')
+        raise RunError(f'{option} {folder} cannot be used as a folder: {existing} is a file; give a folder.')
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f'{option} {folder} cannot be written: {existing} is not writable. Give a folder of yours.')
+        raise RunError(f'{option} {folder} cannot be written: {existing} is not writable; give a folder of yours.')
     return folder
 
 
 def write_error(path: Union[str, Path], error: OSError, kept: str = 'the results are printed above') -> str:
     """The message of a failed write (a full disk): why, that nothing half-written is left, and what is kept."""
-    reason = 'the disk is full' if error.errno in (errno.ENOSPC, errno.EDQUOT) else 'the write failed'
+    reason = 'the disk is full' if error.errno in (errno.ENOSPC, errno.EDQUOT) else \
+        'the file would exceed the size limit' if error.errno == errno.EFBIG else 'the write failed'
     return (f'Cannot write {path}: {reason} ({error.strerror or error}). No partial file is left and an earlier file '
             f'there is unchanged; {kept}. Free some space (or give another path) and run again.')

@@ -83,7 +83,8 @@ class SplitShareHead(nn.Module):
         if num_splits < 1:
             raise ValueError(f'SplitShareHead needs num_splits >= 1, got {num_splits}.')
         if not split and norm_all:
-            raise ValueError('split=False (plain parallel classifiers without norm) cannot be combined with norm_all=True.')
+            raise ValueError(
+                'split=False (plain parallel classifiers without norm) cannot be combined with norm_all=True.')
         if split and in_features % num_splits:
             divisors = [d for d in range(2, min(in_features, 16) + 1) if in_features % d == 0]
             raise ValueError(

@@ -27,14 +27,13 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 
 import timm
-from timm.data import create_dataset
 from timm.models import get_model_args, get_pretrained_cfg, load_model_config_from_hf, parse_model_name, save_for_hf
 from timm.utils import ParseKwargs
 
-from . import runs
 from .complexity import model_complexity
 from .files import RunError, check_output_folder
-from .runs import Run, class_names, create_run_model, load_run, run_data_config, split_head, weights_digest
+from .runs import (
+    Run, class_names, create_run_model, load_run, run_data_config, split_folder, split_head, weights_digest)
 
 __all__ = ['main', 'export', 'model_card', 'write_export', 'read_evaluation', 'HubError']
 
@@ -62,10 +61,9 @@ class HubError(Exception):
     """The Hub could not be reached or refused a request."""
 
 
-_INPUT_ERRORS = (RunError, getattr(runs, 'RunError', RunError))  # runs' own RunError, until it imports files'
 
 
-def label_names(run: Run, num_classes: int, label_file: Optional[str] = None) -> Tuple[Optional[List[str]], str]:
+def label_names(run: Run, model, label_file: Optional[str] = None) -> Tuple[Optional[List[str]], str]:
     """Class names in classifier order from `label_file` (one a line, or a JSON list), else from the run's data set
     as timm's `create_dataset` opens it; and where they came from, or why there are none."""
     if label_file:
@@ -74,35 +72,12 @@ def label_names(run: Run, num_classes: int, label_file: Optional[str] = None) ->
             names = [str(n).strip() for n in (json.loads(text) if label_file.endswith('.json') else text.splitlines())]
         except (OSError, ValueError) as e:
             raise RunError(f'Cannot read --label-names {label_file} ({e}): give a file of class names, one a line.')
-        if len([n for n in names if n]) != num_classes:
-            raise RunError(f'--label-names {label_file} does not have the model\'s {num_classes} class names: give '
-                           f'one a line, in class order.')
+        if len([n for n in names if n]) != model.num_classes:
+            raise RunError(f'--label-names {label_file} does not have the model\'s {model.num_classes} class names: '
+                           f'give one a line, in class order.')
         return [n for n in names if n], f'from {label_file}'
-    dataset, root = run.args.get('dataset') or '', run.args.get('data_dir') or run.args.get('data')
-    names, why = None, 'the run names no data set here'
-    try:  # not hfds/, tfds/, wds/: they would download
-        if root and ('/' not in dataset or dataset.lower().startswith('torch/')):
-            names = class_names(create_dataset(dataset, root=root, split=run.args.get('val_split') or 'validation',
-                                               class_map=run.args.get('class_map') or None, download=False))
-    except Exception as e:  # noqa: the run's data set is not on this machine: publish without names
-        why = f'cannot open the run\'s data set here: {e}'
-    if not names or len(names) != num_classes:
-        why = f'the run\'s data set has {len(names)} classes, the model {num_classes}' if names else why
-        return None, f'none ({why}; give them with --label-names FILE)'
-    return names, f'from the run\'s data set {dataset or root}'
-
-
-def _split_folder(root: Optional[str], split: str, dataset: str = '') -> Optional[str]:
-    """The folder (real path) timm's `create_dataset` reads for `split` of an image folder or tar data set: the
-    split's sub-folder, else a synonym's, else the root itself; None for a named data set (torch/, hfds/, ...)."""
-    prefix, _, name = (dataset or '').lower().partition('/')
-    if name and not (prefix == 'torch' and name in ('folder', 'image_folder')):
-        return None
-    split = (split or '').split('[')[0]
-    for name in (split, *next((s for s in _SPLIT_SYNONYMS if split in s), ())):
-        if root and os.path.isdir(root) and os.path.exists(os.path.join(root, name)):
-            return os.path.realpath(os.path.join(root, name))
-    return os.path.realpath(root or '.')
+    names = class_names(run, model)
+    return (names, "from the run's training classes") if names else (None, 'none (give them with --label-names FILE)')
 
 
 def _evaluated_split(run: Run, data: Dict[str, Any]) -> Tuple[str, str]:
@@ -110,10 +85,12 @@ def _evaluated_split(run: Run, data: Dict[str, Any]) -> Tuple[str, str]:
     and its split as the card names it: the folder timm read, relative to the run's data folder."""
     ours, theirs = run.args.get('dataset') or '', data.get('dataset') or ''
     root = run.args.get('data_dir') or run.args.get('data')
-    train = _split_folder(root, run.args.get('train_split') or 'train', ours)
-    # evaluate's JSON names the folder it read (`split_folder`); an older one is resolved here the same way
-    folder = data.get('split_folder') or _split_folder(data.get('data_dir'), data.get('split'), theirs)
-    folder = folder and os.path.realpath(folder)
+    try:
+        train = split_folder(root, run.args.get('train_split') or 'train', ours)
+        folder = data.get('split_folder') or split_folder(data.get('data_dir'), data.get('split'), theirs)
+    except RunError:  # the run's data is not on this machine
+        return 'other', data.get('split') or 'all splits'
+    train, folder = train and str(train), folder and os.path.realpath(folder)
     if not root or (train is None) != (folder is None) or (train is None and ours.lower() != theirs.lower()):
         return 'other', theirs or Path(folder).name
     if train is None:  # a named data set (torch/, hfds/, ...): split names, as create_dataset reads them
@@ -333,7 +310,7 @@ def export(args: argparse.Namespace, run: Run, out: Path) -> nn.Module:
         raise RunError(f'{args.model or run.args.get("model")} is not an SSM model (<arch>_ssm), which this tool '
                        f'publishes: give the SSM architecture the run trained with --model.')
     data_config = run_data_config(run, model)
-    names, note = label_names(run, model.num_classes, args.label_names)
+    names, note = label_names(run, model, args.label_names)
     print(f'Label names: {note}')
     path = Path(args.eval_json) if args.eval_json else run.folder / 'eval_test.json'
     evaluation, note = read_evaluation(run, weights_digest(model), path, bool(args.eval_json), args.use_ema)
@@ -471,7 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'Uploaded: {info.commit_url}\nLoad it with: import timm, timm_ssm; timm.create_model('
               f'\'hf-hub:{args.repo_id}\', pretrained=True) (pip install timm-ssm: {PROJECT_URL})')
         return 0
-    except (*_INPUT_ERRORS, HubError) as e:
+    except (RunError, HubError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1 if isinstance(e, HubError) else 2
 
