@@ -29,12 +29,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import timm
 import torch
-import yaml
 from scipy.stats import binomtest, t as student_t, ttest_rel
 
 from .files import RunError, atomic_write, check_output_folder
 from .process import Children, Stopped
-from .timm_source import parse_train_args, train_parser
+from .runs import split_folder
+from .timm_source import parse_train_args
 
 __all__ = ['main', 'variant_model', 'paired', 'holm', 'verdict', 'headline', 'subset_folder']
 
@@ -126,30 +126,42 @@ class Task:
             return record if (record['train_args'], record['eval_args']) == (self.train_args, self.eval_args) else None
 
 
+def _part(log: str, epochs: int) -> float:
+    """How far a training run is, from the last `Train: EPOCH [BATCH/BATCHES` line of train.py's log."""
+    with contextlib.suppress(OSError), open(log, 'rb') as f:
+        f.seek(max(0, os.path.getsize(log) - 8192))
+        if found := re.findall(rb'Train: (\d+) \[\s*(\d+)/(\d+)', f.read()):
+            return (int(found[-1][0]) + (int(found[-1][1]) + 1) / int(found[-1][2])) / epochs
+    return 0.0
+
+
 def say(study, text: str):
     """Print a progress line with the time left for the study, from the runs done and the epochs of those training."""
-    work = study.done + sum(study.parts.values())
+    work = study.done + sum(_part(log, study.epochs) for log in list(study.running.values()))
     left = (time.perf_counter() - study.start) / work * (study.total - work) / 60 if work else 0
-    study.shown = time.perf_counter()
     print(f'{text}; ' + (f'about {left:.0f} min left for the study' if work else 'time left unknown yet'),
           file=study.stdout, flush=True)
+
+
+def watch(study, stop: threading.Event):
+    """Say where every training run is, once a minute."""
+    while not stop.wait(PROGRESS_SECONDS):
+        if running := list(study.running.items()):
+            say(study, f'[{study.done}/{study.total} done] ' + ', '.join(
+                f'{n} at epoch {_part(log, study.epochs) * study.epochs:.1f} of {study.epochs}' for n, log in running))
 
 
 def run_task(task: Task, study) -> dict:
     """Train one run (a child process), evaluate it (in this process, one at a time); its record."""
     shutil.rmtree(task.dir, ignore_errors=True)  # unfinished or trained otherwise (names are plain: inside --out)
     start, log = time.perf_counter(), os.path.join(study.runs, f'{task.name}.log')
-    with open(log, 'w') as f:
-        def on_line(line: str):  # train.py's log: the epoch and batch of this run, said at most once a minute
-            f.write(line)
-            if found := re.search(r'Train: (\d+) \[\s*(\d+)/(\d+)', line):
-                study.parts[task.name] = (int(found[1]) + (int(found[2]) + 1) / int(found[3])) / study.epochs
-                if time.perf_counter() - study.shown > PROGRESS_SECONDS:
-                    say(study, f'[{study.done}/{study.total} done] ' + ', '.join(
-                        f'{n} at epoch {p * study.epochs:.1f} of {study.epochs}' for n, p in list(study.parts.items())))
-        code = study.children.run([sys.executable, '-m', 'timm_ssm.launch', 'train.py', *task.train_args],
-                                  env=study.env, stderr=subprocess.STDOUT, on_line=on_line)
-    study.parts.pop(task.name, None)
+    study.running[task.name] = log
+    try:
+        with open(log, 'w') as f:
+            code = study.children.run([sys.executable, '-m', 'timm_ssm.launch', 'train.py', *task.train_args],
+                                      env=study.env, stdout=f, stderr=subprocess.STDOUT)
+    finally:
+        study.running.pop(task.name)
     if code != 0:
         raise RuntimeError(f'{task.name}: train.py failed (exit code {code}), see {log}')
     from .evaluate import main as evaluate
@@ -374,27 +386,6 @@ def plot(result: dict, margin: float, path: str):
     atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100))
 
 
-def _given(rest: List[str], dests: Sequence[str]) -> List[str]:
-    """The train.py options among `dests` that `rest` (or its -c config file) sets, however they are spelled."""
-    config_parser, train = train_parser()
-    config, remaining = config_parser.parse_known_args(rest)
-    keys = set(yaml.safe_load(Path(config.config).read_text()) or {}) if config.config else set()
-    unset = object()
-    train.set_defaults(**dict.fromkeys(dests, unset))
-    ns, _ = train.parse_known_args(remaining)
-    return [d for d in dests if d in keys or getattr(ns, d) is not unset]
-
-
-def _split(root: str, dataset: str, split: str, option: str):
-    """timm's reader of a split of an image folder (`reader.root`: the folder it reads), or the split's name."""
-    if dataset:
-        return argparse.Namespace(root=f'{dataset}:{split}')
-    reader = timm.data.create_dataset('', root=root, split=split).reader
-    if os.path.realpath(reader.root) == os.path.realpath(root):
-        raise RunError(f'{option} {split}: {root} has no {split} folder: give a split folder of it.')
-    return reader
-
-
 def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     """The study a command line asks for, checked before any run starts; a RunError says what is wrong."""
     if args.model.split('.')[0].endswith('_ssm') or not timm.is_model(args.model.split('.')[0] + '_ssm'):
@@ -405,7 +396,7 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
                                tune_seeds=list(dict.fromkeys(args.tune_seeds)), out=os.path.abspath(args.out),
                                model_kwargs=args.model_kwargs, failed=[], picks={}, best=None, tasks=[],
                                tune=dict(_tune_values(text) for text in args.tune), eval_lock=threading.Lock(),
-                               done=0, parts={}, stdout=sys.stdout)
+                               done=0, running={}, stdout=sys.stdout)
     for v in study.variants:
         variant_model(args.model, v)  # a RunError for an unknown one
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
@@ -426,8 +417,10 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
             raise RunError(f'--primary {a}-{b}: bestplain is picked on the tuning split: give --tune (and a plain '
                            f'head, baseline or kfc) or name the variant, such as {a}-{plain[0] if plain else "1fc"}.')
     check_output_folder(study.out, '--out')
-    parse_train_args(rest + [a for k, vs in study.tune.items() for v in vs for a in (f'--{k.replace("_", "-")}', v)])
-    for dest in _given(rest, OWNED + tuple(study.tune)):
+    parse_train_args([a for k, vs in study.tune.items() for v in vs for a in (f'--{k.replace("_", "-")}', v)])
+    unset = object()  # a default that tells an option given on the command line or in its -c file
+    given = vars(parse_train_args(rest, **dict.fromkeys(OWNED + tuple(study.tune), unset)))
+    for dest in (d for d in OWNED + tuple(study.tune) if given[d] is not unset):
         if dest in study.tune:
             raise RunError(f'--{dest.replace("_", "-")} conflicts with --tune {dest}=...: give one of them.')
         raise RunError(f'--{dest.replace("_", "-")} is set by the study per run: give --seeds, --out, --model, '
@@ -443,23 +436,24 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     study.val_split = args.val_split or ('test' if fashion_mnist else 'validation')
     if (args.train_subset or args.tune_subset) and args.dataset:
         raise RunError('--train-subset and --tune-subset take an image folder: leave out --dataset.')
-    train = _split(study.data_dir, args.dataset, args.train_split, '--train-split')
-    val = _split(study.data_dir, args.dataset, study.val_split, '--val-split')
-    tune = _split(study.data_dir, args.dataset, study.tune_split, '--tune-split') if study.tune else None
-    roots = {'--train-split': train.root, '--val-split': val.root, **({'--tune-split': tune.root} if tune else {})}
+    splits = {'--train-split': args.train_split, '--val-split': study.val_split, '--tune-split': study.tune_split}
+    roots = {o: split_folder(study.data_dir, sp, args.dataset) or f'{args.dataset}:{sp}' for o, sp in splits.items()
+             if study.tune or o != '--tune-split'}
     if len(set(roots.values())) < len(roots):
         raise RunError(', '.join(f'{o} reads {r}' for o, r in roots.items()) + ': give each a split folder of its own '
                        '(the tuning split is held out of the training images and is never the reported one).')
+    reader = lambda split: timm.data.create_dataset('', root=study.data_dir, split=split).reader  # noqa: E731
+    train = reader(args.train_split) if not args.dataset else None
     train_root, study.train_name = study.data_dir, f'the `{args.train_split}` split of {study.data_dir}'
     study.tune_root, study.tune_name = study.data_dir, f'`{study.tune_split}`'
     if args.train_subset:
         train_root = subset_folder(train, args.train_split, args.train_subset, study.out, '--train-subset')
         study.train_name = f'a class-balanced draw of {args.train_subset:,} images of `{args.train_split}`'
-    if tune and args.tune_subset:
-        study.tune_root = subset_folder(tune, study.tune_split, args.tune_subset, study.out, '--tune-subset')
+    if study.tune and args.tune_subset:
+        study.tune_root = subset_folder(reader(study.tune_split), study.tune_split, args.tune_subset, study.out, '--tune-subset')
         study.tune_name = f'a class-balanced draw of {args.tune_subset:,} images of `{study.tune_split}`'
     study.data_name = 'Fashion-MNIST' if fashion_mnist else f'{args.dataset or "the image folder"} {study.data_dir}'
-    classes = len(train.class_to_idx) if hasattr(train, 'class_to_idx') else None
+    classes = len(train.class_to_idx) if train else None
     study.train_args = [*(RECIPE if fashion_mnist else []), *(['--num-classes', str(classes)] if classes else []),
                         *rest, '--data-dir', train_root, *(['--dataset', args.dataset] if args.dataset else []),
                         '--train-split', args.train_split, '--val-split', '', '--device', args.device]
@@ -526,7 +520,8 @@ def main(argv: Optional[List[str]] = None):
     else:
         atomic_write(saved, lambda f: json.dump(dict(argv=study.argv), f, indent=1), mode='w')
         study.total = sum(t.name not in records for t in study.tune_tasks) + len(study.variants) * len(study.seeds)
-        study.start = study.shown = time.perf_counter()
+        study.start, stop = time.perf_counter(), threading.Event()
+        threading.Thread(target=watch, args=(study, stop), daemon=True).start()
         with Children() as study.children:  # SIGTERM, SIGHUP, Ctrl-C stop every run; finished ones are kept
             try:
                 records = run_all(study, study.tune_tasks) if study.tune_tasks else {}
@@ -534,10 +529,12 @@ def main(argv: Optional[List[str]] = None):
                     pick(study, records)
                     study.total = study.done + sum(t.finished() is None for t in study.tasks)
                     records.update(run_all(study, study.tasks))
-            except Stopped as stop:
-                print(f'{stop}: the finished runs are kept in {study.runs}; run the same command again to train '
+            except Stopped as e:
+                print(f'{e}: the finished runs are kept in {study.runs}; run the same command again to train '
                       f'the rest, or add --report.', file=sys.stderr)
-                sys.exit(stop.exit_code)
+                sys.exit(e.exit_code)
+            finally:
+                stop.set()
     if not any(t.name in records for t in study.tasks):
         sys.exit('\n'.join(study.failed + [f'No finished reported runs in {study.runs}.']))
     result = report(study, records, time.perf_counter() - start)
