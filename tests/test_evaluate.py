@@ -182,7 +182,7 @@ def test_local_dir_and_data_config_from_the_run(image_folder, tmp_path):
 
     gray = timm.create_model('test_resnet_ssm', num_classes=K, in_chans=1)
     ema = {k: torch.zeros_like(v) if k.startswith('head.') else v for k, v in gray.state_dict().items()}
-    ema['head.bias'][:, 2] = 1.  # EMA weights that always predict class 2
+    ema['head.bias'].view(4, K)[:, 2] = 1.  # EMA weights that always predict class 2
     args = argparse.Namespace(model='test_resnet_ssm', num_classes=K, in_chans=None, input_size=[1, IMG_SIZE, 36],
                               mean=[0.4], std=[0.2], crop_pct=1.0, interpolation='bilinear', model_kwargs={})
     torch.save({'state_dict': gray.state_dict(), 'state_dict_ema': ema, 'args': args}, tmp_path / 'gray.pth.tar')

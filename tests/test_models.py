@@ -80,7 +80,7 @@ def test_model_contract(model_name):
     state_dict = model.state_dict() if model.num_classes else timm.create_model(model_name).state_dict()
     assert cfg['classifier'] == 'head'  # head.weight and head.bias hold every sub-classifier
     assert state_dict['head.weight'].shape == (1000, sum(model.head.widths))
-    assert state_dict['head.bias'].shape == (4, 1000)
+    assert state_dict['head.bias'].shape == (4 * 1000,)  # 1-D, as a Linear's
     first_conv = (cfg['first_conv'],) if isinstance(cfg['first_conv'], str) else cfg['first_conv']
     for name in first_conv:
         assert name + '.weight' in state_dict
@@ -104,7 +104,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(model_name):
 def test_num_splits_and_norm_all_options():
     model = timm.create_model('test_resnet_ssm', num_splits=8, norm_all=True, num_classes=5)
     assert model.head.num_splits == 8 and model.head.norm_all
-    assert model.pretrained_cfg['classifier'] == 'head' and model.head.bias.shape == (8, 5)
+    assert model.pretrained_cfg['classifier'] == 'head' and model.head.bias.shape == (8 * 5,)
     assert model.forward_splits(torch.randn(2, 3, SIZE, SIZE)).shape == (2, 8, 5)
     with pytest.raises(ValueError, match=r'C=96 .* n=5'):
         timm.create_model('test_resnet_ssm', num_splits=5)
@@ -212,12 +212,15 @@ def test_weight_decay_groups_as_for_a_plain_classifier(layer_decay):
     from timm.optim import create_optimizer_v2
     model = timm.create_model('test_vit_ssm', num_classes=5)
     assert model.get_classifier() is model.head
-    assert {'trunk.pos_embed', 'head.bias'} <= model.no_weight_decay()
-    optimizer = create_optimizer_v2(model, 'adamw', weight_decay=0.05, layer_decay=layer_decay)
-    names = {id(p): n for n, p in model.named_parameters()}
-    decay = {names[id(p)]: g['weight_decay'] for g in optimizer.param_groups for p in g['params']}
-    assert decay['head.weight'] == 0.05
-    assert decay['head.bias'] == decay['head.norm.weight'] == decay['head.norm.bias'] == 0
+    assert model.no_weight_decay() == {'trunk.' + n for n in timm.create_model('test_vit').no_weight_decay()}
+    for filter_bias_and_bn in (True, False):
+        optimizer = create_optimizer_v2(
+            model, 'adamw', weight_decay=0.05, layer_decay=layer_decay, filter_bias_and_bn=filter_bias_and_bn)
+        names = {id(p): n for n, p in model.named_parameters()}
+        decay = {names[id(p)]: g['weight_decay'] for g in optimizer.param_groups for p in g['params']}
+        assert decay['head.weight'] == 0.05
+        bias_decay = 0 if filter_bias_and_bn else 0.05  # as a plain Linear's bias, 1-D
+        assert decay['head.bias'] == decay['head.norm.weight'] == decay['head.norm.bias'] == bias_decay
 
 
 def test_bn_momentum_and_eps_reach_the_heads_batchnorm():
@@ -376,7 +379,7 @@ def test_one_split(norm_all):
     out = model(x)
     assert out.shape == (2, 5) and model.forward_splits(x).shape == (2, 1, 5)
     out.sum().backward()
-    assert model.head.weight.shape == (5, model.head_hidden_size) and model.head.bias.shape == (1, 5)
+    assert model.head.weight.shape == (5, model.head_hidden_size) and model.head.bias.shape == (5,)
 
 
 def test_scripted_model_has_forward_splits():
@@ -417,7 +420,7 @@ def test_table_4_controls():
     assert splits.shape == (2, 3, 10)
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-        blocks = zip(model.head.weight.split(model.head.widths, 1), model.head.bias)
+        blocks = zip(model.head.weight.split(model.head.widths, 1), model.head.bias.view(model.head.num_splits, -1))
         expected = torch.stack([torch.nn.functional.linear(pooled, w, b) for w, b in blocks], 1)
         torch.testing.assert_close(splits, expected)
         torch.testing.assert_close(model(x), splits.mean(1))

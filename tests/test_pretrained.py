@@ -147,7 +147,7 @@ def test_hf_hub_fine_tune_drops_only_final_linears(hub_cache, tmp_path):
     source = model.state_dict()
     for k, v in tuned.state_dict().items():
         if k in ('head.weight', 'head.bias'):
-            assert v.shape[-1 if k == 'head.bias' else 0] == 3
+            assert v.shape[0] == (4 * 3 if k == 'head.bias' else 3)
         else:
             torch.testing.assert_close(v, source[k], msg=k)  # trunk and the head's BatchNorm
 
@@ -292,3 +292,15 @@ def test_ssm_weights_without_some_trunk_tensors_say_so_without_strict(caplog):
     with caplog.at_level(logging.WARNING):
         timm.create_model('test_resnet_ssm', num_classes=5).load_state_dict(state, strict=False)
     assert 'lack 1 of the 90 tensors of the test_resnet trunk, such as trunk.conv1.0.weight' in caplog.text
+
+
+def test_checkpoints_with_the_n_by_k_bias_of_earlier_releases_load(tmp_path):
+    model = _trained_ssm()
+    state = model.state_dict()
+    state['head.bias'] = state['head.bias'].view(4, -1).clone()
+    torch.save({'state_dict': state}, tmp_path / 'last.pth.tar')
+    loaded = timm.create_model('test_resnet_ssm', num_classes=5).eval()
+    load_checkpoint(loaded, str(tmp_path / 'last.pth.tar'))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

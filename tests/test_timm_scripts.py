@@ -15,7 +15,7 @@ from PIL import Image
 from timm.models import load_checkpoint, load_state_dict
 from timm.utils import random_seed
 
-from timm_ssm import launch, train_timm
+from timm_ssm import evaluate, launch, train_timm
 
 pytestmark = pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py and validate.py: set '
                                 'TIMM_ROOT to a pytorch-image-models checkout')
@@ -159,7 +159,7 @@ def test_train_py_trains_the_table_4_controls(image_folder, tmp_path):
     load_checkpoint(model, str(tmp_path / '2fc' / 'last.pth.tar'), strict=True)
     state = model.state_dict()
     assert sorted(k for k in state if k.startswith('head.')) == ['head.bias', 'head.weight']
-    assert state['head.weight'].shape == (3, 2 * model.head_hidden_size) and state['head.bias'].shape == (2, 3)
+    assert state['head.weight'].shape == (3, 2 * model.head_hidden_size) and state['head.bias'].shape == (2 * 3,)
     first, second = state['head.weight'].chunk(2, 1)
     assert not torch.equal(first, second)  # two classifiers, trained
 
@@ -204,7 +204,7 @@ def test_train_py_head_init_scale_and_bias(image_folder, tmp_path):
     random_seed(42, 0)  # train.py's --seed, before it creates the model
     init = timm.create_model('test_resnet_ssm', num_classes=3).state_dict()
     torch.testing.assert_close(state['head.weight'], init['head.weight'] * 0.5)
-    assert state['head.bias'].shape == (4, 3) and torch.all(state['head.bias'] == -2)
+    assert state['head.bias'].shape == (4 * 3,) and torch.all(state['head.bias'] == -2)
     for k, v in _weights(init).items():
         if not k.startswith('head.'):
             torch.testing.assert_close(state[k], v, msg=k)
@@ -218,6 +218,16 @@ def test_train_py_augmix_with_split_bn(image_folder, tmp_path):
         assert not torch.equal(state[prefix + 'aux_bn.0.running_mean'], state[prefix + 'running_mean'])
     assert state['head.norm.num_batches_tracked'] == 1
     assert [r['epoch'] for r in _summary(tmp_path / 'augmix')] == ['0']
+    # the tools read the run as validate.py reads it cleaned (clean_checkpoint.py --clean-aux-bn drops aux_bn)
+    cleaned = tmp_path / 'cleaned.pth'
+    torch.save({k: v for k, v in state.items() if 'aux_bn' not in k}, cleaned)
+    common = ['--model', 'test_resnet_ssm', '--num-classes', '3', '--img-size', '32', '--device', 'cpu', '-j', '0']
+    results = tmp_path / 'validate.json'
+    _launch('validate.py', *common, '--data-dir', str(image_folder), '--split', 'validation', '--checkpoint',
+            str(cleaned), '--results-file', str(results), '--results-format', 'json')
+    result = evaluate.main(['--checkpoint', str(tmp_path / 'augmix' / 'last.pth.tar'), '--data-dir',
+                            str(image_folder), '--split', 'validation', '--device', 'cpu', '-j', '0', '--no-progress'])
+    assert result['models'][0]['top1'] == pytest.approx(json.loads(results.read_text())['top1'], abs=0.01)
 
 
 def test_train_py_pretrained_path_of_ssm_weights(image_folder, tmp_path):
@@ -247,7 +257,7 @@ def test_train_py_starts_from_a_plain_model(image_folder, tmp_path, plain_checkp
     for k, v in plain.items():
         if not k.startswith('fc.'):
             torch.testing.assert_close(state['trunk.' + k], v, msg=k)
-    weight, bias = state['head.weight'], state['head.bias']
+    weight, bias = state['head.weight'], state['head.bias'].view(4, -1)
     if option == '--initial-checkpoint':
         torch.testing.assert_close(weight[:, -96:], 4 * plain['fc.weight'])
         torch.testing.assert_close(bias[-1], 4 * plain['fc.bias'])

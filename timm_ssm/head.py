@@ -10,9 +10,9 @@ output is the mean of the n logits. `split=False` gives the paper's Table 4 cont
 classifiers, each on all C channels, averaged.
 
 All normalized prefixes go through one BatchNorm over their concatenation, and the n sub-classifiers are the blocks
-of one weight on the concatenated prefixes (`weight`, K x the sum of the prefix widths, with one bias per
-sub-classifier in `bias`, n x K): the averaged output is one matmul, and `weight` and `bias` scale and shift it as
-those of a plain Linear classifier do.
+of one weight on the concatenated prefixes (`weight`, K x the sum of the prefix widths) with one bias each (`bias`,
+n x K stored flat, 1-D as a Linear's bias, so timm's optimizer exempts it from weight decay as it does a Linear's):
+the averaged output is one matmul, and `weight` and `bias` scale and shift it as those of a plain Linear do.
 """
 import hashlib
 import math
@@ -124,7 +124,7 @@ class SplitShareHead(nn.Module):
             self.norm = nn.BatchNorm2d(sum(self.widths[:self.num_norm]), **self.norm_kwargs, **dd)
             self.norm.train(self.training)
         self.weight = nn.Parameter(torch.empty(num_classes, sum(self.widths), **dd)) if num_classes else None
-        self.bias = nn.Parameter(torch.empty(self.num_splits, num_classes, **dd)) if num_classes else None
+        self.bias = nn.Parameter(torch.empty(self.num_splits * num_classes, **dd)) if num_classes else None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -140,7 +140,7 @@ class SplitShareHead(nn.Module):
         for i, width in enumerate(self.widths):
             bound = 1 / math.sqrt(width)  # nn.Linear's default: kaiming_uniform_(a=sqrt(5)), bias U(-1/sqrt(fan_in))
             weight[:, start:start + width].uniform_(-bound, bound, generator=generator)
-            bias[i].uniform_(-bound, bound, generator=generator)
+            bias[i * self.num_classes:(i + 1) * self.num_classes].uniform_(-bound, bound, generator=generator)
             start += width
         self.weight.copy_(weight)  # drawn on the CPU: the same values on every device
         self.bias.copy_(bias)
@@ -165,9 +165,9 @@ class SplitShareHead(nn.Module):
                 f'{self.num_classes} classes on {self.in_features} features.')
         new_weight = weight.new_zeros(self.num_classes, sum(self.widths))
         new_weight[:, -self.in_features:] = weight.detach() * self.num_splits  # the last block: all C channels
-        new_bias = weight.new_zeros(self.num_splits, self.num_classes)
+        new_bias = weight.new_zeros(self.num_splits * self.num_classes)
         if bias is not None:
-            new_bias[-1] = bias.detach() * self.num_splits
+            new_bias[-self.num_classes:] = bias.detach() * self.num_splits
         return new_weight, new_bias
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,6 +197,7 @@ class SplitShareHead(nn.Module):
                 'forward_splits() needs sub-classifiers, but this head has num_classes=0 (pooled features out): '
                 'call reset_classifier(num_classes) first.')
         u = self._inputs(x)
+        bias = bias.view(self.num_splits, -1)
         logits = []
         start = 0
         for i, width in enumerate(self.widths):
@@ -209,7 +210,8 @@ class SplitShareHead(nn.Module):
         if pre_logits or weight is None or bias is None:
             return x
         # the mean of the n sub-classifiers' logits: one matmul over the concatenated prefixes
-        return torch.addmm(bias.mean(0), self._inputs(x), weight.t(), alpha=1.0 / self.num_splits)
+        bias = bias.view(self.num_splits, -1).mean(0)
+        return torch.addmm(bias, self._inputs(x), weight.t(), alpha=1.0 / self.num_splits)
 
 
 class IndividualLoss(nn.Module):

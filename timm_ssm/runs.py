@@ -200,6 +200,13 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
     return run
 
 
+def _without_aux_bn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """A train.py --split-bn checkpoint as `clean_checkpoint.py --clean-aux-bn` leaves it: the main BatchNorms run at
+    inference (SSM models drop aux_bn on load themselves; this does it for every model)."""
+    own = model.state_dict()
+    return {k: v for k, v in state_dict.items() if '.aux_bn.' not in k or k in own}
+
+
 def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool = False,
                      overrides: Optional[Dict[str, Any]] = None, device=None) -> nn.Module:
     """The run's model as train.py built it (`model_name` instead of the run's), with the run's weights (its EMA
@@ -227,7 +234,7 @@ def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool =
                        f'trained with (--model, --model-kwargs).') from e
     if run.checkpoint is not None:
         try:
-            load_checkpoint(model, str(run.checkpoint), use_ema=use_ema)
+            load_checkpoint(model, str(run.checkpoint), use_ema=use_ema, filter_fn=_without_aux_bn)
         except Exception as e:  # noqa  a state dict of another model, or entries that are no state dict
             raise RunError(f'The weights in {run.checkpoint} do not fit {what}: give the --model, --num-classes, '
                            f'--in-chans and --model-kwargs it was trained with.\n{e}') from e

@@ -165,6 +165,9 @@ class SplitShareNet(nn.Module):
         trunk_keys = set(self.trunk.state_dict())
         arch = self.trunk.pretrained_cfg.get('architecture') or type(self.trunk).__name__
         if any(k.startswith('trunk.') for k in keys):
+            bias = state_dict.get(f'{prefix}head.bias')
+            if bias is not None and bias.ndim == 2:  # the n x K bias of earlier releases, flat now
+                state_dict[f'{prefix}head.bias'] = bias.flatten()
             missing = [k for k in trunk_keys if f'{prefix}trunk.{k}' not in state_dict]
             if missing:  # said also where the caller loads without strict (train.py --pretrained-path)
                 _logger.warning(
@@ -239,10 +242,8 @@ class SplitShareNet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
-        """The trunk's names under `trunk.`, and the head's bias: n x K, no weight decay as a plain classifier's bias
-        (timm's optimizer factory exempts only 1-D parameters from weight decay under `layer_decay`)."""
         no_wd = self.trunk.no_weight_decay() if hasattr(self.trunk, 'no_weight_decay') else set()
-        return {'trunk.' + n for n in no_wd} | {'head.bias'}
+        return {'trunk.' + n for n in no_wd}
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
