@@ -139,10 +139,10 @@ def test_pretrained_study_starts_every_trunk_from_the_file(folder, tmp_path, chi
     study.main(_argv(folder, out, '--variants', 'baseline', 'bn1fc', 'ssm', '--seeds', '0', '--lr', '1e-9',
                      '--pretrained-path', str(tmp_path / 'weights.pth')))
     trunk = [n for n, _ in timm.create_model('test_efficientnet').named_parameters() if not n.startswith('classifier')]
-    for variant, prefix in (('baseline', ''), ('bn1fc', 'trunk.'), ('ssm', 'trunk.')):
+    for variant, prefix, heads in (('baseline', '', 1), ('bn1fc', 'trunk.', 1), ('ssm', 'trunk.', 4)):
         state = _load(out / 'runs' / f'{variant}-seed0')['state_dict']  # lr 1e-9: the weights it started from
         assert all(torch.allclose(state[prefix + n], weights[n], atol=1e-6) for n in trunk), variant
-        assert state['classifier.bias' if variant == 'baseline' else 'head.bias'].shape[-1] == 3  # a fresh head
+        assert state['classifier.bias' if variant == 'baseline' else 'head.bias'].numel() == 3 * heads  # fresh
     assert sorted(p.name for p in (out / 'runs').iterdir() if p.is_dir()) == ['baseline-seed0', 'bn1fc-seed0',
                                                                                'ssm-seed0']  # no tuning runs
     report = (out / 'study.md').read_text()
