@@ -70,6 +70,7 @@ BLOCKS: Dict[str, Treatment] = {
     'the head vs a plain one': FLAGS,
     'evidence.md: export TIMM_ROOT=/path/to/pytorch-image-models     # timm\'s train.py (or the cached copy of '
     'timm\'s source)': FLAGS,
+    'evidence.md: python benchmarks/lite0_weights.py                  # once: the mapped weights, see above': FLAGS,
     'hub.md: RUN=$(ls -d output/train/fashion_mnist-* | tail -1)          # the default run\'s folder, or any '
     'train.py run': SKIP('uploads to the Hub (hf auth login)'),
     'hub.md: import timm': SKIP('ORG/NAME is a placeholder'),
@@ -182,6 +183,8 @@ def _check_flags(words: List[str], env: Dict[str, str]):
     what = ' '.join(words)
     if re.match(r'^\w+=', words[0]) and len(words) == 1:
         return  # VAR=value
+    if re.match(r'^\w+=\$\(', words[0]):  # VAR=$(command ...)
+        words = [words[0].split('$(', 1)[1], *words[1:-1], words[-1].rstrip(')')]
     while re.match(r'^\w+=', words[0]):
         words = words[1:]  # VAR=value command
     program = words[0]

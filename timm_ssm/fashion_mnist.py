@@ -158,15 +158,17 @@ def prepare_fashion_mnist_folder(
                        f'it, delete it (rm -r {folder}) and run again.')
 
 
+parser = argparse.ArgumentParser(
+    prog='python -m timm_ssm.fashion_mnist',
+    description='Prepare Fashion-MNIST for timm (--dataset torch/fashion_mnist --data-dir ROOT) and print ROOT.')
+parser.add_argument('root', nargs='?', default=None, help=f'data folder (default: {default_root()})')
+parser.add_argument('--source', default=None, help=f'folder with the four files (default: {DEBIAN_SOURCE})')
+parser.add_argument('--no-download', action='store_true', help='never download with torchvision')
+parser.add_argument('--folder', action='store_true', help=f'also write the image folder ROOT/{FOLDER_NAME} '
+                    '(train/, validation/ held out of train, test/: what the default run trains on) and print it')
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog='python -m timm_ssm.fashion_mnist',
-        description='Prepare Fashion-MNIST for timm (--dataset torch/fashion_mnist --data-dir ROOT) and print ROOT.')
-    parser.add_argument('root', nargs='?', default=None, help=f'data folder (default: {default_root()})')
-    parser.add_argument('--source', default=None, help=f'folder with the four files (default: {DEBIAN_SOURCE})')
-    parser.add_argument('--no-download', action='store_true', help='never download with torchvision')
-    parser.add_argument('--folder', action='store_true', help=f'also write the image folder ROOT/{FOLDER_NAME} '
-                        '(train/, validation/ held out of train, test/: what the default run trains on) and print it')
     args = parser.parse_args(argv)
     prepare = prepare_fashion_mnist_folder if args.folder else prepare_fashion_mnist
     try:
