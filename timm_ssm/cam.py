@@ -262,8 +262,7 @@ def run(args) -> List[Tuple[str, int, int]]:
         try:
             atomic_write(path, lambda f: grid.save(f, format='PNG'))
         except OSError as e:
-            kept = f'the {len(written)} grid(s) written before it are kept'
-            raise _WriteError(write_error(path, e, kept=kept)) from e
+            raise _WriteError(write_error(path, e, f'the {len(written)} grid(s) written before it are kept')) from e
         written.append((path, target, pred))
         print(f'{path}: {what}')
     return written

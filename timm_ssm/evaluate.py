@@ -152,7 +152,8 @@ group.add_argument('--num-samples', default=None, type=number_in(int, 1), metava
 group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
 group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
 group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
-group.add_argument('-b', '--batch-size', default=256, type=number_in(int, 1), metavar='N', help='mini-batch size')
+group.add_argument('-b', '--batch-size', default=256, type=number_in(int, 1), metavar='N',
+                   help='mini-batch size (default: 256)')
 group.add_argument('-j', '--workers', default=min(4, os.cpu_count() or 1), type=number_in(int, 0), metavar='N',
                    help='number of data loading workers (default: 4, at most the CPU count)')
 group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')

@@ -58,8 +58,7 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, low_op
     return _parse
 
 
-def _name_value(text: str) -> str:
-    """An argparse `type` for timm's ParseKwargs: a NAME=VALUE item."""
+def _name_value(text: str) -> str:  # an item of timm's ParseKwargs
     if '=' not in text:
         raise argparse.ArgumentTypeError(f'{text!r} is no NAME=VALUE pair (such as num_splits=2)')
     return text
@@ -71,8 +70,7 @@ class _RaisingParser(argparse.ArgumentParser):
 
 
 def _check_run_args(args: Dict[str, Any], source: str):
-    """A RunError naming a value of a (hand-edited) args.yaml that train.py would not write: the run's data and model
-    arguments go through the types of the command line's options."""
+    """A RunError naming a value of the run's arguments that the command line's options would refuse."""
     argv = []
     for key in (*DATA_ARGS, 'num_classes', 'in_chans', 'gp'):
         value = args.get(key)
@@ -429,10 +427,9 @@ def check_outputs(outputs: Sequence[Tuple[str, str]], runs: Sequence[Run], class
         raise RunError(f'{" and ".join(o for o, _ in outputs)} name one file between them: give each output its own '
                        f'file.')
     inputs = [class_map] if class_map else []
-    for run in runs:
-        if run.checkpoint is not None:
-            inputs += [run.checkpoint, *(p for p in run.folder.iterdir() if p.name in ('args.yaml', 'summary.csv')
-                                         or p.name.endswith(('.pth.tar', '.pth', '.safetensors')))]
+    for run in (r for r in runs if r.checkpoint is not None):
+        inputs += [run.checkpoint, run.folder / 'args.yaml', run.folder / 'summary.csv']
+        inputs += [p for p in run.folder.iterdir() if p.name.endswith(('.pth.tar', '.pth', '.safetensors'))]
     for option, path in outputs:
         check_output(path, option, overwrite, inputs)
 
