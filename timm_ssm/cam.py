@@ -4,12 +4,10 @@ Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.33
 (Lee et al., Electronics 2022), section 5, Figures 2 and 3.
 
 For sub-classifier j of n, the Grad-CAM (Selvaraju et al., ICCV 2017) of the trunk's last feature map restricted to
-channel group j (channels j * C/n .. (j + 1) * C/n - 1) with respect to sub-classifier j's logit of the target class;
-then the Grad-CAM of all C channels with respect to the averaged output. `python -m timm_ssm.cam IMAGE_OR_FOLDER
---checkpoint RUN --out DIR` writes one PNG grid per image, each map titled by its channel range and classes by name.
-The target class is the ground truth when class folders (or a timm data set) give it, else the prediction, or
-`--target-class`. Grad-CAM is a few lines of torch here: the `grad-cam` package would add OpenCV, SciPy,
-scikit-learn and ttach to the install, and still need a channel mask per sub-classifier.
+channel group j with respect to sub-classifier j's logit of the target class (the ground truth when known, else the
+prediction, or `--target-class`); then that of all channels with respect to the averaged output, one PNG grid per
+image. A few lines of torch: the `grad-cam` package would add OpenCV, SciPy, scikit-learn and ttach to the install,
+and still need a channel mask per sub-classifier.
 """
 import argparse
 import logging
@@ -24,9 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 from timm.data import create_transform, get_img_extensions
 from timm.utils import setup_default_logging
 
-from .files import RunError, atomic_write, check_output, check_output_folder, write_error
-from .runs import check_read, class_names, create_run_dataset, models_from_args, number_in, resolve_device, \
-    run_data_config, run_parser, split_head
+from .files import RunError, atomic_write, check_output_folder, write_error
+from .runs import check_outputs, check_read, class_names, create_run_dataset, models_from_args, number_in, \
+    resolve_device, run_data_config, run_parser, split_head
 
 __all__ = ['feature_gradients', 'grad_cams', 'cam_grid', 'grid_stems', 'PANEL_PAD', 'main']
 
@@ -46,11 +44,7 @@ def _spatial_features(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, 
     return feat, getattr(trunk, 'output_fmt', 'NCHW') == 'NHWC'
 
 
-def feature_gradients(
-        model: nn.Module,
-        x: torch.Tensor,
-        target: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def feature_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, ...]:
     """The trunk's last feature map (B, C, h, w) of images `x` (B, C_in, H, W), the gradients (B, n + 1, C, h, w)
     of the `target` class's (B,) logit of sub-classifier j (j < n) and of the averaged output (last; n = 0 for a
     plain timm classifier) with respect to it, and the averaged output's logits (B, K)."""
@@ -70,22 +64,14 @@ def feature_gradients(
         else:
             outputs = [model.forward_head(feat)]
         rows = torch.arange(x.shape[0], device=x.device)
-        grads = torch.stack([
-            torch.autograd.grad(out[rows, target].sum(), feat, retain_graph=True)[0] for out in outputs
-        ], 1)
-    logits = outputs[-1].detach()
-    feat = feat.detach()
+        grads = torch.stack([torch.autograd.grad(out[rows, target].sum(), feat, retain_graph=True)[0]
+                             for out in outputs], 1)
     if nhwc:
-        feat = feat.permute(0, 3, 1, 2)
-        grads = grads.permute(0, 1, 4, 2, 3)
-    return feat, grads, logits
+        return feat.detach().permute(0, 3, 1, 2), grads.permute(0, 1, 4, 2, 3), outputs[-1].detach()
+    return feat.detach(), grads, outputs[-1].detach()
 
 
-def grad_cams(
-        model: nn.Module,
-        x: torch.Tensor,
-        target: torch.Tensor,
-) -> Tuple[torch.Tensor, List[Tuple[int, int]], torch.Tensor]:
+def grad_cams(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, list, torch.Tensor]:
     """Grad-CAM of each channel group w.r.t. its sub-classifier, and of all channels w.r.t. the averaged output.
 
     Returns:
@@ -93,17 +79,12 @@ def grad_cams(
         channel range (first, last) of each map; the averaged output's logits (B, K).
     """
     feat, grads, logits = feature_gradients(model, x, target)
-    channels = feat.shape[1]
-    head = split_head(model)
-    n = head.num_splits if head is not None else 0
+    channels, n = feat.shape[1], grads.shape[1] - 1
     group = channels // n if n else channels
     ranges = [(j * group, (j + 1) * group - 1) for j in range(n)] + [(0, channels - 1)]
     weights = grads.mean((3, 4))  # (B, n + 1, C)
-    cams = []
-    for j, (first, last) in enumerate(ranges):
-        w = weights[:, j, first:last + 1, None, None]
-        cams.append(F.relu((w * feat[:, first:last + 1]).sum(1)))
-    cams = torch.stack(cams, 1)
+    cams = torch.stack([F.relu((weights[:, j, first:last + 1, None, None] * feat[:, first:last + 1]).sum(1))
+                        for j, (first, last) in enumerate(ranges)], 1)
     cams = F.interpolate(cams, size=x.shape[-2:], mode='bilinear', align_corners=False)
     # min-max scaling of each map, as the grad-cam package shows them; a map without spatial information (a 1x1
     # feature map, or values equal up to rounding) stays flat at 0 instead of stretching rounding noise to colours
@@ -113,13 +94,6 @@ def grad_cams(
     return cams, ranges, logits
 
 
-def _jet(cam: torch.Tensor) -> torch.Tensor:
-    """The jet colour map of values in [0, 1], (H, W) -> (3, H, W)."""
-    x = cam[None] * 4
-    centers = torch.tensor([3., 2., 1.], device=cam.device)[:, None, None]
-    return (1.5 - (x - centers).abs()).clamp(0, 1)
-
-
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -127,20 +101,15 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def cam_grid(
-        image: torch.Tensor,
-        cams: torch.Tensor,
-        titles: Sequence[Tuple[str, str]],
-        header: str = '',
-        panel: int = 224,
-        alpha: float = 0.5,
-) -> Image.Image:
+def cam_grid(image: torch.Tensor, cams: torch.Tensor, titles: Sequence[Tuple[str, str]], header: str = '',
+             panel: int = 224, alpha: float = 0.5) -> Image.Image:
     """One row of square panels of `panel` pixels: the image as the model saw it ((C, H, W) in [0, 1]), then each
     heat map ((m, H, W) in [0, 1]) overlaid on it with weight `alpha`, each under its two `titles` lines (m + 1 of
     them), with a `header` line above; (m + 1) * (panel + PANEL_PAD) + PANEL_PAD pixels wide."""
+    from matplotlib import colormaps  # imported here: matplotlib takes a while to import
     image = image.float().cpu().clamp(0, 1)
-    image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
-    panels = [image] + [(1 - alpha) * image + alpha * _jet(c.float().cpu()) for c in cams]
+    image = (image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]).permute(1, 2, 0).numpy()
+    panels = [image] + [(1 - alpha) * image + alpha * colormaps['jet'](c.float().cpu().numpy())[..., :3] for c in cams]
     font, small = _font(max(10, panel // 14)), _font(max(9, panel // 18))
     line = max(12, panel // 12)
     top = PANEL_PAD + (line if header else 0) + 2 * line
@@ -150,7 +119,7 @@ def cam_grid(
         draw.text((PANEL_PAD, PANEL_PAD // 2), header, fill='black', font=small)
     for i, (p, (title, subtitle)) in enumerate(zip(panels, titles)):
         left = PANEL_PAD + i * (panel + PANEL_PAD)
-        pixels = (p.permute(1, 2, 0).numpy() * 255).round().astype('uint8')
+        pixels = (p * 255).round().astype('uint8')
         grid.paste(Image.fromarray(pixels).resize((panel, panel), Image.BILINEAR), (left, top))
         draw.text((left + panel // 2, top - line - line // 2), title, fill='black', font=font, anchor='mm')
         draw.text((left + panel // 2, top - line // 2), subtitle, fill='dimgray', font=small, anchor='mm')
@@ -202,11 +171,10 @@ def grid_stems(paths: Sequence[str]) -> List[str]:
 
 def check_map_size(run, model: nn.Module, config) -> List[str]:
     """Warnings when the maps are drawn at another image size than the run was trained at (a model explains its
-    predictions only where it makes them well: the default run has 91% top-1 at its 28 px, 23% at 64 px) or on a
-    last feature map below 4x4; a RunError when that map is 1x1, and so every heat map one flat colour."""
+    predictions only where it makes them well) or on a last feature map below 4x4; a RunError when it is 1x1."""
     with torch.no_grad():
-        feat, nhwc = _spatial_features(model, torch.zeros(1, *config['input_size'],
-                                                          device=next(model.parameters()).device))
+        x = torch.zeros(1, *config['input_size'], device=next(model.parameters()).device)
+        feat, nhwc = _spatial_features(model, x)
     (h, w), size = (feat.shape[1:3] if nhwc else feat.shape[2:4]), config['input_size'][1]
     fix = ('train the model at a size whose last map is at least 4x4 (the default run on 28 px images: with '
            '--model-kwargs output_stride=8, a 4x4 map), or draw the maps at a larger --img-size of a model trained '
@@ -225,10 +193,8 @@ def check_map_size(run, model: nn.Module, config) -> List[str]:
 
 
 parser = argparse.ArgumentParser(
-    prog='python -m timm_ssm.cam',
-    description='Grad-CAM per channel group of a Split-and-Share model (paper section 5): one PNG grid per image.',
-    parents=[run_parser],
-)
+    prog='python -m timm_ssm.cam', parents=[run_parser],
+    description='Grad-CAM per channel group of a Split-and-Share model (paper section 5): one PNG grid per image.')
 parser.add_argument('input', nargs='?', default=None,
                     help='an image, or a folder of images (class folders give the ground truth)')
 parser.add_argument('--out', default='cam', metavar='DIR', help='output folder (default: cam)')
@@ -267,9 +233,7 @@ def run(args) -> List[Tuple[str, int, int]]:
     items, data_names = _inputs(args, model, run_)
     names = class_names(run_, model) or data_names
     paths = [os.path.join(args.out, f'{stem}_cam.png') for stem, _, _ in items]
-    inputs = run_.files + ([args.class_map] if args.class_map else [])
-    for path in paths:
-        check_output(path, '--out', args.overwrite, inputs)
+    check_outputs([('--out', p) for p in paths], [run_], args.class_map, args.overwrite)
 
     def _name(c):
         return f'{c}: {names[c]}' if names is not None and c < len(names) else f'class {c}'
@@ -298,8 +262,7 @@ def run(args) -> List[Tuple[str, int, int]]:
         try:
             atomic_write(path, lambda f: grid.save(f, format='PNG'))
         except OSError as e:
-            kept = f'the {len(written)} grid(s) written before it are kept'
-            raise _WriteError(write_error(path, e, kept=kept)) from e
+            raise _WriteError(write_error(path, e, f'the {len(written)} grid(s) written before it are kept')) from e
         written.append((path, target, pred))
         print(f'{path}: {what}')
     return written

@@ -3,15 +3,12 @@
 Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
 (Lee et al., Electronics 2022)
 
-`python -m timm_ssm.evaluate --checkpoint RUN --data-dir DIR` walks timm validate.py's road (`timm_ssm.runs`: the
-run's own model options and data config under the command line's) and measures with its `accuracy` and
-`AverageMeter`, in one pass: the averaged output (Table 1; validate.py's top-1), each sub-classifier FC1..FCn
-(Table 2), the oracle that counts a sample when any sub-classifier is right (Discussion), label-free rules that pick
-(`max_prob`: highest top probability, `min_entropy`, `max_margin`: largest gap between the two best classes) or
-combine (`vote`, ties broken by the mean probabilities; `prob_avg`: the mean probabilities) sub-classifiers per
-sample, parameters and multiply-adds (Table 4), and the ensemble of several checkpoints (mean of logits, Table 3).
-Plain timm models go through the same code. A pass in which an image could not be read, or a logit is not finite,
-reports no number.
+`python -m timm_ssm.evaluate --checkpoint RUN --data-dir DIR` takes timm validate.py's road (`timm_ssm.runs`) and
+measures with its `accuracy` and `AverageMeter`, in one pass: the averaged output (Table 1; validate.py's top-1),
+each sub-classifier FC1..FCn (Table 2), the oracle (right when any sub-classifier is; Discussion), label-free rules
+that pick or combine sub-classifiers per sample, parameters and multiply-adds (Table 4) and the ensemble of several
+checkpoints (mean of logits, Table 3), for plain timm models too. A pass in which an image could not be read, or a
+logit is not finite, reports no number.
 """
 import argparse
 import csv
@@ -33,8 +30,8 @@ from timm.data import create_loader
 from timm.utils import AverageMeter, accuracy, setup_default_logging
 
 from .complexity import model_complexity
-from .files import RunError, atomic_write, check_output, write_error
-from .runs import check_read, create_run_dataset, models_from_args, number_in, resolve_device, \
+from .files import RunError, atomic_write, write_error
+from .runs import check_outputs, check_read, create_run_dataset, models_from_args, number_in, resolve_device, \
     run_data_config, run_parser, split_head, weights_digest
 
 __all__ = ['SELECTION_RULES', 'split_outputs', 'evaluate', 'format_table', 'main']
@@ -47,14 +44,14 @@ _HEAD_RULES = SELECTION_RULES[:3]  # the rules that pick one sub-classifier per 
 
 def split_outputs(splits: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """Each output of the sub-classifiers' logits (B, n, K) as class scores (B, K): FC1..FCn, then each rule of
-    SELECTION_RULES; and the sub-classifier each of the three picking rules picks per sample (B, 3)."""
+    SELECTION_RULES; and the sub-classifier each picking rule picks per sample (B, 3)."""
     log_prob = splits.float().log_softmax(-1)
     prob = log_prob.exp()
     top = prob.topk(2, -1).values
     choice = torch.stack([
-        top[..., 0].argmax(1),  # max_prob
+        top[..., 0].argmax(1),  # max_prob: the highest top probability
         (prob * log_prob).sum(-1).argmax(1),  # min_entropy: the largest minus entropy
-        (top[..., 0] - top[..., 1]).argmax(1),  # max_margin
+        (top[..., 0] - top[..., 1]).argmax(1),  # max_margin: the largest gap between the two best classes
     ], 1)
     picked = splits.gather(1, choice[..., None].expand(-1, -1, splits.shape[-1]))
     prob_avg = prob.mean(1)
@@ -66,15 +63,8 @@ def split_outputs(splits: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.
 
 
 @torch.inference_mode()
-def evaluate(
-        models: Sequence[nn.Module],
-        loader,
-        device=None,
-        amp_autocast=suppress,
-        channels_last: bool = False,
-        progress: Optional[bool] = None,
-        warmup: Optional[torch.Tensor] = None,
-) -> Dict[str, Any]:
+def evaluate(models: Sequence[nn.Module], loader, device=None, amp_autocast=suppress, channels_last: bool = False,
+             progress: Optional[bool] = None, warmup: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """One pass of a loader of (images, class indices) through models in eval mode on `device` (with several, their
     ensemble too), as timm's validate.py measures it; `warmup` images go through the models before the timed pass.
 
@@ -152,11 +142,9 @@ def evaluate(
 
 
 parser = argparse.ArgumentParser(
-    prog='python -m timm_ssm.evaluate',
+    prog='python -m timm_ssm.evaluate', parents=[run_parser],
     description='Evaluate timm models with Split-and-Share heads: every sub-classifier, the oracle, label-free '
-                'head selection, parameters and multiply-adds, and ensembles of several checkpoints.',
-    parents=[run_parser],
-)
+                'head selection, parameters and multiply-adds, and ensembles of several checkpoints.')
 group = parser.add_argument_group('Data loading (as timm validate.py)')
 group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
 group.add_argument('--num-samples', default=None, type=number_in(int, 1), metavar='N',
@@ -174,11 +162,9 @@ group.add_argument('--pin-mem', action='store_true', default=False, help='pin CP
 group = parser.add_argument_group('Evaluation')
 group.add_argument('--model', '-m', metavar='NAME', nargs='+', default=None,
                    help='model name(s): hf-hub:ORG/NAME, local-dir:DIR or a registered name with pretrained weights '
-                        '(resnet50_ssm.a1_in1k); with --checkpoint, one name for all checkpoints or one per '
-                        'checkpoint. Default: the model of each train.py run')
-group.add_argument('--checkpoint', nargs='+', default=[], metavar='RUN',
-                   help='train.py output folder(s) (model_best.pth.tar, else last.pth.tar) or checkpoint(s); several '
-                        'form an ensemble')
+                        '(default: the run\'s); with --checkpoint, one name for all checkpoints or one per checkpoint')
+group.add_argument('--checkpoint', nargs='+', default=[], metavar='RUN', help='train.py output folder(s) '
+                   '(model_best.pth.tar, else last.pth.tar) or checkpoint(s); several form an ensemble')
 group.add_argument('--pretrained', action='store_true', default=False,
                    help='accepted for validate.py\'s spelling: a --model without --checkpoint has pretrained weights')
 group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
@@ -189,8 +175,8 @@ group.add_argument('--seed', type=int, default=42, metavar='S', help='random see
 group = parser.add_argument_group('Output')
 group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON')
 group.add_argument('--csv', default='', metavar='FILE', help='write one row per model and output as CSV')
-group.add_argument('--plot', default='', metavar='FILE',
-                   help='PNG bar chart of the sub-classifiers, averaged output and oracle')
+group.add_argument('--plot', default='', metavar='FILE', help='PNG bar chart of the sub-classifiers and the averaged '
+                   'and oracle outputs')
 group.add_argument('--overwrite', action='store_true', default=False, help='replace existing output files')
 group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
 
@@ -277,13 +263,9 @@ def _write_csv(result: Dict[str, Any], path: str):
 def run(args) -> Dict[str, Any]:
     """Evaluate as the command line asks and return the results (JSON schema: docs/analyses.md)."""
     device = resolve_device(args.device)
-    outputs = {f'--{o}': getattr(args, o) for o in ('json', 'csv', 'plot') if getattr(args, o)}
-    if len({os.path.realpath(p) for p in outputs.values()}) < len(outputs):
-        raise RunError(f'{" and ".join(outputs)} name one file between them: give each output its own file.')
     runs, models = zip(*models_from_args(args, device))
-    inputs = [f for r in runs for f in r.files] + ([args.class_map] if args.class_map else [])
-    for option, path in outputs.items():
-        check_output(path, option, args.overwrite, inputs)
+    outputs = [(f'--{o}', getattr(args, o)) for o in ('json', 'csv', 'plot') if getattr(args, o)]
+    check_outputs(outputs, runs, args.class_map, args.overwrite)
     digests = [weights_digest(m) for m in models]
     for i, j in ((i, j) for j in range(len(runs)) for i in range(j) if digests[i] == digests[j]):
         raise RunError(f'{runs[i].checkpoint or runs[i].source} and {runs[j].checkpoint or runs[j].source} hold '
@@ -333,7 +315,7 @@ def run(args) -> Dict[str, Any]:
         out['models'].append(dict(
             model=run_.args['model'], checkpoint=str(run_.checkpoint) if run_.checkpoint else None, epoch=run_.epoch,
             use_ema=args.use_ema, weights_sha256=digest, num_classes=model.num_classes,
-            num_splits=split_head(model).num_splits if split_head(model) is not None else None, **cost, **accuracy_))
+            num_splits=len(accuracy_['heads']) or None, **cost, **accuracy_))
     return out
 
 

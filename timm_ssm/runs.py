@@ -1,12 +1,10 @@
 """ One road from a timm train.py run to its model and its data, as timm's validate.py walks it
 
-A run is a train.py output folder, one checkpoint (`.pth.tar`, `.pth`, `.safetensors`) or a model name
-(`hf-hub:ORG/NAME`, `local-dir:DIR`, a registered name with pretrained weights). `load_run` reads it;
-`create_run_model` is `create_model` + `load_checkpoint` with the run's own arguments (global pool, BatchNorm eps and
-momentum, model kwargs, EMA) under the command line's; `run_data_config` is `resolve_data_config` on them;
-`create_run_dataset` is `create_dataset` on the split folder it resolves, with `check_classes`, and it records every
-image it could not read (timm's `ImageDataset` logs a warning and returns the next image instead), so that a tool
-refuses a number that is not about what was read.
+A run is a train.py output folder, a checkpoint (`.pth.tar`, `.pth`, `.safetensors`) or a model name (`hf-hub:`,
+`local-dir:`, a registered name with pretrained weights). `create_run_model` is `create_model` + `load_checkpoint` with
+the run's own arguments under the command line's, `run_data_config` is `resolve_data_config` on them, and
+`create_run_dataset` is `create_dataset` on the split folder, checked against the run's classes, recording each image
+it could not read (timm's `ImageDataset` returns the next one instead) so that a tool refuses a number not about it.
 """
 import argparse
 import hashlib
@@ -14,29 +12,29 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import yaml
+from safetensors import safe_open
 
 from timm.data import ImageDataset, create_dataset, resolve_data_config
 from timm.data.readers.class_map import load_class_map
 from timm.models import create_model, get_model_input_config, is_model, load_checkpoint, parse_model_name
 from timm.utils import ParseKwargs, natural_key
 
-from .files import RunError
+from .files import RunError, check_output
 from .head import SplitShareHead
 
 __all__ = [
     'Run', 'load_run', 'read_checkpoint', 'create_run_model', 'run_data_config', 'split_folder', 'create_run_dataset',
-    'check_classes', 'check_read', 'class_names', 'ReadCheckedDataset', 'weights_digest', 'split_head',
-    'resolve_device', 'number_in', 'run_parser', 'models_from_args', 'CHECKPOINT_NAMES', 'DATA_ARGS',
+    'check_classes', 'check_read', 'check_outputs', 'class_names', 'ReadCheckedDataset', 'weights_digest',
+    'split_head', 'resolve_device', 'number_in', 'run_parser', 'models_from_args', 'CHECKPOINT_NAMES', 'DATA_ARGS',
 ]
 
 CHECKPOINT_NAMES = ('model_best.pth.tar', 'last.pth.tar')  # looked for in a run folder, in this order
 DATA_ARGS = ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
-CROP_MODES = ('center', 'squash', 'border')
 INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'box', 'hamming', 'lanczos')
 POOL_TYPES = ('avg', 'max', 'avgmax', 'catavgmax', 'fast', 'fastavg', 'fastmax', 'fastavgmax', 'token', 'map', '')
 # the split folders timm's create_dataset tries after the split's own name
@@ -46,41 +44,40 @@ _SPLIT_NAMES = {n for names in SPLIT_SYNONYMS for n in names} | {'test', 'testin
 
 def number_in(kind: type, low: float = -math.inf, high: float = math.inf, low_open: bool = False):
     """An argparse `type`: a finite int or float in [low, high] ((low, high] when `low_open`)."""
+    what = f'{"an integer" if kind is int else "a finite number"} in {"(" if low_open else "["}{low}, {high}' \
+        f'{")" if high == math.inf else "]"}'
+
     def _parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not {"an integer" if kind is int else "a number"}')
+            value = math.nan
         if not (math.isfinite(value) and low <= value <= high) or low_open and value == low:
-            bounds = f'{"(" if low_open else "["}{low}, {high}{")" if high == math.inf else "]"}'
-            raise argparse.ArgumentTypeError(f'{text} is not {"an integer" if kind is int else "a finite number"} in '
-                                             f'{bounds}')
+            raise argparse.ArgumentTypeError(f'{text} is not {what}')
         return value
-    _parse.__name__ = kind.__name__
     return _parse
 
 
-_positive = number_in(int, 1)
-_finite = number_in(float)
-_positive_float = number_in(float, 0, low_open=True)
-_fraction = number_in(float, 0, 1, low_open=True)
+def _name_value(text: str) -> str:  # an item of timm's ParseKwargs
+    if '=' not in text:
+        raise argparse.ArgumentTypeError(f'{text!r} is no NAME=VALUE pair (such as num_splits=2)')
+    return text
 
 
-class _ArgsChecker(argparse.ArgumentParser):
+class _RaisingParser(argparse.ArgumentParser):
     def error(self, message):
         raise argparse.ArgumentError(None, message)
 
 
 def _check_run_args(args: Dict[str, Any], source: str):
-    """A RunError naming an argument of a (hand-edited) args.yaml that train.py would not have written: the run's
-    data and model arguments go through the types of the command line's options."""
+    """A RunError naming a value of the run's arguments that the command line's options would refuse."""
     argv = []
     for key in (*DATA_ARGS, 'num_classes', 'in_chans', 'gp'):
-        if args.get(key) not in (None, ''):
-            value = args[key]
+        value = args.get(key)
+        if value not in (None, ''):
             argv += [f'--{key.replace("_", "-")}', *map(str, value if isinstance(value, (list, tuple)) else [value])]
     try:
-        _ArgsChecker(parents=[run_parser], add_help=False, exit_on_error=False).parse_args(argv)
+        _RaisingParser(parents=[run_parser], add_help=False).parse_args(argv)
         if not isinstance(args.get('model', ''), str) or not isinstance(args.get('model_kwargs') or {}, dict):
             raise argparse.ArgumentError(None, 'model is no name, or model_kwargs no mapping (num_splits: 4)')
     except argparse.ArgumentError as e:
@@ -88,14 +85,12 @@ def _check_run_args(args: Dict[str, Any], source: str):
 
 
 def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """The entries of a checkpoint, loaded with `weights_only=True` (train.py's `args` Namespace allowed); {} for a
-    `.safetensors` file, which holds weights only. Whatever torch's or safetensors' readers raise on a damaged or
-    foreign file is a RunError."""
+    """The entries of a checkpoint, loaded with `weights_only=True` (train.py's `args` Namespace allowed), {} for a
+    `.safetensors` file; a RunError for whatever torch's or safetensors' readers fail on."""
     path = Path(path)
     damaged = ('if it was copied or is still being written, copy it again or wait for it; else give the file train.py '
                'saved (model_best.pth.tar, last.pth.tar) or its run folder')
     if path.name.endswith('.safetensors'):
-        from safetensors import safe_open
         try:
             with safe_open(str(path), framework='pt') as f:
                 for key in f.keys():
@@ -105,13 +100,8 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         return {}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            try:
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-            except RuntimeError as e:  # the legacy format cannot be memory-mapped
-                if 'mmap' not in str(e):
-                    raise
-                checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except (KeyboardInterrupt, MemoryError):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except MemoryError:
         raise
     except Exception as e:  # noqa  the weights-only unpickler raises many kinds of exception on bad bytes
         if 'weights_only' in str(e) and 'Unsupported global' in str(e):
@@ -144,18 +134,9 @@ class Run:
         """Whether the arguments are train.py's (and so describe its data config)."""
         return self.checkpoint is not None and set(self.args) != {'model'}
 
-    @property
-    def files(self) -> List[Path]:
-        """The files a tool must never write over: the checkpoints, args.yaml and summary.csv of the run."""
-        if self.checkpoint is None:
-            return []
-        return [self.checkpoint, self.folder / 'args.yaml', self.folder / 'summary.csv'] + \
-            [p for p in self.folder.iterdir() if p.name.endswith(('.pth.tar', '.pth', '.safetensors'))]
-
 
 def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
-    """Read a train.py output folder, a checkpoint or a model name; train.py's arguments come from the run's
-    `args.yaml` (beside the checkpoint), else from those train.py saves in its checkpoints.
+    """Read a run: train.py's arguments come from its `args.yaml` (beside the checkpoint), else from its checkpoint.
 
     Args:
         source: A train.py output folder, a checkpoint file, or a model name (`hf-hub:`, `local-dir:`, registered).
@@ -163,13 +144,12 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
     """
     path = Path(source)
     if not path.exists():
-        name = str(source)
         try:
-            model_source, model_id = parse_model_name(name)
+            prefix, model_id = parse_model_name(str(source))
         except ValueError:
-            model_source, model_id = None, ''
-        if model_source is not None or is_model(model_id.split('.')[0]):
-            return Run(source=name, args=dict(model=name), args_source=f'the model name {name}')
+            prefix, model_id = None, ''
+        if prefix is not None or is_model(model_id.split('.')[0]):
+            return Run(source=str(source), args=dict(model=str(source)), args_source=f'the model name {source}')
         raise RunError(f'{source} does not exist: give a train.py output folder, a checkpoint file, or a model name '
                        f'(hf-hub:ORG/NAME, local-dir:DIR, resnet50_ssm.a1_in1k).')
     if path.is_dir():
@@ -180,20 +160,19 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
                            f'{path / have[0] if have else "a train.py output folder"}.')
         path = found[0]
     elif checkpoint:
-        raise RunError(f'A checkpoint name ({checkpoint}) goes with a run folder, but {path} is a file: give its '
+        raise RunError(f'A checkpoint name ({checkpoint}) goes with a run folder, not with the file {path}: give its '
                        f'folder.')
     raw = read_checkpoint(path)
-    run = Run(source=str(source), checkpoint=path, has_ema=any(isinstance(raw.get(k), dict) for k in (
-        'state_dict_ema', 'model_ema')), epoch=raw['epoch'] if isinstance(raw.get('epoch'), int) else None)
+    run = Run(source=str(source), checkpoint=path, epoch=raw['epoch'] if isinstance(raw.get('epoch'), int) else None,
+              has_ema=any(isinstance(raw.get(k), dict) for k in ('state_dict_ema', 'model_ema')))
     args_file = path.parent / 'args.yaml'
     if args_file.is_file():
         try:
-            args = yaml.safe_load(args_file.read_text())
+            run.args, run.args_source = yaml.safe_load(args_file.read_text()), str(args_file)
         except yaml.YAMLError as e:
             raise RunError(f'Cannot read {args_file}: it is not the args.yaml that train.py wrote ({e}).') from e
-        if not isinstance(args, dict):
+        if not isinstance(run.args, dict):
             raise RunError(f'{args_file} is not the args.yaml of a train.py run (no mapping of arguments).')
-        run.args, run.args_source = args, str(args_file)
     elif isinstance(raw.get('args'), argparse.Namespace):
         run.args, run.args_source = dict(vars(raw['args'])), f'the train.py arguments saved in {path}'
     _check_run_args(run.args, run.args_source)
@@ -201,17 +180,16 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
 
 
 def _without_aux_bn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
-    """A train.py --split-bn checkpoint as `clean_checkpoint.py --clean-aux-bn` leaves it: the main BatchNorms run at
-    inference (SSM models drop aux_bn on load themselves; this does it for every model)."""
+    """A train.py --split-bn checkpoint as `clean_checkpoint.py --clean-aux-bn` leaves it (SSM models do it on load)."""
     own = model.state_dict()
     return {k: v for k, v in state_dict.items() if '.aux_bn.' not in k or k in own}
 
 
 def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool = False,
                      overrides: Optional[Dict[str, Any]] = None, device=None) -> nn.Module:
-    """The run's model as train.py built it (`model_name` instead of the run's), with the run's weights (its EMA
-    weights with `use_ema`), in eval mode; `overrides` are `create_model` arguments over the run's (None values
-    ignored). Weights that are not finite are refused."""
+    """The run's model as train.py built it (`model_name` instead of the run's), with the run's (EMA) weights, in eval
+    mode; `overrides` are `create_model` arguments over the run's (None values ignored). Non-finite weights are
+    refused."""
     args = run.args
     name = model_name or args.get('model')
     if not name:
@@ -248,9 +226,9 @@ def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool =
 
 def run_data_config(run: Run, model: nn.Module, overrides: Optional[Dict[str, Any]] = None,
                     use_test_size: Optional[bool] = None, verbose: bool = False) -> Dict[str, Any]:
-    """timm's `resolve_data_config` on the run's data arguments (`DATA_ARGS`) with `overrides` (a command line's,
-    unset values ignored; an input size replaces the run's whole) over them, for the model's input channels.
-    `use_test_size` defaults to no for a trained run (as train.py evaluates), yes for a model name (as validate.py)."""
+    """timm's `resolve_data_config` on the run's `DATA_ARGS` under `overrides` (unset values ignored; an input size
+    replaces the run's whole), for the model's input channels. `use_test_size` defaults to no for a trained run (as
+    train.py evaluates), yes for a model name (as validate.py)."""
     overrides = {k: v for k, v in (overrides or {}).items() if k in DATA_ARGS and v not in (None, '', [])}
     args = {k: run.args.get(k) for k in DATA_ARGS}
     if 'input_size' in overrides or 'img_size' in overrides:
@@ -272,12 +250,9 @@ def run_data_config(run: Run, model: nn.Module, overrides: Optional[Dict[str, An
 
 
 def split_folder(root: Optional[Union[str, Path]], split: Optional[str], dataset: str = '') -> Optional[Path]:
-    """The absolute folder (or tar file) timm's `create_dataset` reads for `split` of an image folder, found as it
-    finds it (the split's own name, else a synonym: `val` for `validation`, ...); None for other data sets.
-
-    A folder with split folders but none for `split` is refused (timm would read every split as one), and so is
-    `--split ''` there; `split=None` reads `root` as it is.
-    """
+    """The absolute folder (or tar file) timm's `create_dataset` reads for `split` of an image folder, found as it finds
+    it (the split's own name, else a synonym: `val` for `validation`, ...); None for other data sets; `root` itself for
+    `split=None`. A folder with split folders but none for `split` (or `split=''`) is refused: timm would read all."""
     prefix = (dataset or '').lower().partition('/')[0] if '/' in (dataset or '') else ''
     if not root and prefix not in ('hfds', 'hfids', 'tfds', 'wds'):  # these find their data or say so
         raise RunError('No data folder: give --data-dir DIR (the image folder, with one folder per class, or the '
@@ -308,7 +283,7 @@ def class_names(run: Optional[Run], model: nn.Module) -> Optional[List[str]]:
     try:
         if args.get('class_map'):
             mapping = load_class_map(str(args['class_map']))
-            names = [str(n) for n in sorted(mapping, key=mapping.get)]
+            names = sorted(mapping, key=mapping.get)
         else:
             folder = split_folder(args.get('data_dir') or args.get('data'), str(args.get('train_split') or 'train'),
                                   args.get('dataset') or '')
@@ -325,18 +300,17 @@ def _listed(names: Sequence[str], at_most: int = 12) -> str:
 
 def check_classes(dataset, model: nn.Module, run: Optional[Run] = None, class_map: str = '', where: str = '',
                   labelled: bool = True) -> Optional[List[str]]:
-    """A RunError, before a pass, when a timm data set's labels are not the model's classes; else the data's names.
+    """The data's class names, or a RunError before a pass when a timm data set's labels are not the model's classes.
 
     The data's classes must be the run's (`class_names`), or as many as the model's when those are unknown; a
-    `class_map` must keep every training class at its index. Images beside the class folders (timm makes them a
-    class '' at index 0, shifting every label), folders read twice through a symbolic link, and, when `labelled`, a
-    flat folder of images are refused."""
+    `class_map` must keep every training class at its index. Images beside the class folders (timm makes them a class
+    '' at index 0, shifting every label), a folder read twice through a symbolic link, and, when `labelled`, a flat
+    folder of images are refused."""
     k, trained = model.num_classes, class_names(run, model)
     reader = getattr(dataset, 'reader', None)
     samples, class_to_idx = getattr(reader, 'samples', None) or [], getattr(reader, 'class_to_idx', None) or {}
-    folders = {os.path.dirname(f) for f, _ in samples if isinstance(f, str)}
     real = {}
-    for folder in sorted(folders, key=len):
+    for folder in sorted({os.path.dirname(f) for f, _ in samples if isinstance(f, str)}, key=len):
         if real.setdefault(os.path.realpath(folder), folder) != folder:
             raise RunError(f'{folder} is {real[os.path.realpath(folder)]} again (a symbolic link), so timm\'s reader '
                            f'would read its images twice: remove the link or point it outside {where}.')
@@ -373,8 +347,7 @@ def check_classes(dataset, model: nn.Module, run: Optional[Run] = None, class_ma
 
 
 class _Recorder:
-    """A data set reader that records the indices asked of it (timm's `ImageDataset` asks the next one after an
-    image it could not read)."""
+    """A reader that records the indices asked of it (timm's `ImageDataset` asks the next one after an unreadable)."""
 
     def __init__(self, reader):
         self.reader, self.asked = reader, []
@@ -387,14 +360,14 @@ class _Recorder:
         return len(self.reader)
 
     def __getattr__(self, name):  # filename(), samples, class_to_idx, ... of the reader
-        if name == 'reader':
+        if name == 'reader':  # not yet set while unpickled in a loader worker
             raise AttributeError(name)
         return getattr(self.reader, name)
 
 
 class ReadCheckedDataset(ImageDataset):
-    """timm's `ImageDataset` on the reader of `dataset`, recording each image it could not read (and so replaced by
-    the next one) in memory shared with the loader's worker processes; `check_read` names them after a pass."""
+    """timm's `ImageDataset` that records each image it could not read (and replaced by the next one) in memory shared
+    with the loader's workers; `check_read` names them."""
 
     def __init__(self, dataset: ImageDataset):
         super().__init__(
@@ -415,10 +388,9 @@ class ReadCheckedDataset(ImageDataset):
 def create_run_dataset(root: Optional[Union[str, Path]], model: nn.Module, run: Optional[Run] = None, dataset: str = '',
                        split: Optional[str] = 'validation', class_map: str = '', download: bool = False,
                        labelled: bool = True, **kwargs):
-    """timm's `create_dataset` on the folder `split_folder` resolves (`split=None`: `root` as it is), checked by
-    `check_classes`; an image folder comes back as a `ReadCheckedDataset`. Its `folder` is the folder read (None for
-    other data sets), its `names` the data's class names; `labelled=False` takes a flat folder of images; `kwargs` go
-    to `create_dataset`."""
+    """timm's `create_dataset` (`kwargs`) on the folder of `split_folder`, checked by `check_classes`; an image folder
+    comes back as a `ReadCheckedDataset`. Its `folder` is the folder read (None for other data sets), its `names` the
+    data's class names."""
     folder = split_folder(root, split, dataset)
     if class_map and not os.path.isfile(class_map):
         raise RunError(f'--class-map {class_map} does not exist: give a class map file (one class name per line, in '
@@ -439,17 +411,31 @@ def create_run_dataset(root: Optional[Union[str, Path]], model: nn.Module, run: 
 def check_read(dataset):
     """A RunError naming the images of a `create_run_dataset` data set that could not be read so far."""
     unread = dataset.unread.nonzero().flatten().tolist() if isinstance(dataset, ReadCheckedDataset) else []
-    unread = [dataset.filename(i, absolute=True) for i in unread]
     if unread:
-        listed = ', '.join(unread[:5]) + (f' and {len(unread) - 5} more' if len(unread) > 5 else '')
+        listed = ', '.join(dataset.filename(i, absolute=True) for i in unread[:5])
+        listed += f' and {len(unread) - 5} more' if len(unread) > 5 else ''
         raise RunError(f'{len(unread)} of the {len(dataset)} images in {dataset.folder} could not be read, and '
                        f'timm\'s reader read the next image in place of each, so no result is reported: {listed}; '
                        f'replace or remove them, and run again.')
 
 
+def check_outputs(outputs: Sequence[Tuple[str, str]], runs: Sequence[Run], class_map: str = '',
+                  overwrite: bool = False):
+    """`files.check_output` of each (option, path), which must be distinct files and none of the runs' checkpoints,
+    args.yaml and summary.csv, nor the class map."""
+    if len({os.path.realpath(p) for _, p in outputs}) < len(outputs):
+        raise RunError(f'{" and ".join(o for o, _ in outputs)} name one file between them: give each output its own '
+                       f'file.')
+    inputs = [class_map] if class_map else []
+    for run in (r for r in runs if r.checkpoint is not None):
+        inputs += [run.checkpoint, run.folder / 'args.yaml', run.folder / 'summary.csv']
+        inputs += [p for p in run.folder.iterdir() if p.name.endswith(('.pth.tar', '.pth', '.safetensors'))]
+    for option, path in outputs:
+        check_output(path, option, overwrite, inputs)
+
+
 def weights_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's state dict (names and tensor bytes): the same weights give the same digest whichever
-    checkpoint file held them."""
+    """SHA-256 of a model's state dict (names and tensor bytes): the same for the same weights in any file."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -473,21 +459,12 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return device
 
 
-class ModelKwargs(ParseKwargs):
-    """timm's ParseKwargs (`--model-kwargs num_splits=2 ...`), with a usage error for an item without `=`."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        bad = [v for v in values if '=' not in v]
-        if bad:
-            parser.error(f'argument {option_string}: {bad[0]!r} is no NAME=VALUE pair (such as num_splits=2)')
-        super().__call__(parser, namespace, values, option_string)
-
+_positive = number_in(int, 1)
 
 # the options of a run that a tool's command line sets over the run's (argparse parent of evaluate and cam)
 run_parser = argparse.ArgumentParser(add_help=False)
-group = run_parser.add_argument_group(
-    'Data (as timm validate.py)', 'Unset options take the values of the run\'s train.py arguments, else those of '
-                                  'the model\'s pretrained config.')
+group = run_parser.add_argument_group('Data (as timm validate.py)', 'Unset options take the values of the run\'s '
+                                      'train.py arguments, else those of the model\'s pretrained config.')
 group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
 group.add_argument('--dataset', metavar='NAME', default='', help='dataset type + name ("<type>/<name>")')
 group.add_argument('--split', metavar='NAME', default='validation', help='dataset split (default: validation)')
@@ -495,10 +472,12 @@ group.add_argument('--dataset-download', action='store_true', default=False, hel
 group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the data\'s class folders')
 group.add_argument('--img-size', default=None, type=_positive, metavar='N', help='input image dimension')
 group.add_argument('--input-size', default=None, nargs=3, type=_positive, metavar='N', help='input dims (d h w)')
-group.add_argument('--crop-pct', default=None, type=_fraction, metavar='N', help='input image center crop pct')
-group.add_argument('--crop-mode', default=None, choices=CROP_MODES, help='input image crop mode')
-group.add_argument('--mean', type=_finite, nargs='+', default=None, metavar='MEAN', help='mean (one, or per channel)')
-group.add_argument('--std', type=_positive_float, nargs='+', default=None, metavar='STD',
+group.add_argument('--crop-pct', default=None, type=number_in(float, 0, 1, low_open=True), metavar='N',
+                   help='input image center crop pct')
+group.add_argument('--crop-mode', default=None, choices=('center', 'squash', 'border'), help='input image crop mode')
+group.add_argument('--mean', type=number_in(float), nargs='+', default=None, metavar='MEAN',
+                   help='mean (one, or per channel)')
+group.add_argument('--std', type=number_in(float, 0, low_open=True), nargs='+', default=None, metavar='STD',
                    help='std deviation (one, or per channel)')
 group.add_argument('--interpolation', default='', choices=INTERPOLATIONS + ('',), metavar='NAME',
                    help=f'image resize interpolation type ({", ".join(INTERPOLATIONS)})')
@@ -508,9 +487,9 @@ group.add_argument('--num-classes', type=_positive, default=None, help='number o
 group.add_argument('--in-chans', type=_positive, default=None, metavar='N', help='image input channels')
 group.add_argument('--gp', default=None, choices=POOL_TYPES, metavar='POOL',
                    help=f'global pool type ({", ".join(POOL_TYPES[:-1])})')
-group.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs,
+group.add_argument('--model-kwargs', nargs='*', default={}, type=_name_value, action=ParseKwargs,
                    help='model arguments (num_splits=2 ...) over the run\'s')
-group.add_argument('--device', default=None, type=str, help='device (default: cuda when available, else cpu)')
+group.add_argument('--device', default=None, help='device (default: cuda when available, else cpu)')
 
 
 def models_from_args(args, device=None) -> List[tuple]:
