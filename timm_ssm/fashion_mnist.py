@@ -30,11 +30,10 @@ DEBIAN_SOURCE = Path('/usr/share/datasets/fashion-mnist')
 MEAN = (0.2860,)  # of all training pixels scaled to [0, 1], for --mean / --std of timm's scripts
 STD = (0.3530,)
 NUM_CLASSES = 10
-# the class folders of the image folder, by label (timm's folder reader indexes them alphabetically)
-CLASS_NAMES = ('t-shirt_top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag',
-               'ankle_boot')
+# the class folders of the image folder, by label, torchvision's names (timm's folder reader sorts them by name)
+CLASS_NAMES = tuple(name.lower().replace('/', '_').replace(' ', '_') for name in FashionMNIST.classes)
 FOLDER_NAME = 'fashion_mnist_images'
-FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+FILES = tuple(name.removesuffix('.gz') for name, _ in FashionMNIST.resources)
 _VERSION = 1  # of the image folder's layout and validation draw
 PathLike = Optional[Union[str, Path]]
 

@@ -16,7 +16,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -141,10 +141,8 @@ def _summary(run: Run) -> Dict[str, Any]:
     if (run.folder / 'summary.csv').is_file():
         with open(run.folder / 'summary.csv', newline='') as f:
             for row in csv.DictReader(f):
-                try:  # a header repeated by --resume, a line cut short: skipped
+                with suppress(TypeError, ValueError):  # a header repeated by --resume, a line cut short: skipped
                     rows.append({k: float(v) for k, v in row.items() if k and v})
-                except (TypeError, ValueError):
-                    continue
     rows = [r for r in rows if 'epoch' in r and 'eval_top1' in r]
     if not rows:
         return dict(note='No `summary.csv` with an evaluation came with the checkpoint: no accuracy of train.py.')

@@ -25,7 +25,7 @@ from timm.utils import FormatterNoInfo, get_outdir
 
 from .launch import RunFolderBusy, run_train
 from .process import Children, Stopped
-from .runs import number_in
+from .runs import CHECKPOINT_NAMES, number_in
 from .timm_source import find_timm_root, parse_train_args, train_parser
 
 __all__ = ['main', 'resolve_config', 'config_names', 'CONFIG_DIR', 'DEFAULT_RECIPE']
@@ -207,7 +207,7 @@ def _default_run(opts: argparse.Namespace, ns: argparse.Namespace, args: List[st
 
 def _checkpoint(run_dir: Path) -> Optional[Path]:
     """The checkpoint train.py chose on the validation split, else its last one."""
-    return next((p for p in (run_dir / 'model_best.pth.tar', run_dir / 'last.pth.tar') if p.is_file()), None)
+    return next((run_dir / name for name in CHECKPOINT_NAMES if (run_dir / name).is_file()), None)
 
 
 def _report(run_dir: Path, ns: argparse.Namespace, eval_args: List[str]) -> int:
@@ -227,7 +227,7 @@ def _report(run_dir: Path, ns: argparse.Namespace, eval_args: List[str]) -> int:
     print(f'\n{ns.model}, {checkpoint.name} of epoch {model["epoch"]} (train.py counts from 0{chosen}): top-1 '
           f'{model["top1"]:.2f}% on the {result["data"]["num_samples"]} test images, evaluated once (each '
           f'sub-classifier\'s in the table above).\nResults and checkpoints are in {run_dir}:')
-    for name in ('model_best.pth.tar', 'last.pth.tar', 'summary.csv', 'args.yaml', 'eval_test.json'):
+    for name in (*CHECKPOINT_NAMES, 'summary.csv', 'args.yaml', 'eval_test.json'):
         if (run_dir / name).exists():
             print(f'  {run_dir / name}')
     print(f'Publish it on the Hugging Face Hub (python -m timm_ssm.hub --help):\n'
