@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -30,8 +31,9 @@ DEBIAN_SOURCE = Path('/usr/share/datasets/fashion-mnist')
 MEAN = (0.2860,)  # of all training pixels scaled to [0, 1], for --mean / --std of timm's scripts
 STD = (0.3530,)
 NUM_CLASSES = 10
-# the class folders of the image folder, by label, torchvision's names (timm's folder reader sorts them by name)
-CLASS_NAMES = tuple(name.lower().replace('/', '_').replace(' ', '_') for name in FashionMNIST.classes)
+# the class folders of the image folder, by label (timm's folder reader indexes them alphabetically)
+CLASS_NAMES = ('t-shirt_top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag',
+               'ankle_boot')
 FOLDER_NAME = 'fashion_mnist_images'
 FILES = tuple(name.removesuffix('.gz') for name, _ in FashionMNIST.resources)
 _VERSION = 1  # of the image folder's layout and validation draw
@@ -134,11 +136,9 @@ def prepare_fashion_mnist_folder(root: PathLike = None, source: PathLike = None,
                                f'about 300 MB free.') from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    try:  # the folder is one this module wrote: it is never deleted or rewritten here, a run may be reading it
+    with suppress(OSError, ValueError, KeyError):  # a folder there is never deleted or rewritten: a run may read it
         if json.loads((folder / 'manifest.json').read_text())['version'] == _VERSION:
             return folder
-    except (OSError, ValueError, KeyError):
-        pass
     raise RuntimeError(f'{folder} is not a Fashion-MNIST image folder of this version of timm-ssm: when no run uses '
                        f'it, delete it (rm -r {folder}) and run again.')
 

@@ -282,11 +282,9 @@ def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             old.rename(out)  # the earlier export, as it was
-        for folder in made:  # deepest first; one that something else wrote to stays
-            try:
+        with suppress(OSError):  # deepest first; one that something else wrote to stays, and those above it
+            for folder in made:
                 folder.rmdir()
-            except OSError:
-                break
         if isinstance(e, (OSError, SafetensorError)):
             raise RunError(f'Cannot write the export to {out} ({e}); nothing was written: free some space, or give '
                            f'--out DIR on another disk.') from None
