@@ -283,35 +283,30 @@ for load in (lambda: timm.create_model('hf-hub:someone/tiny-ssm', pretrained=Tru
 
 # --- which weights, which evaluation ---
 
-def test_ema_weights_and_checkpoint_choice(train_run, tmp_path):
-    run, states, ema_states = train_run
-    best = TOP1.index(max(TOP1))
-    assert ssm_hub.parser.parse_args(['RUN', '--repo-id', 'a/b', '--ema']).use_ema  # the earlier spelling
-    stdout = _dry_run(run, tmp_path / 'ema', '--use-ema')
-    tensors = safetensors.torch.load_file(tmp_path / 'ema' / 'model.safetensors')
-    assert all(torch.equal(tensors[k], v) for k, v in ema_states[best].items())
-    readme, meta = _card(tmp_path / 'ema')
-    # eval_test.json evaluated the non-EMA weights: not on the card of the EMA ones
-    assert 'EMA weights' in readme and '## Sub-classifiers' not in readme and not meta.eval_results
-    assert 'evaluated other weights than the exported ones' in stdout
-    stdout = _dry_run(run, tmp_path / 'last', '--checkpoint', 'last.pth.tar')
-    tensors = safetensors.torch.load_file(tmp_path / 'last' / 'model.safetensors')
-    assert torch.equal(tensors['head.weight'], states[-1]['head.weight'])
-    assert '`last.pth.tar`, epoch 2.' in (tmp_path / 'last' / 'README.md').read_text()
-
-
-def test_default_run_evaluation_of_the_ema_weights(train_run, tmp_path, capsys):
-    """The default run evaluates the EMA weights into eval_test.json: publishing the non-EMA ones says how to
-    publish those instead; naming the file for the wrong weights is an error with the command that fixes it."""
+def test_ema_weights_checkpoint_choice_and_their_evaluation(train_run, tmp_path, capsys):
+    """--use-ema (--ema, its earlier spelling) exports the EMA weights, --checkpoint another file. A card shows an
+    evaluation of exactly its weights only: with the EMA weights evaluated (as the default run does), the non-EMA
+    export says how to publish those instead, and naming that file for it is an error with the command that fixes it."""
+    states, ema_states = train_run[1:]
     run = shutil.copytree(train_run[0], tmp_path / 'run')
     _evaluate(run, run / 'eval_test.json', '--split', 'test', '--use-ema', '--overwrite')
-    stdout = _dry_run(run, tmp_path / 'out')
-    assert 'pass --use-ema to publish those' in stdout and '## Sub-classifiers' not in _card(tmp_path / 'out')[0]
+    assert ssm_hub.parser.parse_args(['RUN', '--repo-id', 'a/b', '--ema']).use_ema
     _dry_run(run, tmp_path / 'ema', '--use-ema')
-    assert '## Sub-classifiers' in _card(tmp_path / 'ema')[0]
+    tensors = safetensors.torch.load_file(tmp_path / 'ema' / 'model.safetensors')
+    assert all(torch.equal(tensors[k], v) for k, v in ema_states[TOP1.index(max(TOP1))].items())
+    readme, meta = _card(tmp_path / 'ema')
+    assert 'EMA weights' in readme and '## Sub-classifiers' in readme and meta.eval_results
+    stdout = _dry_run(run, tmp_path / 'out')
+    readme, meta = _card(tmp_path / 'out')
+    assert 'evaluated other weights than the exported ones (the EMA weights: pass --use-ema to publish those)' in stdout
+    assert '## Sub-classifiers' not in readme and not meta.eval_results
     err = _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'x'), '--eval-json',
                   str(run / 'eval_test.json')], capsys, 'evaluated other weights.*pass --use-ema', tmp_path / 'x')
     assert f'python -m timm_ssm.evaluate --checkpoint {run / "model_best.pth.tar"} --data-dir' in err
+    _dry_run(run, tmp_path / 'last', '--checkpoint', 'last.pth.tar')
+    tensors = safetensors.torch.load_file(tmp_path / 'last' / 'model.safetensors')
+    assert torch.equal(tensors['head.weight'], states[-1]['head.weight'])
+    assert '`last.pth.tar`, epoch 2.' in (tmp_path / 'last' / 'README.md').read_text()
 
 
 @pytest.fixture(scope='module')
