@@ -3,9 +3,9 @@
     python -m timm_ssm.launch SCRIPT.py [ARGS...]
     torchrun --nproc_per_node=8 -m timm_ssm.launch train.py [ARGS...]
 
-Runs the unchanged script (a file, else one of timm's source) in this process as `python SCRIPT.py ARGS...` would,
-after `import timm_ssm` registered `<arch>_ssm`. Rank 0 of `train.py --experiment NAME` locks the run folder: a second
-run into it stops at once instead of overwriting the first's checkpoints.
+Runs the unchanged script (a file, else one of timm's source) in this process as `python SCRIPT.py ARGS...` would;
+importing this module imports `timm_ssm`, which registers `<arch>_ssm`. Rank 0 of `train.py --experiment NAME` locks
+the run folder: a second run into it stops at once instead of overwriting the first's checkpoints.
 """
 import argparse
 import contextlib
@@ -15,8 +15,6 @@ import runpy
 import sys
 from pathlib import Path
 from typing import List, Optional
-
-import timm_ssm  # noqa: F401  registers the *_ssm models before the script creates any
 
 from .timm_source import find_timm_root, parse_train_args
 
