@@ -87,7 +87,7 @@ def test_files_from_a_source_folder(tmp_path, layout):
     assert fashion_mnist.main([str(root), '--no-download']) is None  # kept as it is
 
 
-def test_download_through_torchvision(tmp_path, monkeypatch, capsys):
+def test_download_through_torchvision(tmp_path, monkeypatch):
     """No local copy: torchvision downloads the files (from a local mirror here), into a folder beside the data."""
     mirror = tmp_path / 'mirror'
     mirror.mkdir()
@@ -95,7 +95,6 @@ def test_download_through_torchvision(tmp_path, monkeypatch, capsys):
     for name in FILES:
         (mirror / f'{name}.gz').write_bytes(gzip.compress((plain / name).read_bytes()))
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(mirror))
-    handler.log_message = lambda *args: None
     server = ThreadingHTTPServer(('127.0.0.1', 0), handler)
     server.handle_error = lambda *args: None  # torchvision drops its redirect probe unread
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import OrderedDict
@@ -33,7 +34,7 @@ import timm
 import timm_ssm  # noqa: F401  (registers the *_ssm models)
 from timm.models import load_state_dict
 from timm.utils import CheckpointSaver, ModelEmaV3, update_summary
-from timm_ssm import evaluate
+from timm_ssm import evaluate, launch
 from timm_ssm import hub as ssm_hub
 from timm_ssm.hub import main
 from timm_ssm.runs import Run
@@ -160,13 +161,6 @@ def _fails(argv, capsys, match, out=None, rc=2) -> str:
     return err
 
 
-def _copy_run(run: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for p in run.iterdir():
-        (dst / p.name).write_bytes(p.read_bytes())
-    return dst
-
-
 # --- the export ---
 
 def test_export_files_weights_and_config(export, train_run):
@@ -289,35 +283,30 @@ for load in (lambda: timm.create_model('hf-hub:someone/tiny-ssm', pretrained=Tru
 
 # --- which weights, which evaluation ---
 
-def test_ema_weights_and_checkpoint_choice(train_run, tmp_path):
-    run, states, ema_states = train_run
-    best = TOP1.index(max(TOP1))
-    for option in ('--use-ema', '--ema'):  # --ema: the earlier spelling
-        stdout = _dry_run(run, tmp_path / option, option)
-        tensors = safetensors.torch.load_file(tmp_path / option / 'model.safetensors')
-        assert all(torch.equal(tensors[k], v) for k, v in ema_states[best].items())
-        readme, meta = _card(tmp_path / option)
-        # eval_test.json evaluated the non-EMA weights: not on the card of the EMA ones
-        assert 'EMA weights' in readme and '## Sub-classifiers' not in readme and not meta.eval_results
-        assert 'evaluated other weights than the exported ones' in stdout
-    stdout = _dry_run(run, tmp_path / 'last', '--checkpoint', 'last.pth.tar')
-    tensors = safetensors.torch.load_file(tmp_path / 'last' / 'model.safetensors')
-    assert torch.equal(tensors['head.weight'], states[-1]['head.weight'])
-    assert '`last.pth.tar`, epoch 2.' in (tmp_path / 'last' / 'README.md').read_text()
-
-
-def test_default_run_evaluation_of_the_ema_weights(train_run, tmp_path, capsys):
-    """The default run evaluates the EMA weights into eval_test.json: publishing the non-EMA ones says how to
-    publish those instead; naming the file for the wrong weights is an error with the command that fixes it."""
-    run = _copy_run(train_run[0], tmp_path / 'run')
+def test_ema_weights_checkpoint_choice_and_their_evaluation(train_run, tmp_path, capsys):
+    """--use-ema (--ema, its earlier spelling) exports the EMA weights, --checkpoint another file. A card shows an
+    evaluation of exactly its weights only: with the EMA weights evaluated (as the default run does), the non-EMA
+    export says how to publish those instead, and naming that file for it is an error with the command that fixes it."""
+    states, ema_states = train_run[1:]
+    run = shutil.copytree(train_run[0], tmp_path / 'run')
     _evaluate(run, run / 'eval_test.json', '--split', 'test', '--use-ema', '--overwrite')
-    stdout = _dry_run(run, tmp_path / 'out')
-    assert 'pass --use-ema to publish those' in stdout and '## Sub-classifiers' not in _card(tmp_path / 'out')[0]
+    assert ssm_hub.parser.parse_args(['RUN', '--repo-id', 'a/b', '--ema']).use_ema
     _dry_run(run, tmp_path / 'ema', '--use-ema')
-    assert '## Sub-classifiers' in _card(tmp_path / 'ema')[0]
+    tensors = safetensors.torch.load_file(tmp_path / 'ema' / 'model.safetensors')
+    assert all(torch.equal(tensors[k], v) for k, v in ema_states[TOP1.index(max(TOP1))].items())
+    readme, meta = _card(tmp_path / 'ema')
+    assert 'EMA weights' in readme and '## Sub-classifiers' in readme and meta.eval_results
+    stdout = _dry_run(run, tmp_path / 'out')
+    readme, meta = _card(tmp_path / 'out')
+    assert 'evaluated other weights than the exported ones (the EMA weights: pass --use-ema to publish those)' in stdout
+    assert '## Sub-classifiers' not in readme and not meta.eval_results
     err = _fails([str(run), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'x'), '--eval-json',
                   str(run / 'eval_test.json')], capsys, 'evaluated other weights.*pass --use-ema', tmp_path / 'x')
     assert f'python -m timm_ssm.evaluate --checkpoint {run / "model_best.pth.tar"} --data-dir' in err
+    _dry_run(run, tmp_path / 'last', '--checkpoint', 'last.pth.tar')
+    tensors = safetensors.torch.load_file(tmp_path / 'last' / 'model.safetensors')
+    assert torch.equal(tensors['head.weight'], states[-1]['head.weight'])
+    assert '`last.pth.tar`, epoch 2.' in (tmp_path / 'last' / 'README.md').read_text()
 
 
 @pytest.fixture(scope='module')
@@ -363,14 +352,14 @@ def test_eval_json_that_is_not_an_evaluation(train_run, tmp_path, capsys):
     for path in (tmp_path / 'other.json', tmp_path / 'missing.json', tmp_path):
         _fails([str(train_run[0]), '--repo-id', 'a/b', '--dry-run', '--out', str(tmp_path / 'out'), '--eval-json',
                 str(path)], capsys, f'--eval-json {path} is not the --json output of python -m timm_ssm.evaluate')
-    run = _copy_run(train_run[0], tmp_path / 'run')
+    run = shutil.copytree(train_run[0], tmp_path / 'run')
     (run / 'eval_test.json').unlink()  # without the default file: no results, and how to make them
     stdout = _dry_run(run, tmp_path / 'out')
     assert 'eval_test.json does not exist; make it with: python -m timm_ssm.evaluate' in stdout
 
 
 def test_results_of_the_published_epoch_after_resume(train_run, tmp_path):
-    run = _copy_run(train_run[0], tmp_path / 'run')
+    run = shutil.copytree(train_run[0], tmp_path / 'run')
     lines = (run / 'summary.csv').read_text().splitlines()
     last = lines[-1].split(',')
     last[lines[0].split(',').index('eval_top1')] = '90.0'  # after --resume, model_best is not summary.csv's best
@@ -439,7 +428,7 @@ def test_label_names(tmp_path):
 # --- outputs ---
 
 def test_out_folder_is_replaced_only_when_asked_and_only_an_export(train_run, tmp_path, capsys):
-    run = _copy_run(train_run[0], tmp_path / 'run')
+    run = shutil.copytree(train_run[0], tmp_path / 'run')
     argv = [str(run), '--repo-id', 'ORG/NAME', '--dry-run']
     assert main([*argv, '--checkpoint', 'last.pth.tar']) == 0  # into RUN/hub-ORG--NAME
     out = run / 'hub-ORG--NAME'
@@ -469,7 +458,7 @@ def test_full_disk_and_read_only_run_folder(train_run, tmp_path):
     probe = subprocess.run(['unshare', '-Urm', 'true'], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f'cannot mount in a user namespace here (unshare -Urm: {probe.stderr.strip()[:200]})')
-    run, disk = _copy_run(train_run[0], tmp_path / 'run'), tmp_path / 'disk'
+    run, disk = shutil.copytree(train_run[0], tmp_path / 'run'), tmp_path / 'disk'
     disk.mkdir()
     runs = [[str(run), '--repo-id', 'a/b', '--dry-run', '--out', f'{disk}/export'],
             [str(run), '--repo-id', 'a/b', '--dry-run']]
@@ -497,7 +486,7 @@ def test_full_disk_and_read_only_run_folder(train_run, tmp_path):
     ('bare_state_dict', '--model'),
 ])
 def test_bad_run(case, match, train_run, tmp_path, capsys):
-    run = _copy_run(train_run[0], tmp_path / 'run')
+    run = shutil.copytree(train_run[0], tmp_path / 'run')
     best, args = run / 'model_best.pth.tar', yaml.safe_load((run / 'args.yaml').read_text())
     if case == 'no_checkpoint':
         best.unlink()
@@ -635,27 +624,21 @@ def test_unreachable_hub(train_run, monkeypatch, tmp_path, capsys):
 @pytest.mark.skipif(not os.environ.get('TIMM_ROOT'), reason='needs timm\'s train.py: set TIMM_ROOT to a checkout of '
                     'pytorch-image-models at the tag of the installed timm (git clone --branch v1.0.31 '
                     'https://github.com/huggingface/pytorch-image-models.git)')
-def test_real_train_py_run_as_the_default_run_publishes_it(hub_cache, tmp_path):
-    """train.py with model EMA, then evaluate's EMA evaluation of the test split (as the default run), then the
-    script of the repository: the card shows that evaluation and hf-hub: loads the EMA weights."""
+def test_real_train_py_run_as_the_default_run_publishes_it(hub_cache, tmp_path, capsys):
+    """timm's train.py with model EMA (in this process), then evaluate's EMA evaluation of the test split (as the
+    default run), then the export into RUN/hub-ORG--NAME: the card shows that evaluation, hf-hub: loads the EMA
+    weights."""
     data = tmp_path / 'data'
     for split in ('train', 'validation', 'test'):
         _image_folder(data, split, per_class=3)
-    cmd = [sys.executable, '-m', 'timm_ssm.launch', str(Path(os.environ['TIMM_ROOT']) / 'train.py'), '--data-dir',
-           str(data), '--model', 'test_resnet_ssm', '--num-classes', '5', '--in-chans', '1', '--img-size', '32',
-           '--model-kwargs', 'num_splits=2', '-b', '5', '--epochs', '2', '--warmup-epochs', '0', '--model-ema',
-           '--model-ema-decay', '0.5', '--device', 'cpu', '--workers', '0', '--output', str(tmp_path / 'output'),
-           '--experiment', 'fm']
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
-               OMP_NUM_THREADS='1')
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch.main(['train.py', '--data-dir', str(data), '--model', 'test_resnet_ssm', '--num-classes', '5', '--in-chans',
+                 '1', '--img-size', '32', '--model-kwargs', 'num_splits=2', '-b', '5', '--epochs', '2',
+                 '--warmup-epochs', '0', '--model-ema', '--model-ema-decay', '0.5', '--device', 'cpu', '--workers',
+                 '0', '--output', str(tmp_path / 'output'), '--experiment', 'fm'])
     run = tmp_path / 'output' / 'fm'
     _evaluate(run, run / 'eval_test.json', '--split', 'test', '--use-ema')
-    proc = subprocess.run([sys.executable, str(REPO / 'hub_upload' / 'upload.py'), str(run), '--repo-id',
-                           'someone/fm-ssm', '--dry-run', '--use-ema'], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0 and f'Wrote {run / "hub-someone--fm-ssm"}' in proc.stdout, proc.stderr[-3000:]
+    assert main([str(run), '--repo-id', 'someone/fm-ssm', '--dry-run', '--use-ema']) == 0
+    assert f'Wrote {run / "hub-someone--fm-ssm"}' in capsys.readouterr().out
     readme, meta = _card(run / 'hub-someone--fm-ssm')
     assert '| Final | 1 |' in readme and {r.dataset_split for r in meta.eval_results} == {'test'}
     hub_cache.put('someone/fm-ssm', run / 'hub-someone--fm-ssm')

@@ -2,6 +2,7 @@
 the SSM models registered; train.py's run folder is locked while it runs."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from timm_ssm import launch
+
+from clean_exit import exits_clearly
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,9 +70,7 @@ def test_script_names(tmp_path, monkeypatch, capsys):
     for argv, message in (([], 'the following arguments are required: SCRIPT.py'),
                           (['no/such/script.py'], 'no/such/script.py is neither a file here nor a script'),
                           (['benchmark.py'], 'benchmark.py is neither a file here nor a script of timm')):
-        with pytest.raises(SystemExit) as e:
-            launch.main(argv)
-        assert e.value.code == 2 and message in capsys.readouterr().err
+        exits_clearly(launch.main, argv, capsys, message)
 
 
 # timm's train.py's two parsers (a `-c` config first, then the rest)
@@ -92,10 +93,7 @@ def test_second_run_into_a_live_folder_is_refused(tmp_path, capsys):
     (tmp_path / 'cfg.yaml').write_text(f'output: {tmp_path / "out"}\n')
     argv = [str(tmp_path / 'train.py'), '-c', str(tmp_path / 'cfg.yaml'), '--experiment', 'exp']
     with launch.run_folder_lock(tmp_path / 'out' / 'exp'):
-        with pytest.raises(SystemExit) as e:
-            launch.main(argv)
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and f'another train.py run is writing {tmp_path / "out" / "exp"} now' in err
-        assert 'give this run another --experiment NAME' in err
+        message = f'another train.py run is writing {tmp_path / "out" / "exp"} now: give this run another --experiment'
+        exits_clearly(launch.main, argv, capsys, re.escape(message))
     launch.main(argv)
     assert capsys.readouterr().out == 'train.py ran\n'

@@ -55,21 +55,18 @@ PARENT = textwrap.dedent('''
 ''')
 
 
+_STARTED = []
+
+
 @pytest.fixture(autouse=True)
 def _no_leftovers():
-    """A failing test leaves no parent or child behind."""
+    """A failing test leaves no parent or child behind (each parent leads its own process group)."""
     yield
     for proc in _STARTED:
-        if proc.poll() is None:
-            for pid in _child_pids(proc.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     _STARTED.clear()
-
-
-_STARTED = []
 
 
 def _start(tmp_path, n, **kwargs):

@@ -2,12 +2,10 @@
 
     python -m timm_ssm.fashion_mnist [ROOT] [--source DIR] [--no-download] [--folder]
 
-`prepare_fashion_mnist` puts the four files where torchvision's `FashionMNIST` (and timm's
-`--dataset torch/fashion_mnist --data-dir ROOT`) reads them: from a local copy (the Debian package
-`dataset-fashion-mnist` installs one, gzipped), else from torchvision's download. `prepare_fashion_mnist_folder`
-writes them as the image folder the default run trains on (grey PNGs, read as RGB by timm), with a validation split
-held out of the training images. Files and folders are written beside their place and renamed in: a run that reads
-them never sees one half-written or deleted.
+`prepare_fashion_mnist` puts the four files where torchvision's `FashionMNIST` (and timm's `--dataset
+torch/fashion_mnist --data-dir ROOT`) reads them, from a local copy (the Debian package `dataset-fashion-mnist`'s) or
+torchvision's download; `prepare_fashion_mnist_folder` writes the image folder the default run trains on. Both write
+beside the final place and rename in: a run never sees a file or folder half-written or deleted.
 """
 import argparse
 import gzip
@@ -15,12 +13,16 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
+from PIL import Image
+from torchvision.datasets import FashionMNIST
 
 from .files import atomic_write
+from .timm_source import cache_dir
 
 __all__ = ['prepare_fashion_mnist', 'prepare_fashion_mnist_folder', 'default_root', 'DEBIAN_SOURCE', 'MEAN', 'STD',
            'NUM_CLASSES', 'CLASS_NAMES', 'FOLDER_NAME']
@@ -33,13 +35,13 @@ NUM_CLASSES = 10
 CLASS_NAMES = ('t-shirt_top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag',
                'ankle_boot')
 FOLDER_NAME = 'fashion_mnist_images'
-FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+FILES = tuple(name.removesuffix('.gz') for name, _ in FashionMNIST.resources)
 _VERSION = 1  # of the image folder's layout and validation draw
+PathLike = Optional[Union[str, Path]]
 
 
 def default_root() -> Path:
     """Where the default run keeps the data: `<timm-ssm cache>/data` (`~/.cache/timm_ssm/data`)."""
-    from .timm_source import cache_dir
     return cache_dir() / 'data'
 
 
@@ -48,11 +50,7 @@ def _writable(root) -> str:
             'set XDG_CACHE_HOME to a folder you can write (the data go to $XDG_CACHE_HOME/timm_ssm/data)')
 
 
-def prepare_fashion_mnist(
-        root: Optional[Union[str, Path]] = None,
-        source: Optional[Union[str, Path]] = None,
-        download: bool = True,
-) -> Path:
+def prepare_fashion_mnist(root: PathLike = None, source: PathLike = None, download: bool = True) -> Path:
     """Put the four Fashion-MNIST files where torchvision's `FashionMNIST(ROOT)` reads them and return ROOT.
 
     Args:
@@ -60,7 +58,6 @@ def prepare_fashion_mnist(
         source: A folder with the files (gzipped or not, flat or in torchvision's layout); the Debian package's if None.
         download: Let torchvision download them when `source` lacks one.
     """
-    from torchvision.datasets import FashionMNIST
     raw = Path(root or default_root()).expanduser() / 'FashionMNIST' / 'raw'
     source = Path(source or DEBIAN_SOURCE).expanduser()
     found = {name: next((p for p in (source / name, source / f'{name}.gz', source / 'FashionMNIST' / 'raw' / name,
@@ -96,7 +93,6 @@ def prepare_fashion_mnist(
 
 def _read(root: Path, train: bool) -> Tuple[np.ndarray, np.ndarray]:
     """Images and labels as torchvision reads them; a RuntimeError if they are not Fashion-MNIST's."""
-    from torchvision.datasets import FashionMNIST
     try:
         dataset = FashionMNIST(str(root), train=train)
         images, labels = dataset.data.numpy(), dataset.targets.numpy()
@@ -108,19 +104,10 @@ def _read(root: Path, train: bool) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def prepare_fashion_mnist_folder(
-        root: Optional[Union[str, Path]] = None,
-        source: Optional[Union[str, Path]] = None,
-        download: bool = True,
-) -> Path:
-    """Write Fashion-MNIST as an image folder with a validation split held out of the training images, and return it.
-
-    `ROOT/fashion_mnist_images/` (for `--data-dir` with `--train-split train --val-split validation`): `train/`
-    (55,000 images), `validation/` (the other 5,000: a seeded draw of 1/12 of each class, 500 a class), `test/`
-    (10,000), one folder per class name. One there already is kept; a new one is written beside and renamed in whole.
-    The arguments are `prepare_fashion_mnist`'s, which puts the files in ROOT first.
-    """
-    from PIL import Image
+def prepare_fashion_mnist_folder(root: PathLike = None, source: PathLike = None, download: bool = True) -> Path:
+    """Write Fashion-MNIST as the image folder `ROOT/fashion_mnist_images/` and return it: `train/` (55,000 images),
+    `validation/` (the other 5,000: a seeded draw of 500 a class), `test/` (10,000), one folder per class name, grey
+    PNGs (read as RGB by timm). One there already is kept. The arguments are `prepare_fashion_mnist`'s."""
     folder = Path(root or default_root()).expanduser() / FOLDER_NAME
     if not folder.exists():
         data_root = prepare_fashion_mnist(root, source, download)
@@ -149,11 +136,9 @@ def prepare_fashion_mnist_folder(
                                f'about 300 MB free.') from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    try:  # the folder is one this module wrote: it is never deleted or rewritten here, a run may be reading it
+    with suppress(OSError, ValueError, KeyError):  # a folder there is never deleted or rewritten: a run may read it
         if json.loads((folder / 'manifest.json').read_text())['version'] == _VERSION:
             return folder
-    except (OSError, ValueError, KeyError):
-        pass
     raise RuntimeError(f'{folder} is not a Fashion-MNIST image folder of this version of timm-ssm: when no run uses '
                        f'it, delete it (rm -r {folder}) and run again.')
 
@@ -161,8 +146,8 @@ def prepare_fashion_mnist_folder(
 parser = argparse.ArgumentParser(
     prog='python -m timm_ssm.fashion_mnist',
     description='Prepare Fashion-MNIST for timm (--dataset torch/fashion_mnist --data-dir ROOT) and print ROOT.')
-parser.add_argument('root', nargs='?', default=None, help=f'data folder (default: {default_root()})')
-parser.add_argument('--source', default=None, help=f'folder with the four files (default: {DEBIAN_SOURCE})')
+parser.add_argument('root', nargs='?', help=f'data folder (default: {default_root()})')
+parser.add_argument('--source', help=f'folder with the four files (default: {DEBIAN_SOURCE})')
 parser.add_argument('--no-download', action='store_true', help='never download with torchvision')
 parser.add_argument('--folder', action='store_true', help=f'also write the image folder ROOT/{FOLDER_NAME} '
                     '(train/, validation/ held out of train, test/: what the default run trains on) and print it')

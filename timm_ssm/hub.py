@@ -2,10 +2,10 @@
 
     python -m timm_ssm.hub RUN --repo-id ORG/NAME [--dry-run] [--out DIR] ...
 
-timm's `save_for_hf` writes the run's model (`timm_ssm.runs`), huggingface_hub's `ModelCard.from_template` fills
-`model_card.md` with the run's summary.csv and the evaluation `--eval-json` (default RUN/eval_test.json) of exactly
-these weights, its split named by the folder timm read; `create_repo` + `upload_folder` upload it, as timm's
-`push_to_hf_hub` does. The token (HF_TOKEN or `hf auth login`) is never printed; --dry-run needs none.
+timm's `save_for_hf` writes the run's model; huggingface_hub's `ModelCard.from_template` fills `model_card.md` with
+the run's summary.csv and the evaluation of exactly these weights (`--eval-json`, default RUN/eval_test.json), its split
+named by the folder timm read; `create_repo` + `upload_folder` upload it, as timm's `push_to_hf_hub` does. The token
+is never printed.
 """
 import argparse
 import csv
@@ -13,9 +13,10 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -33,7 +34,8 @@ from timm.utils import ParseKwargs
 from .complexity import model_complexity
 from .files import RunError, check_output_folder
 from .runs import (
-    Run, class_names, create_run_model, load_run, run_data_config, split_folder, split_head, weights_digest)
+    SPLIT_SYNONYMS, Run, class_names, create_run_model, load_run, run_data_config, split_folder, split_head,
+    weights_digest)
 
 __all__ = ['main', 'export', 'model_card', 'write_export', 'read_evaluation', 'HubError']
 
@@ -49,7 +51,6 @@ _LOCAL_ARGS = ('data', 'data_dir', 'output', 'resume', 'initial_checkpoint', 'pr
 # pretrained cfg fields of the weights the architecture is registered with, not of this run's
 _SOURCE_FIELDS = ('tag', 'hf_hub_id', 'url', 'file', 'source', 'description', 'origin_url', 'paper_name', 'paper_ids',
                   'notes', 'label_names', 'label_descriptions')
-_SPLIT_SYNONYMS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation'))  # timm's
 _EVALUATED = {
     'held-out': "the held-out split `{}` of the run's data set",
     'train': '**the training images** (`{}`), not held-out data',
@@ -61,23 +62,22 @@ class HubError(Exception):
     """The Hub could not be reached or refused a request."""
 
 
-
-
 def label_names(run: Run, model, label_file: Optional[str] = None) -> Tuple[Optional[List[str]], str]:
     """Class names in classifier order from `label_file` (one a line, or a JSON list), else from the run's data set
     as timm's `create_dataset` opens it; and where they came from, or why there are none."""
-    if label_file:
-        try:
-            text = Path(label_file).read_text(encoding='utf-8')
-            names = [str(n).strip() for n in (json.loads(text) if label_file.endswith('.json') else text.splitlines())]
-        except (OSError, ValueError) as e:
-            raise RunError(f'Cannot read --label-names {label_file} ({e}): give a file of class names, one a line.')
-        if len([n for n in names if n]) != model.num_classes:
-            raise RunError(f'--label-names {label_file} does not have the model\'s {model.num_classes} class names: '
-                           f'give one a line, in class order.')
-        return [n for n in names if n], f'from {label_file}'
-    names = class_names(run, model)
-    return (names, "from the run's training classes") if names else (None, 'none (give them with --label-names FILE)')
+    if not label_file:
+        names = class_names(run, model)
+        return names, ("from the run's training classes" if names else 'none (give them with --label-names FILE)')
+    try:
+        text = Path(label_file).read_text(encoding='utf-8')
+        names = [str(n).strip() for n in (json.loads(text) if label_file.endswith('.json') else text.splitlines())]
+    except (OSError, ValueError) as e:
+        raise RunError(f'Cannot read --label-names {label_file} ({e}): give a file of class names, one a line.')
+    names = [n for n in names if n]
+    if len(names) != model.num_classes:
+        raise RunError(f'--label-names {label_file} does not have the model\'s {model.num_classes} class names: give '
+                       f'one a line, in class order.')
+    return names, f'from {label_file}'
 
 
 def _evaluated_split(run: Run, data: Dict[str, Any]) -> Tuple[str, str]:
@@ -95,7 +95,7 @@ def _evaluated_split(run: Run, data: Dict[str, Any]) -> Tuple[str, str]:
         return 'other', theirs or Path(folder).name
     if train is None:  # a named data set (torch/, hfds/, ...): split names, as create_dataset reads them
         split, train = (s.split('[')[0] for s in (data.get('split') or '', run.args.get('train_split') or 'train'))
-        return ('train' if split in ('', train, *_SPLIT_SYNONYMS[0]) else 'held-out'), split
+        return ('train' if split in ('', train, *SPLIT_SYNONYMS[0]) else 'held-out'), split
     label = os.path.relpath(folder, os.path.realpath(root))
     label = 'all splits' if label == '.' else label
     if folder == train or train.startswith(folder + os.sep) or folder.startswith(train + os.sep):
@@ -141,10 +141,8 @@ def _summary(run: Run) -> Dict[str, Any]:
     if (run.folder / 'summary.csv').is_file():
         with open(run.folder / 'summary.csv', newline='') as f:
             for row in csv.DictReader(f):
-                try:  # a header repeated by --resume, a line cut short: skipped
+                with suppress(TypeError, ValueError):  # a header repeated by --resume, a line cut short: skipped
                     rows.append({k: float(v) for k, v in row.items() if k and v})
-                except (TypeError, ValueError):
-                    continue
     rows = [r for r in rows if 'epoch' in r and 'eval_top1' in r]
     if not rows:
         return dict(note='No `summary.csv` with an evaluation came with the checkpoint: no accuracy of train.py.')
@@ -169,24 +167,23 @@ def _local(value) -> bool:
     return isinstance(value, str) and (value.startswith(('local-dir:', 'file:', '~')) or os.path.isabs(value))
 
 
-def _training(run: Run, base_model: Optional[str]) -> Optional[Dict[str, Any]]:
+def _training(run: Run) -> Optional[Dict[str, Any]]:
+    """train.py's arguments for the card, without paths of the machine it ran on."""
     args = run.args
     left_out = sorted(k for k, v in args.items() if v and (k in _LOCAL_ARGS or _local(v)))
     return dict(
-        source=f'Fine-tuned from [{base_model}](https://huggingface.co/{base_model})' if base_model else
-        'Fine-tuned from pretrained weights' if args.get('pretrained') or args.get('pretrained_path') else
-        'Trained from scratch',
+        pretrained=bool(args.get('pretrained') or args.get('pretrained_path')),
         recipe=', '.join(f'{k.replace("_", " ")} {args[k]}' for k in ('epochs', 'batch_size', 'opt', 'lr', 'sched')
                          if args.get(k) is not None),
         args=yaml.safe_dump({k: v for k, v in args.items() if k not in (*left_out, *_LOCAL_ARGS)}).rstrip(),
         left_out=left_out) if run.trained and args else None
 
 
-def base_weights(run: Run, license: Optional[str]) -> Tuple[Optional[str], str, Dict[str, Any]]:
+def base_weights(run: Run, license: Optional[str]) -> Tuple[Optional[str], str, List[Tuple[str, str]]]:
     """The Hub id of the weights the run started from (train.py's --pretrained; None for a folder or file), the
-    export's license (`license`, else that of those weights, else apache-2.0) and their pretrained cfg."""
+    export's license (`license`, else that of those weights, else apache-2.0) and the papers of timm's weights."""
     if not run.args.get('pretrained'):
-        return None, license or 'apache-2.0', {}
+        return None, license or 'apache-2.0', []
     name = run.args.get('model') or ''
     source, model_id = parse_model_name(name)
     try:
@@ -202,7 +199,8 @@ def base_weights(run: Run, license: Optional[str]) -> Tuple[Optional[str], str, 
                            f'{e}): give the license of those weights with --license ID.') from None
         cfg = {}
     hub_id = model_id.partition('@')[0] if source == 'hf-hub' else None if source else cfg.get('hf_hub_id')
-    return None if run.args.get('pretrained_path') else hub_id, license or cfg.get('license') or 'apache-2.0', cfg
+    license = license or cfg.get('license') or 'apache-2.0'
+    return None if run.args.get('pretrained_path') else hub_id, license, [] if source else _papers(cfg)
 
 
 def _papers(cfg: Dict[str, Any]) -> List[Tuple[str, str]]:
@@ -244,7 +242,7 @@ def model_card(run: Run, model: nn.Module, args: argparse.Namespace, data_config
         in_chans=in_chans, h=h, w=w, mode='L' if in_chans == 1 else 'RGB', top_k=min(5, model.num_classes),
         cost=model_complexity(model, data_config['input_size']), papers=papers, label_names=names,
         train_dataset=dataset, summary=_summary(run), checkpoint=run.checkpoint.name, epoch=run.epoch,
-        use_ema=args.use_ema, evaluation=evaluation, training=_training(run, base_model))
+        use_ema=args.use_ema, evaluation=evaluation, training=_training(run))
 
 
 def check_out(out: Path, overwrite: bool):
@@ -276,9 +274,7 @@ def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card:
         del config['model_args']['num_classes']  # transformers' timm wrapper passes its own: twice is a TypeError
         (tmp / 'config.json').write_text(json.dumps(config, indent=2))
         card.save(tmp / 'README.md')
-        umask = os.umask(0o22)
-        os.umask(umask)
-        (tmp / 'model.safetensors').chmod(0o666 & ~umask)  # as open() makes files (safetensors: 0o600)
+        (tmp / 'model.safetensors').chmod(stat.S_IMODE((tmp / 'README.md').stat().st_mode))  # as open() (not 0o600)
         if out.exists():
             out.rename(old)
         tmp.rename(out)
@@ -286,11 +282,9 @@ def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             old.rename(out)  # the earlier export, as it was
-        for folder in made:  # deepest first; one that something else wrote to stays
-            try:
+        with suppress(OSError):  # deepest first; one that something else wrote to stays, and those above it
+            for folder in made:
                 folder.rmdir()
-            except OSError:
-                break
         if isinstance(e, (OSError, SafetensorError)):
             raise RunError(f'Cannot write the export to {out} ({e}); nothing was written: free some space, or give '
                            f'--out DIR on another disk.') from None
@@ -315,10 +309,9 @@ def export(args: argparse.Namespace, run: Run, out: Path) -> nn.Module:
     path = Path(args.eval_json) if args.eval_json else run.folder / 'eval_test.json'
     evaluation, note = read_evaluation(run, weights_digest(model), path, bool(args.eval_json), args.use_ema)
     print(f'Evaluation on the card: {note}')
-    base_model, license, base_cfg = base_weights(run, args.license)
+    base_model, license, papers = base_weights(run, args.license)
     model.pretrained_cfg = dict({k: v for k, v in model.pretrained_cfg.items() if k not in _SOURCE_FIELDS},
                                 license=license)
-    papers = _papers(base_cfg) if parse_model_name(run.args.get('model') or '')[0] is None else []  # timm's tags
     card = model_card(run, model, args, data_config, license, base_model, names, evaluation, papers)
     write_export(model, out, data_config, card, names)
     print(f'Wrote {out}:')
@@ -350,31 +343,41 @@ def _hub_errors(action: str):
                        f'the connection and HF_ENDPOINT, then run again.') from None
 
 
-def check_remote(api: HfApi, repo_id: str, private: bool = False) -> str:
-    """The token's user, once the token is valid and --private can be honored."""
-    user = api.whoami()['name']
-    if private:
+def upload(args: argparse.Namespace, run: Run, out: Optional[Path], where: str):
+    """Check the token and the repository, export the run (into `out`, else a temporary folder) and upload it as
+    timm's `push_to_hf_hub` does, keeping a README.md already there unless --overwrite-card."""
+    token = get_token()
+    if not token:
+        raise RunError('No Hugging Face token: log in once with `hf auth login` or set HF_TOKEN (--dry-run needs '
+                       'none).')
+    api, repo_id = HfApi(token=token, library_name='timm', library_version=timm.__version__), args.repo_id
+    with _hub_errors('check the token and repository'):
+        user = api.whoami()['name']
         try:
-            public = not api.repo_info(repo_id).private
+            public = args.private and not api.repo_info(repo_id).private
         except RepositoryNotFoundError:
             public = False
-        if public:
-            raise RunError(f'--private: {repo_id} exists and is public, and uploading does not change that: make it '
-                           f'private in its settings on the Hub first, or upload without --private.')
-    return user
-
-
-def push_folder(api: HfApi, folder: Path, repo_id: str, commit_message: str, private: bool = False,
-                revision: Optional[str] = None, overwrite_card: bool = False):
-    """Upload the export as timm's `push_to_hf_hub` does, keeping a README.md already there unless `overwrite_card`;
-    the commit info and whether the card was kept."""
-    api.create_repo(repo_id, private=True if private else None, exist_ok=True)  # None: the Hub's default
-    if revision and revision != 'main':
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    keep_card = not overwrite_card and api.file_exists(repo_id, 'README.md', revision=revision)
-    info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message,
-                             ignore_patterns=['README.md'] if keep_card else None)
-    return info, keep_card
+    if public:
+        raise RunError(f'--private: {repo_id} exists and is public, and uploading does not change that: make it '
+                       f'private in its settings on the Hub first, or upload without --private.')
+    print(f'Hub: {constants.ENDPOINT}, as {user}')
+    with tempfile.TemporaryDirectory(prefix='timm_ssm_hub_') as tmp:
+        folder = out or Path(tmp) / 'export'
+        arch = export(args, run, folder).pretrained_cfg['architecture']
+        print(f'Uploading to {where} ...')
+        with _hub_errors('upload'):
+            api.create_repo(repo_id, private=True if args.private else None, exist_ok=True)  # None: the Hub's default
+            if args.revision and args.revision != 'main':
+                api.create_branch(repo_id, branch=args.revision, exist_ok=True)
+            keep_card = not args.overwrite_card and api.file_exists(repo_id, 'README.md', revision=args.revision)
+            info = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=args.revision,
+                commit_message=args.commit_message or f'Add {arch} weights (timm-ssm export)',
+                ignore_patterns=['README.md'] if keep_card else None)
+    if keep_card:
+        print('The repository already has a README.md: kept it (pass --overwrite-card to replace it).')
+    print(f'Uploaded: {info.commit_url}\nLoad it with: import timm, timm_ssm; timm.create_model('
+          f'\'hf-hub:{repo_id}\', pretrained=True) (pip install timm-ssm: {PROJECT_URL})')
 
 
 parser = argparse.ArgumentParser(
@@ -387,8 +390,7 @@ parser.add_argument('--out', metavar='DIR',
 parser.add_argument('--overwrite', action='store_true', help='replace an earlier export in that folder')
 parser.add_argument('--dry-run', action='store_true', help='write the export only: no token needed, nothing sent')
 group = parser.add_argument_group('Weights')
-group.add_argument('--checkpoint', metavar='NAME',
-                   help='checkpoint file in RUN (default: model_best.pth.tar, else last.pth.tar)')
+group.add_argument('--checkpoint', metavar='NAME', help='file in RUN (default: model_best.pth.tar, else last.pth.tar)')
 group.add_argument('--use-ema', action='store_true', help='export the checkpoint\'s EMA weights')
 group.add_argument('--ema', action='store_true', dest='use_ema', help=argparse.SUPPRESS)  # the earlier spelling
 group.add_argument('--model', metavar='NAME', help='model name (<arch>_ssm) over the run\'s')
@@ -397,12 +399,10 @@ group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, 
 group = parser.add_argument_group('Model card')
 group.add_argument('--eval-json', metavar='FILE', help='python -m timm_ssm.evaluate --json output of the exported '
                    'weights (default: RUN/eval_test.json if it exists)')
-group.add_argument('--license', help='license id (default: that of the weights the run started from, else '
-                   'apache-2.0)')
+group.add_argument('--license', help='license id (default: that of the weights the run started from, else apache-2.0)')
 group.add_argument('--tag', action='append', default=[], dest='tags', metavar='TAG', help='extra Hub tag (repeatable)')
 group.add_argument('--dataset-id', metavar='ORG/NAME', help='Hub data set id (default: from the run\'s --dataset)')
-group.add_argument('--label-names', metavar='FILE', help='class names, one a line or a JSON list (default: from the '
-                   'run\'s data set)')
+group.add_argument('--label-names', metavar='FILE', help='class names, one a line or a JSON list (default: the run\'s)')
 group = parser.add_argument_group('Upload')
 group.add_argument('--private', action='store_true', help='create the repository private')
 group.add_argument('--revision', metavar='BRANCH', help='branch to commit to (default: main)')
@@ -427,26 +427,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             export(args, run, out)
             kept = '' if args.overwrite_card else '; a README.md already there would be kept'
             print(f'Dry run: would upload these files to {where}{kept}. Nothing was sent.')
-            return 0
-        token = get_token()
-        if not token:
-            raise RunError('No Hugging Face token: log in once with `hf auth login` or set HF_TOKEN (--dry-run needs '
-                           'none).')
-        api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
-        with _hub_errors('check the token and repository'):
-            print(f'Hub: {constants.ENDPOINT}, as {check_remote(api, args.repo_id, args.private)}')
-        with tempfile.TemporaryDirectory(prefix='timm_ssm_hub_') as tmp:
-            folder = out or Path(tmp) / 'export'
-            arch = export(args, run, folder).pretrained_cfg['architecture']
-            print(f'Uploading to {where} ...')
-            with _hub_errors('upload'):
-                info, kept_card = push_folder(
-                    api, folder, args.repo_id, args.commit_message or f'Add {arch} weights (timm-ssm export)',
-                    private=args.private, revision=args.revision, overwrite_card=args.overwrite_card)
-        if kept_card:
-            print('The repository already has a README.md: kept it (pass --overwrite-card to replace it).')
-        print(f'Uploaded: {info.commit_url}\nLoad it with: import timm, timm_ssm; timm.create_model('
-              f'\'hf-hub:{args.repo_id}\', pretrained=True) (pip install timm-ssm: {PROJECT_URL})')
+        else:
+            upload(args, run, out, where)
         return 0
     except (RunError, HubError) as e:
         print(f'error: {e}', file=sys.stderr)

@@ -3,10 +3,9 @@
     python -m timm_ssm.launch SCRIPT.py [ARGS...]
     torchrun --nproc_per_node=8 -m timm_ssm.launch train.py [ARGS...]
 
-Runs the unchanged script in this process as `python SCRIPT.py ARGS...` would, after `import timm_ssm` registered
-`<arch>_ssm`. A bare name that is not a file here (`train.py`) is taken from timm's source (`TIMM_ROOT`, else the
-cached copy). For `train.py --experiment NAME` rank 0 locks the run's folder: a second run into it stops at once
-instead of overwriting the first's checkpoints; the system drops the lock when the process ends, however it ends.
+Runs the unchanged script (a file, else one of timm's source) in this process as `python SCRIPT.py ARGS...` would;
+importing this module imports `timm_ssm`, which registers `<arch>_ssm`. Rank 0 of `train.py --experiment NAME` locks
+the run folder: a second run into it stops at once instead of overwriting the first's checkpoints.
 """
 import argparse
 import contextlib
@@ -16,8 +15,6 @@ import runpy
 import sys
 from pathlib import Path
 from typing import List, Optional
-
-import timm_ssm  # noqa: F401  registers the *_ssm models before the script creates any
 
 from .timm_source import find_timm_root, parse_train_args
 
@@ -30,18 +27,18 @@ class RunFolderBusy(RuntimeError):
 
 @contextlib.contextmanager
 def run_folder_lock(folder: Path):
-    """Hold an exclusive lock on a run folder (made if missing), or raise RunFolderBusy."""
+    """Hold an exclusive lock on a run folder (made if missing), or raise RunFolderBusy; the system drops it when the
+    process ends, however it ends."""
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise RunFolderBusy(f'another train.py run is writing {folder} now: give this run another --experiment NAME '
-                            f'(or --output DIR), or wait until that run ends.') from None
-    except OSError:
-        pass  # a file system without locks: run as train.py itself does
-    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderBusy(f'another train.py run is writing {folder} now: give this run another --experiment '
+                                f'NAME (or --output DIR), or wait until that run ends.') from None
+        except OSError:
+            pass  # a file system without locks: run as train.py itself does
         yield
     finally:
         os.close(fd)
@@ -64,9 +61,8 @@ def run_train(train_py: str, args: List[str]) -> None:
         ns = parse_train_args(args, train_py)
     except ValueError:  # train.py says what is wrong itself
         return run_script(train_py, args)
-    if not ns.experiment or os.environ.get('RANK', '0') != '0':
-        return run_script(train_py, args)
-    with run_folder_lock(Path(ns.output or 'output/train') / ns.experiment):
+    locked = ns.experiment and os.environ.get('RANK', '0') == '0'
+    with run_folder_lock(Path(ns.output or 'output/train') / ns.experiment) if locked else contextlib.nullcontext():
         run_script(train_py, args)
 
 
@@ -78,21 +74,15 @@ parser.add_argument('script', metavar='SCRIPT.py', help='a path, or a script of 
 parser.add_argument('args', nargs=argparse.REMAINDER, metavar='ARGS', help='the arguments of the script')
 
 
-def _script(name: str) -> str:
-    """The file of SCRIPT.py: a file here, else a script of timm's source."""
-    if os.path.isfile(name):
-        return name
-    path = find_timm_root() / name if os.sep not in name and name.endswith('.py') else None
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f'{name} is neither a file here nor a script of timm\'s source.')
-    return str(path)
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
+    path = args.script
     try:
-        path = _script(args.script)
-    except (FileNotFoundError, RuntimeError) as e:
+        if not os.path.isfile(path) and os.sep not in path and path.endswith('.py'):
+            path = str(find_timm_root() / path)  # a script of timm's source
+        if not os.path.isfile(path):
+            raise RuntimeError(f'{args.script} is neither a file here nor a script of timm\'s source.')
+    except RuntimeError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     try:
         (run_train if os.path.basename(path) == 'train.py' else run_script)(path, args.args)

@@ -6,17 +6,15 @@
         except Stopped as stop:
             return stop.exit_code  # 130 after Ctrl-C, 128 + signum after SIGTERM or SIGHUP
 
-While `Children` is active, SIGTERM and SIGHUP (a job scheduler, a closed terminal) are forwarded to every live
-child; SIGINT too, unless a terminal sent Ctrl-C to the whole process group, children included. No child starts
-after a signal, `run` raises `Stopped` once its child has ended, and a signal that finds no live child raises
-`Stopped` where the main thread is: as `Stopped` is a `KeyboardInterrupt`, timm's train.py run in this process ends
-its epoch loop on it as on Ctrl-C, and `Children.signum` tells afterwards that it came.
+SIGTERM, SIGHUP and SIGINT (unless a terminal's Ctrl-C reached the children already) go to every live child; none
+starts after a signal. With no live child, `Stopped`, a `KeyboardInterrupt`, is raised where the main thread is: timm's
+train.py run in this process ends its epoch loop on it as on Ctrl-C.
 """
 import os
 import signal
 import subprocess
 import threading
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 __all__ = ['Children', 'Stopped', 'STOP_SIGNALS']
 
@@ -24,12 +22,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Stopped(KeyboardInterrupt):
-    """A stop signal reached this process.
-
-    Attributes:
-        signum: The first stop signal received.
-        exit_code: What the process should exit with: 128 + signum (130 for SIGINT), as a shell reports it.
-    """
+    """A stop signal `signum` reached this process, which should exit with `exit_code` (128 + signum, as a shell)."""
 
     def __init__(self, signum: int):
         self.signum = signum
@@ -40,27 +33,20 @@ class Stopped(KeyboardInterrupt):
 def _terminal_sent_it(proc: subprocess.Popen) -> bool:
     """Whether Ctrl-C on the controlling terminal reached `proc` already (it is in the terminal's foreground group)."""
     try:
-        fd = os.open('/dev/tty', os.O_RDONLY | os.O_NOCTTY)
+        with open('/dev/tty', 'rb', buffering=0) as tty:
+            return os.tcgetpgrp(tty.fileno()) == os.getpgrp() == os.getpgid(proc.pid)
     except OSError:
-        return False  # no controlling terminal
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp() == os.getpgid(proc.pid)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+        return False  # no controlling terminal, or the child has ended
 
 
 class Children:
     """Runs child processes that end when this process is stopped; enter it once, in the main thread."""
 
-    def __init__(self, signals: Sequence[int] = STOP_SIGNALS):
-        self._signals = tuple(signals)
+    def __init__(self):
         self._lock = threading.RLock()  # the handler runs in the main thread, which may hold it already
         self._live: List[subprocess.Popen] = []
         self._starting = 0  # children being started, not yet in _live
         self._sent = set()  # pids a stop signal was forwarded to
-        self._previous = {}
         self.signum: Optional[int] = None  # the first stop signal received
 
     @property
@@ -68,8 +54,7 @@ class Children:
         return self.signum is not None
 
     def __enter__(self) -> 'Children':
-        for signum in self._signals:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -87,11 +72,8 @@ class Children:
 
     def _forward(self, proc: subprocess.Popen, signum: int) -> None:
         self._sent.add(proc.pid)
-        try:
-            if signum != signal.SIGINT or not _terminal_sent_it(proc):
-                proc.send_signal(signum)
-        except (ProcessLookupError, PermissionError):
-            pass  # it has just ended
+        if signum != signal.SIGINT or not _terminal_sent_it(proc):
+            proc.send_signal(signum)  # does nothing once it has ended
 
     def run(self, cmd: List[str], **popen_kwargs) -> int:
         """Run a command to its end and return its exit code (`popen_kwargs` go to `subprocess.Popen`).
@@ -112,10 +94,9 @@ class Children:
             self._forward(proc, self.signum)  # the signal came while it started
         try:
             code = proc.wait()
-        except BaseException:
-            if proc.poll() is None:  # this process fails: the child must not outlive it
-                proc.terminate()
-                proc.wait()
+        except BaseException:  # this process fails: the child must not outlive it
+            proc.terminate()
+            proc.wait()
             raise
         finally:
             with self._lock:

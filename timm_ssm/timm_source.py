@@ -1,10 +1,8 @@
 """ timm's own scripts (train.py, validate.py, ...) and train.py's own parser
 
-timm's `train.py`, `validate.py`, `inference.py` and `benchmark.py` live in its source repository
-(pytorch-image-models), not in the timm wheel. `find_timm_root` returns a folder that holds them: an explicit
-folder, the `TIMM_ROOT` environment variable, or the source at the tag of the installed timm version, downloaded
-once from GitHub into `$XDG_CACHE_HOME/timm_ssm` (`~/.cache/timm_ssm`). `parse_train_args` reads a train.py
-command line with train.py's own parsers: the one reader of train.py's arguments.
+timm's scripts live in its source repository, not in the timm wheel: `find_timm_root` finds them (an explicit folder,
+`TIMM_ROOT`, else the source of the installed timm version, downloaded once into the cache). `parse_train_args`, the
+one reader of train.py's arguments, reads them with train.py's own parsers.
 """
 import argparse
 import logging
@@ -51,14 +49,12 @@ def _checkout(root: Union[str, Path], origin: str) -> Path:
 
 
 def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool = True) -> Path:
-    """Folder of timm's source that holds `train.py`, `validate.py`, `inference.py` and `benchmark.py`.
+    """The folder of timm's source that holds `train.py`, `validate.py`, `inference.py` and `benchmark.py`, or a
+    RuntimeError with the commands that fix it.
 
     Args:
-        timm_root: A pytorch-image-models checkout, used when given; else `$TIMM_ROOT`, else the cached source.
-        download: Download the source of the installed timm version into the cache when it is not there.
-
-    Raises:
-        RuntimeError: Nothing found, with the commands that fix it.
+        timm_root: A pytorch-image-models checkout; else `$TIMM_ROOT`, else the installed timm version's source in the
+            cache, downloaded once if `download`.
     """
     if timm_root or os.environ.get('TIMM_ROOT'):
         return _checkout(timm_root or os.environ['TIMM_ROOT'], '--timm-root' if timm_root else 'TIMM_ROOT')
@@ -78,11 +74,10 @@ def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool 
             with urllib.request.urlopen(url, timeout=60) as response:
                 with tarfile.open(fileobj=response, mode='r|gz') as tar:
                     tar.extractall(tmp, filter='data')  # refuses absolute paths, '..' and links out of the folder
-            tops = os.listdir(tmp)
-            if len(tops) != 1 or not (Path(tmp) / tops[0] / 'train.py').is_file():
-                raise RuntimeError(f'{url} holds no train.py in one top folder: it is not pytorch-image-models')
+            if not (Path(tmp) / target.name / 'train.py').is_file():  # GitHub's top folder is named so
+                raise RuntimeError(f'{url} holds no train.py in {target.name}/: it is not pytorch-image-models')
             try:
-                os.rename(Path(tmp) / tops[0], target)
+                os.rename(Path(tmp) / target.name, target)
             except OSError:
                 if not (target / 'train.py').is_file():  # else another process finished the same download first
                     raise
@@ -92,8 +87,7 @@ def find_timm_root(timm_root: Optional[Union[str, Path]] = None, download: bool 
     return target
 
 
-def train_parser(train_py: Optional[Union[str, Path]] = None) -> Tuple[argparse.ArgumentParser,
-                                                                       argparse.ArgumentParser]:
+def train_parser(train_py: Optional[Union[str, Path]] = None) -> Tuple[argparse.ArgumentParser, ...]:
     """train.py's own parsers (the `-c` config parser, the main parser), from `train_py` or timm's source."""
     module = runpy.run_path(str(train_py or find_timm_root() / 'train.py'), run_name='timm_train_parser')
     module['parser'].prog = 'train.py'
@@ -102,15 +96,12 @@ def train_parser(train_py: Optional[Union[str, Path]] = None) -> Tuple[argparse.
 
 def parse_train_args(argv: Sequence[str], train_py: Optional[Union[str, Path]] = None,
                      **defaults) -> argparse.Namespace:
-    """train.py's arguments as train.py parses them: `-c FILE` sets defaults, the command line goes over them.
+    """train.py's arguments as train.py parses them (`-c FILE` sets defaults, the command line goes over them), or a
+    ValueError that says which argument train.py refuses or why it cannot read the config file.
 
     Args:
-        argv: train.py's command line.
         train_py: The script, timm's source's if None.
-        **defaults: Defaults that go under the config file's (`device=None` tells a default from a given value).
-
-    Raises:
-        ValueError: An argument train.py refuses, or a config file it cannot read; the message says which.
+        **defaults: Defaults under the config file's (`device=None` tells a default from a given value).
     """
     config_parser, parser = train_parser(train_py)
 
@@ -121,8 +112,7 @@ def parse_train_args(argv: Sequence[str], train_py: Optional[Union[str, Path]] =
     parser.set_defaults(**defaults)
     if config.config:
         try:
-            with open(config.config) as f:
-                cfg = yaml.safe_load(f)
+            cfg = yaml.safe_load(Path(config.config).read_text())
         except (OSError, yaml.YAMLError) as e:
             reason = str(e).splitlines()[0] if isinstance(e, yaml.YAMLError) else e.strerror
             raise ValueError(f'-c {config.config} is not a config file train.py can read ({reason}): give a YAML '

@@ -3,12 +3,11 @@
     ./train_timm.sh [LAUNCH OPTIONS] [train.py ARGS...]
     python -m timm_ssm.train_timm [LAUNCH OPTIONS] [train.py ARGS...]
 
-Finds timm's `train.py`, checks the arguments with its own parser and runs it unchanged with the `<arch>_ssm` models
-registered: in this process (`timm_ssm.launch`), or under torchrun for several processes or nodes. `-c NAME` takes a
-recipe shipped in `timm_ssm/configs` too. With no data set it makes the default run: Fashion-MNIST as an image folder,
-train.py with the recipe `configs/fashion_mnist.yaml` under the user's arguments, then `timm_ssm.evaluate` of the
-checkpoint chosen on the validation split, once, on the test split. Ctrl-C, SIGTERM and SIGHUP end train.py's epoch
-loop; the run then says what it has and exits 128 + the signal's number.
+Runs timm's `train.py` unchanged, its arguments checked by its own parser, with the `<arch>_ssm` models registered: in
+this process (`timm_ssm.launch`), or under torchrun for several processes or nodes; `-c NAME` also takes a shipped
+recipe. With no data set, the default run: train.py with `configs/fashion_mnist.yaml` on the Fashion-MNIST image
+folder, then `timm_ssm.evaluate` of the checkpoint chosen on the validation split, once, on the test split. A stop
+signal ends train.py's epoch loop; the run says what it has and exits 128 + the signal's number.
 """
 import argparse
 import csv
@@ -26,6 +25,7 @@ from timm.utils import FormatterNoInfo, get_outdir
 
 from .launch import RunFolderBusy, run_train
 from .process import Children, Stopped
+from .runs import CHECKPOINT_NAMES, number_in
 from .timm_source import find_timm_root, parse_train_args, train_parser
 
 __all__ = ['main', 'resolve_config', 'config_names', 'CONFIG_DIR', 'DEFAULT_RECIPE']
@@ -41,12 +41,6 @@ def config_names() -> List[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
 
 
-def _processes(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f'takes a number of processes, 1 or more, got {value!r}')
-    return int(value)
-
-
 launch_parser = argparse.ArgumentParser(
     prog=PROG, usage=f'{PROG} [LAUNCH OPTIONS] [train.py ARGS...]', add_help=False, allow_abbrev=False,
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,23 +53,19 @@ launch_parser = argparse.ArgumentParser(
 group = launch_parser.add_argument_group('Launch options (everything else goes to train.py as it is)')
 group.add_argument('--timm-root', metavar='DIR', help='pytorch-image-models checkout holding train.py (default: '
                    '$TIMM_ROOT, else the source of the installed timm version, downloaded once into ~/.cache/timm_ssm)')
-group.add_argument('--nproc', '--nproc-per-node', '--nproc_per_node', type=_processes, metavar='N',
+group.add_argument('--nproc', '--nproc-per-node', '--nproc_per_node', type=number_in(int, 1), metavar='N',
                    help='processes on this node (default: the visible GPUs, 1 without GPU or with --device cpu); '
                         'N > 1 starts torchrun')
 for _name in NODE_OPTIONS:
     group.add_argument(*dict.fromkeys([f'--{_name.replace("_", "-")}', f'--{_name}']), dest=_name,
                        metavar=_name.split('_')[-1].upper(), help='for torchrun')
-group.add_argument('--dry-run', action='store_true', help='print the command instead of running it (and prepare no '
-                                                          'data)')
+group.add_argument('--dry-run', action='store_true', help='print the command instead of running it; prepare no data')
 group.add_argument('-h', '--help', action='store_true', help='this help, then train.py\'s')
 
 
 def resolve_config(config: str) -> Path:
-    """The file of a `-c` value: a file, else a shipped recipe (`resnet50_ssm`, `resnet50_ssm.yaml`, `configs/...`).
-
-    Raises:
-        ValueError: Neither, with the names there are.
-    """
+    """The file of a `-c` value: a file, else a shipped recipe (`resnet50_ssm`, `resnet50_ssm.yaml`, `configs/...`);
+    else a ValueError with the names there are."""
     path = Path(config)
     shipped = CONFIG_DIR / f'{path.stem}.yaml'
     if path.is_file():
@@ -102,11 +92,8 @@ def _command(opts: argparse.Namespace, train_py: Path, args: List[str]) -> List[
 
 
 def _train(opts: argparse.Namespace, train_py: Path, args: List[str], children: Children) -> int:
-    """Run train.py (in this process, or torchrun's children) and return its exit code.
-
-    Raises:
-        Stopped: A stop signal came; train.py has ended its epoch loop.
-    """
+    """Run train.py (in this process, or torchrun's children) and return its exit code; `Stopped` when a stop signal
+    came, once train.py has ended its epoch loop."""
     if opts.nproc > 1 or opts.multi_node:
         return children.run(_command(opts, train_py, args))
     try:
@@ -191,11 +178,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _default_run(opts: argparse.Namespace, ns: argparse.Namespace, args: List[str], device: str):
-    """The default run's data (prepared, unless --dry-run), run folder, train.py arguments and evaluation arguments.
-
-    Raises:
-        RuntimeError, OSError: The data or the folder cannot be made.
-    """
+    """The default run's train.py arguments, run folder and evaluation arguments; its data prepared (not with
+    --dry-run), or a RuntimeError or OSError."""
     from .fashion_mnist import FOLDER_NAME, default_root, prepare_fashion_mnist_folder
     print(f'No data set given: the default run trains {ns.model} on Fashion-MNIST, chooses its checkpoint on a '
           f'validation split held out of the training images and evaluates that one on the test split. Train on your '
@@ -223,7 +207,7 @@ def _default_run(opts: argparse.Namespace, ns: argparse.Namespace, args: List[st
 
 def _checkpoint(run_dir: Path) -> Optional[Path]:
     """The checkpoint train.py chose on the validation split, else its last one."""
-    return next((p for p in (run_dir / 'model_best.pth.tar', run_dir / 'last.pth.tar') if p.is_file()), None)
+    return next((run_dir / name for name in CHECKPOINT_NAMES if (run_dir / name).is_file()), None)
 
 
 def _report(run_dir: Path, ns: argparse.Namespace, eval_args: List[str]) -> int:
@@ -243,7 +227,7 @@ def _report(run_dir: Path, ns: argparse.Namespace, eval_args: List[str]) -> int:
     print(f'\n{ns.model}, {checkpoint.name} of epoch {model["epoch"]} (train.py counts from 0{chosen}): top-1 '
           f'{model["top1"]:.2f}% on the {result["data"]["num_samples"]} test images, evaluated once (each '
           f'sub-classifier\'s in the table above).\nResults and checkpoints are in {run_dir}:')
-    for name in ('model_best.pth.tar', 'last.pth.tar', 'summary.csv', 'args.yaml', 'eval_test.json'):
+    for name in (*CHECKPOINT_NAMES, 'summary.csv', 'args.yaml', 'eval_test.json'):
         if (run_dir / name).exists():
             print(f'  {run_dir / name}')
     print(f'Publish it on the Hugging Face Hub (python -m timm_ssm.hub --help):\n'
