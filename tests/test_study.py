@@ -97,6 +97,7 @@ def test_variants_are_the_papers_heads_and_the_batchnorm_control(variant, widths
     (['--tune', 'lr=0,0.1'], 'give values above 0'),
     (['--primary', 'ssm-bestplain'], 'bestplain is picked on the tuning split: give --tune'),
     (['--primary', 'ssm-4fc', '--variants', 'baseline', 'ssm'], r'--primary ssm-4fc: give A-B with two variants'),
+    (['--primary', 'ssm'], r'--primary ssm-: give A-B with two variants'),
     (['--experim', 'x'], '--experiment is set by the study per run'),
     (['--train-subset', '2'], r'--train-subset 2: .* give N from 3 to 48'),
     (['--pretrained-path', '/nonexistent/w.pth'], 'is not a file'),

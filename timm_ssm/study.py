@@ -400,7 +400,8 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
         raise RunError('--tune-seeds and --seeds overlap: give tuning seeds distinct from the reported ones.')
     plain = [v for v in study.variants if PLAIN_HEAD_RE.match(v)]
     default = ['ssm-bestplain'] * bool(study.tune and plain) + ['ssm-bn1fc'] * ('bn1fc' in study.variants)
-    study.primary = [tuple(p.split('-', 1)) for p in dict.fromkeys(args.primary or default * ('ssm' in study.variants))]
+    primary = args.primary or default * ('ssm' in study.variants)
+    study.primary = [tuple(p.partition('-')[::2]) for p in dict.fromkeys(primary)]
     for a, b in study.primary:
         if {a, b} - {*study.variants, 'bestplain'} or a == b:
             raise RunError(f'--primary {a}-{b}: give A-B with two variants of the study (or bestplain).')
