@@ -1,12 +1,10 @@
 """ Does SSM help my model on my data? Baseline, SSM and its controls, tuned alike, trained alike, paired tests
 
-Every run is timm's own `train.py`, unchanged, with the same arguments but the model, the seed and the tuned values;
-its last checkpoint is evaluated once by `timm_ssm.evaluate`. Seed k of every variant starts from the same trunk
-weights and sees the same data order: variants are compared seed k against seed k. With `--tune`, each variant picks
-its values on `--tune-split` (held out of the training images); the reported runs are evaluated on `--val-split`,
-which picks nothing. The primary comparisons get Holm's correction and a verdict, the other pairs are exploratory.
-Variants: baseline (`--model`'s own classifier), kfc (`<model>_ssm`: k Linear layers on all C channels, averaged),
-bn1fc (BatchNorm + ReLU on all C, one Linear), ssm and ssm_norm_all (the paper's head; docs/evidence.md).
+Each run is timm's `train.py` with the same arguments but the model, the seed and the tuned values, evaluated once by
+`timm_ssm.evaluate`. Seed k of every variant starts from the same trunk and sees the same data order: the variants are
+paired seed by seed. `--tune` picks each variant's values on `--tune-split`, never on the reported `--val-split`; the
+primary comparisons get Holm's correction and a verdict. Variants: baseline (`--model`'s classifier), kfc (k Linear
+layers on all C channels, averaged), bn1fc (BatchNorm + ReLU on all C, one Linear), ssm and ssm_norm_all (the paper's).
 """
 import argparse
 import contextlib
@@ -24,13 +22,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
 import torch
 from scipy.stats import binomtest, t as student_t, ttest_rel
 
+from .evaluate import main as evaluate
+from .fashion_mnist import prepare_fashion_mnist_folder
 from .files import RunError, atomic_write, check_output_folder
 from .process import Children, Stopped
 from .runs import split_folder
@@ -106,7 +106,7 @@ class Task:
     """One run: a variant, a seed and its tuned values, for tuning or for the report."""
 
     def __init__(self, study, variant: str, seed: int, tuned: Dict[str, str], tuning: bool):
-        self.variant, self.seed, self.tuned, self.tuning = variant, seed, tuned, tuning
+        self.variant, self.seed, self.tuned = variant, seed, tuned
         self.name = '-'.join(['tune'] * tuning + [variant] + [f'{k}{v}' for k, v in tuned.items()] * tuning +
                              [f'seed{seed}'])
         self.dir = os.path.join(study.runs, self.name)
@@ -128,9 +128,8 @@ class Task:
 
 def _part(log: str, epochs: int) -> float:
     """How far a training run is, from the last `Train: EPOCH [BATCH/BATCHES` line of train.py's log."""
-    with contextlib.suppress(OSError), open(log, 'rb') as f:
-        f.seek(max(0, os.path.getsize(log) - 8192))
-        if found := re.findall(rb'Train: (\d+) \[\s*(\d+)/(\d+)', f.read()):
+    with contextlib.suppress(OSError):  # not started yet
+        if found := re.findall(rb'Train: (\d+) \[\s*(\d+)/(\d+)', Path(log).read_bytes()[-8192:]):
             return (int(found[-1][0]) + (int(found[-1][1]) + 1) / int(found[-1][2])) / epochs
     return 0.0
 
@@ -164,7 +163,6 @@ def run_task(task: Task, study) -> dict:
         study.running.pop(task.name)
     if code != 0:
         raise RuntimeError(f'{task.name}: train.py failed (exit code {code}), see {log}')
-    from .evaluate import main as evaluate
     log = log[:-4] + '.eval.log'
     with study.eval_lock, open(log, 'w') as f, contextlib.redirect_stdout(f):
         try:
@@ -174,7 +172,7 @@ def run_task(task: Task, study) -> dict:
     m = result['models'][0]
     record = dict(train_args=task.train_args, eval_args=task.eval_args, seconds=round(time.perf_counter() - start, 1),
                   load=round(os.getloadavg()[0], 2), top1=m['top1'], top5=m['top5'], param_count=m['param_count'],
-                  heads=[dict(width=h['width'], top1=h['top1']) for h in m.get('heads') or []],
+                  heads=[dict(width=h['width'], top1=h['top1']) for h in m['heads']],
                   split=result['data']['split'], num_samples=result['data']['num_samples'])
     atomic_write(os.path.join(task.dir, 'run.json'), lambda f: json.dump(record, f, indent=1), mode='w')
     return record
@@ -189,34 +187,33 @@ def run_all(study, tasks: List[Task]) -> Dict[str, dict]:
     os.makedirs(study.runs, exist_ok=True)
     pool = ThreadPoolExecutor(max_workers=study.jobs)
     try:
-        futures = {pool.submit(run_task, t, study): t for t in todo}
+        futures = {pool.submit(run_task, t, study): t.name for t in todo}
         for future in as_completed(futures):
             study.done += 1
             try:
-                records[futures[future].name] = r = future.result()
+                records[futures[future]] = r = future.result()
             except RuntimeError as e:
                 study.failed.append(str(e))
                 say(study, f'[{study.done}/{study.total}] {e}')
                 continue
-            say(study, f'[{study.done}/{study.total}] {futures[future].name}: top-1 {r["top1"]:.2f} on '
-                          f'{r["split"]}, {r["seconds"] / 60:.1f} min (load {r["load"]:.1f})')
+            say(study, f'[{study.done}/{study.total}] {futures[future]}: top-1 {r["top1"]:.2f} on {r["split"]}, '
+                          f'{r["seconds"] / 60:.1f} min (load {r["load"]:.1f})')
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # after a stop signal, no queued run starts
     return records
 
 
-def subset_folder(reader, split: str, num: int, out: str, option: str, seed: int = 0) -> str:
-    """A root under `out` whose `split` holds links to a class-balanced draw of `num` images of an image folder
-    (timm's folder reader; the first `num % classes` classes get one more); named by the draw's digest, made once."""
+def subset_folder(reader, split: str, num: int, out: str, option: str) -> Tuple[str, str]:
+    """A root under `out` whose `split` links a class-balanced draw (seed 0) of `num` images of timm's folder `reader`
+    (the first `num % classes` classes get one more), named by the draw's digest and made once; and its description."""
     classes = sorted(reader.class_to_idx, key=reader.class_to_idx.get)
     files = [sorted(p for p, t in reader.samples if t == c) for c in range(len(classes))]
     quota = [num // len(classes) + (c < num % len(classes)) for c in range(len(classes))]
-    short = [(name, len(f)) for name, f, q in zip(classes, files, quota) if len(f) < q or q == 0]
-    if short:
+    if short := [(name, len(f)) for name, f, q in zip(classes, files, quota) if len(f) < q or q == 0]:
         raise RunError(f'{option} {num}: a class-balanced subset of {len(classes)} classes needs {max(quota)} images '
                        f'of each, class {short[0][0]} has {short[0][1]}: give N from {len(classes)} to '
                        f'{len(classes) * min(map(len, files))}.')
-    rng = np.random.RandomState(seed)
+    rng = np.random.RandomState(0)
     rel = [os.path.relpath(p, reader.root) for f, q in zip(files, quota) for p in sorted(rng.permutation(f)[:q])]
     target = os.path.join(out, 'data', f'{split}-{num}-{hashlib.sha256(chr(10).join(rel).encode()).hexdigest()[:8]}')
     if not os.path.isdir(target):
@@ -226,7 +223,7 @@ def subset_folder(reader, split: str, num: int, out: str, option: str, seed: int
             os.makedirs(os.path.dirname(os.path.join(tmp, split, name)), exist_ok=True)
             os.symlink(os.path.realpath(os.path.join(reader.root, name)), os.path.join(tmp, split, name))
         os.replace(tmp, target)
-    return target
+    return target, f'a class-balanced draw of {num:,} images of `{split}`'
 
 
 def paired(a: Dict[int, float], b: Dict[int, float], level: float = 0.95) -> dict:
@@ -244,12 +241,10 @@ def paired(a: Dict[int, float], b: Dict[int, float], level: float = 0.95) -> dic
 
 def holm(ps: Sequence[float]) -> List[float]:
     """Holm's step-down adjustment of a family of p-values (NaN counts as 1)."""
-    ps = [1.0 if math.isnan(p) else p for p in ps]
-    adjusted, running = [1.0] * len(ps), 0.0
-    for rank, i in enumerate(sorted(range(len(ps)), key=ps.__getitem__)):
-        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
-        adjusted[i] = running
-    return adjusted
+    ps = np.nan_to_num(np.asarray(ps, dtype=float), nan=1.0)
+    order, adjusted = np.argsort(ps, kind='stable'), np.empty_like(ps)
+    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, (len(ps) - np.arange(len(ps))) * ps[order]))
+    return adjusted.tolist()
 
 
 def verdict(p_holm: float, mean: float, ci: Sequence[float], margin: float) -> str:
@@ -310,13 +305,9 @@ def report(study, records: Dict[str, dict], wall: float) -> dict:
              f'weights, sees the same data order and seeds the head\'s own generator alike: the variants are paired '
              f'seed k against seed k. Training data: {study.train_name}.', '']
     if study.tune:
-        rows = []
-        for v in study.variants:
-            rows.append([v])
-            for c in study.combos:
-                got = [records[t.name]['top1'] for t in tuned if (t.variant, t.tuned) == (v, c)]
-                cell = f'{np.mean(got):.2f} ({", ".join(f"{x:.2f}" for x in got)})' if got else '–'
-                rows[-1].append(f'**{cell}**' if study.picks.get(v) == c else cell)
+        cell = lambda got: f'{np.mean(got):.2f} ({", ".join(f"{x:.2f}" for x in got)})' if got else '–'  # noqa: E731
+        rows = [[v, *(f'**{cell(got)}**' if study.picks.get(v) == c else cell(got)
+                      for c, got in zip(study.combos, study.scores[v]))] for v in study.variants]
         lines += [f'## Tuning on {study.tune_name}, seeds {", ".join(map(str, study.tune_seeds))}', '',
                   'Mean top-1 (per seed); **bold**: the pick (the highest mean, ties to the first listed value), which '
                   'the reported runs use.', '',
@@ -394,7 +385,7 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     study = argparse.Namespace(argv=argv, model=args.model, variants=list(dict.fromkeys(args.variants)),
                                num_splits=args.num_splits, seeds=list(dict.fromkeys(args.seeds)), margin=args.margin,
                                tune_seeds=list(dict.fromkeys(args.tune_seeds)), out=os.path.abspath(args.out),
-                               model_kwargs=args.model_kwargs, failed=[], picks={}, best=None, tasks=[],
+                               model_kwargs=args.model_kwargs, tune_split=args.tune_split, failed=[], tasks=[],
                                tune=dict(_tune_values(text) for text in args.tune), eval_lock=threading.Lock(),
                                done=0, running={}, stdout=sys.stdout)
     for v in study.variants:
@@ -409,7 +400,8 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
         raise RunError('--tune-seeds and --seeds overlap: give tuning seeds distinct from the reported ones.')
     plain = [v for v in study.variants if PLAIN_HEAD_RE.match(v)]
     default = ['ssm-bestplain'] * bool(study.tune and plain) + ['ssm-bn1fc'] * ('bn1fc' in study.variants)
-    study.primary = [tuple(p.split('-', 1)) for p in dict.fromkeys(args.primary or default * ('ssm' in study.variants))]
+    primary = args.primary or default * ('ssm' in study.variants)
+    study.primary = [tuple(p.partition('-')[::2]) for p in dict.fromkeys(primary)]
     for a, b in study.primary:
         if {a, b} - {*study.variants, 'bestplain'} or a == b:
             raise RunError(f'--primary {a}-{b}: give A-B with two variants of the study (or bestplain).')
@@ -425,14 +417,10 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
             raise RunError(f'--{dest.replace("_", "-")} conflicts with --tune {dest}=...: give one of them.')
         raise RunError(f'--{dest.replace("_", "-")} is set by the study per run: give --seeds, --out, --model, '
                        f'--model-kwargs, --data-dir, --dataset, --train-split, --val-split or --device instead.')
-
     fashion_mnist = args.data_dir is None
-    if fashion_mnist:
-        from .fashion_mnist import prepare_fashion_mnist_folder
-        args.data_dir = str(prepare_fashion_mnist_folder())
-    elif not os.path.isdir(args.data_dir):
+    if not fashion_mnist and not os.path.isdir(args.data_dir):
         raise RunError(f'--data-dir {args.data_dir} is not a folder: give the folder that holds the splits.')
-    study.data_dir, study.tune_split = os.path.abspath(args.data_dir), args.tune_split
+    study.data_dir = os.path.abspath(prepare_fashion_mnist_folder() if fashion_mnist else args.data_dir)
     study.val_split = args.val_split or ('test' if fashion_mnist else 'validation')
     if (args.train_subset or args.tune_subset) and args.dataset:
         raise RunError('--train-subset and --tune-subset take an image folder: leave out --dataset.')
@@ -447,15 +435,15 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
     train_root, study.train_name = study.data_dir, f'the `{args.train_split}` split of {study.data_dir}'
     study.tune_root, study.tune_name = study.data_dir, f'`{study.tune_split}`'
     if args.train_subset:
-        train_root = subset_folder(train, args.train_split, args.train_subset, study.out, '--train-subset')
-        study.train_name = f'a class-balanced draw of {args.train_subset:,} images of `{args.train_split}`'
+        train_root, study.train_name = subset_folder(train, args.train_split, args.train_subset, study.out,
+                                                     '--train-subset')
     if study.tune and args.tune_subset:
-        study.tune_root = subset_folder(reader(study.tune_split), study.tune_split, args.tune_subset, study.out, '--tune-subset')
-        study.tune_name = f'a class-balanced draw of {args.tune_subset:,} images of `{study.tune_split}`'
+        study.tune_root, study.tune_name = subset_folder(reader(study.tune_split), study.tune_split, args.tune_subset,
+                                                         study.out, '--tune-subset')
     study.data_name = 'Fashion-MNIST' if fashion_mnist else f'{args.dataset or "the image folder"} {study.data_dir}'
-    classes = len(train.class_to_idx) if train else None
-    study.train_args = [*(RECIPE if fashion_mnist else []), *(['--num-classes', str(classes)] if classes else []),
-                        *rest, '--data-dir', train_root, *(['--dataset', args.dataset] if args.dataset else []),
+    dataset = ['--dataset', args.dataset] if args.dataset else []
+    classes = ['--num-classes', str(len(train.class_to_idx))] if train else []
+    study.train_args = [*(RECIPE if fashion_mnist else []), *classes, *rest, '--data-dir', train_root, *dataset,
                         '--train-split', args.train_split, '--val-split', '', '--device', args.device]
     ns = parse_train_args(study.train_args)
     study.pretrained = f'{args.model} (timm\'s pretrained weights)' if ns.pretrained else None
@@ -466,9 +454,8 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
         study.train_args += ['--pretrained', '--pretrained-path', study.pretrained]  # train.py needs both
     study.num_classes, study.epochs = ns.num_classes, ns.epochs
     study.lr = ns.lr or f'{ns.lr_base} × batch size / 256 (--lr-base)'
-    study.eval_args = [*(['--dataset', args.dataset] if args.dataset else []), '-b', '256', '--workers',
-                       str(ns.workers), '--device', args.device, '--no-progress', *(['--amp'] if ns.amp else []),
-                       *(['--channels-last'] if ns.channels_last else []),
+    study.eval_args = [*dataset, '-b', '256', '--workers', str(ns.workers), '--device', args.device, '--no-progress',
+                       *(['--amp'] if ns.amp else []), *(['--channels-last'] if ns.channels_last else []),
                        *(['--class-map', ns.class_map] if ns.class_map else [])]
     study.runs = os.path.join(study.out, 'runs')
     path = [str(Path(__file__).resolve().parents[1])] + [os.environ['PYTHONPATH']] * ('PYTHONPATH' in os.environ)
@@ -483,16 +470,13 @@ def prepare(args, rest: List[str], argv: List[str]) -> argparse.Namespace:
 def pick(study, records: Dict[str, dict]):
     """Each variant's tuned values (the best mean top-1 on the tuning split, ties to the first listed), the best
     plain head, and the reported runs (only for variants whose tuning finished)."""
-    scores = {}
-    for t in study.tune_tasks:
-        if t.name in records:
-            scores.setdefault((t.variant, tuple(t.tuned.items())), []).append(records[t.name]['top1'])
-    for v in study.variants:
-        got = [scores.get((v, tuple(c.items())), []) for c in study.combos]
-        if all(len(g) == len(study.tune_seeds) for g in got):  # its tuning finished
-            study.picks[v] = study.combos[int(np.argmax([np.mean(g) for g in got]))]  # ties: the first listed
+    done = [t for t in study.tune_tasks if t.name in records]
+    study.scores = {v: [[records[t.name]['top1'] for t in done if (t.variant, t.tuned) == (v, c)] for c in study.combos]
+                    for v in study.variants}  # top-1 per tuned value, per seed
+    study.picks = {v: study.combos[int(np.argmax([np.mean(s) for s in got]))]  # ties: the first listed
+                   for v, got in study.scores.items() if all(len(s) == len(study.tune_seeds) for s in got)}
     plain = [v for v in study.picks if PLAIN_HEAD_RE.match(v)]
-    study.best = max(plain, key=lambda v: np.mean(scores[v, tuple(study.picks[v].items())]), default=None)
+    study.best = max(plain, key=lambda v: np.mean(study.scores[v][study.combos.index(study.picks[v])]), default=None)
     study.tasks = [Task(study, v, s, study.picks.get(v, {}), False) for s in study.seeds for v in study.variants
                    if not study.tune or v in study.picks]
 
@@ -508,11 +492,11 @@ def main(argv: Optional[List[str]] = None):
             parser.exit(2, f'{parser.prog}: error: {saved} holds no study options: give them with --report.\n')
         args, rest = parser.parse_known_args(argv)
     start = time.perf_counter()
-    torch.set_num_threads(args.threads)  # the evaluations run here, beside the training runs
     try:
         study = prepare(args, rest, [a for a in argv if a != '--report'])
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RunError is a ValueError
         parser.exit(2, f'{parser.prog}: error: {e}\n')
+    torch.set_num_threads(args.threads)  # the evaluations run here, beside the training runs
     records = {t.name: r for t in study.tune_tasks if (r := t.finished()) is not None}
     if args.report:
         pick(study, records)
