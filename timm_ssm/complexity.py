@@ -47,16 +47,8 @@ def model_macs(model: nn.Module, input_size: Sequence[int]) -> int:
 
 
 def model_complexity(model: nn.Module, input_size: Sequence[int]) -> Dict[str, Optional[int]]:
-    """Parameters and multiply-adds of one image (Table 4).
-
-    Args:
-        model: A timm model, with or without a Split-and-Share head.
-        input_size: (C, H, W) of one image.
-
-    Returns:
-        `param_count`, `head_param_count`, `macs` (counted by torch.utils.flop_counter in one forward pass) and
-        `head_macs` (exact: sum over sub-classifiers of width_j * K, or in * out of Linear classifiers).
-    """
+    """`param_count`, `head_param_count`, `macs` (one forward pass of a (C, H, W) `input_size` image, counted by
+    torch's FLOP counter) and `head_macs` (exact) of a timm model, with or without a Split-and-Share head."""
     classifier = model.get_classifier() if hasattr(model, 'get_classifier') else None
     classifier = classifier if isinstance(classifier, nn.Module) else None
     return dict(
@@ -85,10 +77,8 @@ def profile(arch: str, num_classes: int = 1000, input_size: Optional[Sequence[in
 
 
 def markdown_table(rows: List[Dict[str, float]]) -> str:
-    lines = [
-        '| Model | Params | SSM params | Paper (Table 4) | Head MACs | SSM head MACs | MACs | SSM MACs |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|',
-    ]
+    lines = ['| Model | Params | SSM params | Paper (Table 4) | Head MACs | SSM head MACs | MACs | SSM MACs |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
     for r in rows:
         paper = PAPER_PARAMS.get(r['model'])
         paper = f'{paper[0] / 1e6:.2f} M / {paper[1] / 1e6:.2f} M' if paper else ''

@@ -204,7 +204,7 @@ class SplitShareNet(nn.Module):
                     reason = str(e).rstrip('.')
         for k in keys:
             value = state_dict.pop(prefix + k)
-            if k in trunk_keys:
+            if k in trunk_keys:  # the plain classifier's entries go
                 state_dict[f'{prefix}trunk.{k}'] = value
         state_dict.update({prefix + k: v for k, v in own.items() if k.startswith('head.')})  # the head keeps its own
         if converted is not None:
@@ -297,12 +297,9 @@ class SplitShareNet(nn.Module):
 
     @property
     def prune_intermediate_layers(self) -> Callable:
-        """The trunk's `prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)`; `prune_head` also
-        removes the Split-and-Share head."""
-        prune = self.trunk.prune_intermediate_layers
-
+        """The trunk's `prune_intermediate_layers`; `prune_head` also removes the Split-and-Share head."""
         def _prune(indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True):
-            take_indices = prune(indices, prune_norm=prune_norm, prune_head=prune_head)
+            take_indices = self.trunk.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
             if prune_head:
                 self.reset_classifier(0, '')
             return take_indices
