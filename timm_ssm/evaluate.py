@@ -17,8 +17,6 @@ import logging
 import os
 import time
 from collections import defaultdict
-from contextlib import suppress
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -63,16 +61,17 @@ def split_outputs(splits: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.
 
 
 @torch.inference_mode()
-def evaluate(models: Sequence[nn.Module], loader, device=None, amp_autocast=suppress, channels_last: bool = False,
-             progress: Optional[bool] = None, warmup: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+def evaluate(models: Sequence[nn.Module], loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False, progress: Optional[bool] = None,
+             warmup: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """One pass of a loader of (images, class indices) through models in eval mode on `device` (with several, their
-    ensemble too), as timm's validate.py measures it; `warmup` images go through the models before the timed pass.
+    ensemble too; in autocast to `amp_dtype` if given), as timm's validate.py measures it; `warmup` images go through
+    the models before the timed pass.
 
     Returns:
         `models`: the accuracy part of each model's entry of the JSON schema (docs/analyses.md); `ensemble`,
         `num_samples`, `nonfinite` (images with a logit that is not finite), `throughput` and `seconds`.
     """
-    device = device or next(models[0].parameters()).device
     heads = [split_head(m) for m in models]
     k = min(5, models[0].num_classes)
     meters = [defaultdict(lambda: (AverageMeter(), AverageMeter())) for _ in range(len(models) + 1)]
@@ -80,7 +79,7 @@ def evaluate(models: Sequence[nn.Module], loader, device=None, amp_autocast=supp
     nonfinite, count = torch.zeros((), dtype=torch.long, device=device), 0
 
     def _forward(model, head, images):
-        with amp_autocast():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             if head is None:
                 return model(images).float(), None
             pooled = model.forward_head(model.forward_features(images), pre_logits=True)
@@ -222,13 +221,10 @@ def plot_results(result: Dict[str, Any], path: str):
     """PNG bar chart: per model, the sub-classifiers' top-1, the averaged output's and the oracle's."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     models = result['models']
-    cols = min(3, len(models))
-    width = 1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)
-    fig = Figure(figsize=(width * cols, 4 * -(-len(models) // cols)))
-    axes = fig.subplots(-(-len(models) // cols), cols, squeeze=False).flat
-    for ax in axes[len(models):]:
-        ax.set_visible(False)
-    for ax, m in zip(axes, models):
+    rows, cols = -(-len(models) // 3), min(3, len(models))
+    fig = Figure(figsize=((1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)) * cols, 4 * rows))
+    for i, m in enumerate(models):
+        ax = fig.add_subplot(rows, cols, i + 1)
         oracle = [('oracle', m['oracle']['top1'], 'tab:green')] if m['oracle'] is not None else []
         bars = [(h['name'], h['top1'], 'tab:blue') for h in m['heads']] + [('avg', m['top1'], 'tab:orange')] + oracle
         names, values, colors = zip(*bars)
@@ -247,17 +243,13 @@ def _write_json(result: Dict[str, Any], path: str):
 
 
 def _write_csv(result: Dict[str, Any], path: str):
-    rows = [dict(model=m['model'], checkpoint=m['checkpoint'] or '', output=output, top1=top1, top5=top5)
-            for m in result['models'] for output, _, top1, top5, _ in _rows(m)]
+    rows = [('model', 'checkpoint', 'output', 'top1', 'top5')]
+    rows += [(m['model'], m['checkpoint'], output, top1, top5)
+             for m in result['models'] for output, _, top1, top5, _ in _rows(m)]
     if result['ensemble'] is not None:
-        rows.append(dict(model='+'.join(m['model'] for m in result['models']), output='ensemble',
-                         top1=result['ensemble']['top1'], top5=result['ensemble']['top5']))
-
-    def _write(f):
-        writer = csv.DictWriter(f, fieldnames=['model', 'checkpoint', 'output', 'top1', 'top5'])
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write(path, _write, mode='w')
+        members, ensemble = '+'.join(m['model'] for m in result['models']), result['ensemble']
+        rows.append((members, '', 'ensemble', ensemble['top1'], ensemble['top5']))
+    atomic_write(path, lambda f: csv.writer(f).writerows(rows), mode='w')
 
 
 def run(args) -> Dict[str, Any]:
@@ -267,10 +259,10 @@ def run(args) -> Dict[str, Any]:
     outputs = [(f'--{o}', getattr(args, o)) for o in ('json', 'csv', 'plot') if getattr(args, o)]
     check_outputs(outputs, runs, args.class_map, args.overwrite)
     digests = [weights_digest(m) for m in models]
-    for i, j in ((i, j) for j in range(len(runs)) for i in range(j) if digests[i] == digests[j]):
-        raise RunError(f'{runs[i].checkpoint or runs[i].source} and {runs[j].checkpoint or runs[j].source} hold '
-                       f'identical weights, so an ensemble of them measures nothing: give checkpoints of different '
-                       f'runs or epochs.')
+    twins = [str(r.checkpoint or r.source) for r, digest in zip(runs, digests) if digests.count(digest) > 1]
+    if twins:
+        raise RunError(f'{" and ".join(twins)} hold identical weights, so an ensemble of them measures nothing: give '
+                       f'checkpoints of different runs or epochs.')
     num_classes = sorted({m.num_classes for m in models})
     if len(num_classes) > 1 or num_classes[0] < 2:
         raise RunError(f'Evaluation needs models of one number of classes, two or more, but they have num_classes '
@@ -291,13 +283,11 @@ def run(args) -> Dict[str, Any]:
                            num_workers=args.workers, pin_memory=args.pin_mem, device=device, **data_config)
     if args.channels_last:
         models = [m.to(memory_format=torch.channels_last) for m in models]
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype)) \
-        if args.amp else suppress
     torch.manual_seed(args.seed)
     warmup = torch.randn((max(1, min(args.batch_size, len(dataset))),) + tuple(data_config['input_size']))
     try:
-        results = evaluate(models, loader, device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
-                           progress=False if args.no_progress else None, warmup=warmup)
+        results = evaluate(models, loader, device, getattr(torch, args.amp_dtype) if args.amp else None,
+                           args.channels_last, progress=False if args.no_progress else None, warmup=warmup)
     finally:  # timm's reader gives up after 10 unreadable images in a row: those before are named
         check_read(dataset)
     if results['nonfinite']:

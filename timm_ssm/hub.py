@@ -34,7 +34,7 @@ from timm.utils import ParseKwargs
 from .complexity import model_complexity
 from .files import RunError, check_output_folder
 from .runs import (
-    SPLIT_SYNONYMS, Run, class_names, create_run_model, load_run, run_data_config, split_folder, split_head,
+    SPLIT_SYNONYMS, Run, class_names, create_run_model, load_run, name_value, run_data_config, split_folder, split_head,
     weights_digest)
 
 __all__ = ['main', 'export', 'model_card', 'write_export', 'read_evaluation', 'HubError']
@@ -248,23 +248,19 @@ def model_card(run: Run, model: nn.Module, args: argparse.Namespace, data_config
 def check_out(out: Path, overwrite: bool):
     """Raise a RunError, before any work, unless `out` can take the export: a new folder in a writable place, or
     an earlier export (a folder of export files only) with `overwrite`."""
-    if out.exists() or out.is_symlink():
-        if out.is_symlink() or not out.is_dir() or not {p.name for p in out.iterdir()} <= set(EXPORT_FILES):
-            raise RunError(f'--out {out} exists and is not an export of this tool: give a new folder, such as --out '
-                           f'{out}-2.')
-        if not overwrite:
-            raise RunError(f'--out {out} already holds an export: pass --overwrite to replace it.')
+    if out.is_symlink() or out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= set(EXPORT_FILES)):
+        raise RunError(f'--out {out} exists and is not an export of this tool: give a new folder, such as --out '
+                       f'{out}-2.')
+    if out.exists() and not overwrite:
+        raise RunError(f'--out {out} already holds an export: pass --overwrite to replace it.')
     check_output_folder(out.parent if out.exists() else out, '--out')
 
 
 def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card: ModelCard,
                  names: Optional[List[str]] = None):
-    """Write model.safetensors, config.json (timm's `save_for_hf`) and README.md into a folder beside `out`, then
-    rename it in (over an earlier export that `check_out` allowed); a failure leaves nothing, not even the folders
-    made for `out`."""
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    tmp, old = (out.parent / f'.{out.name}.{os.getpid()}.{end}' for end in ('partial', 'old'))
-    head = model.head
+    """Write model.safetensors, config.json (timm's `save_for_hf`) and README.md into a hidden folder beside `out`,
+    then put it in place of `out` (an earlier export that `check_out` allowed): a failure leaves no partial file."""
+    tmp, head = out.parent / f'.{out.name}.{os.getpid()}.partial', model.head
     try:
         tmp.mkdir(parents=True)
         save_for_hf(model, tmp, safe_serialization=True, data_config=data_config,
@@ -275,21 +271,13 @@ def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card:
         (tmp / 'config.json').write_text(json.dumps(config, indent=2))
         card.save(tmp / 'README.md')
         (tmp / 'model.safetensors').chmod(stat.S_IMODE((tmp / 'README.md').stat().st_mode))  # as open() (not 0o600)
-        if out.exists():
-            out.rename(old)
+        shutil.rmtree(out, ignore_errors=True)  # the earlier export, once the new one is whole
         tmp.rename(out)
-    except BaseException as e:
+    except (OSError, SafetensorError) as e:
+        raise RunError(f'Cannot write the export to {out} ({e}); nothing was written: free some space, or give '
+                       f'--out DIR on another disk.') from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)  # the earlier export, as it was
-        with suppress(OSError):  # deepest first; one that something else wrote to stays, and those above it
-            for folder in made:
-                folder.rmdir()
-        if isinstance(e, (OSError, SafetensorError)):
-            raise RunError(f'Cannot write the export to {out} ({e}); nothing was written: free some space, or give '
-                           f'--out DIR on another disk.') from None
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export(args: argparse.Namespace, run: Run, out: Path) -> nn.Module:
@@ -394,7 +382,7 @@ group.add_argument('--checkpoint', metavar='NAME', help='file in RUN (default: m
 group.add_argument('--use-ema', action='store_true', help='export the checkpoint\'s EMA weights')
 group.add_argument('--ema', action='store_true', dest='use_ema', help=argparse.SUPPRESS)  # the earlier spelling
 group.add_argument('--model', metavar='NAME', help='model name (<arch>_ssm) over the run\'s')
-group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+group.add_argument('--model-kwargs', nargs='*', default={}, type=name_value, action=ParseKwargs, metavar='KEY=VALUE',
                    help='model arguments over the run\'s, as train.py\'s --model-kwargs')
 group = parser.add_argument_group('Model card')
 group.add_argument('--eval-json', metavar='FILE', help='python -m timm_ssm.evaluate --json output of the exported '

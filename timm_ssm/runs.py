@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import yaml
-from safetensors import safe_open
 
 from timm.data import ImageDataset, create_dataset, resolve_data_config
 from timm.data.readers.class_map import load_class_map
@@ -29,8 +28,8 @@ from .head import SplitShareHead
 
 __all__ = [
     'Run', 'load_run', 'read_checkpoint', 'create_run_model', 'run_data_config', 'split_folder', 'create_run_dataset',
-    'check_classes', 'check_read', 'check_outputs', 'class_names', 'ReadCheckedDataset', 'weights_digest',
-    'split_head', 'resolve_device', 'number_in', 'run_parser', 'models_from_args', 'CHECKPOINT_NAMES', 'DATA_ARGS',
+    'check_classes', 'check_read', 'check_outputs', 'class_names', 'ReadCheckedDataset', 'weights_digest', 'split_head',
+    'resolve_device', 'number_in', 'name_value', 'run_parser', 'models_from_args', 'CHECKPOINT_NAMES', 'DATA_ARGS',
 ]
 
 CHECKPOINT_NAMES = ('model_best.pth.tar', 'last.pth.tar')  # looked for in a run folder, in this order
@@ -58,60 +57,46 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, low_op
     return _parse
 
 
-def _name_value(text: str) -> str:  # an item of timm's ParseKwargs
+def name_value(text: str) -> str:  # an argparse type: an item of timm's ParseKwargs
     if '=' not in text:
         raise argparse.ArgumentTypeError(f'{text!r} is no NAME=VALUE pair (such as num_splits=2)')
     return text
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise argparse.ArgumentError(None, message)
-
-
-def _check_run_args(args: Dict[str, Any], source: str):
+def _check_run_args(args, source: str):
     """A RunError naming a value of the run's arguments that the command line's options would refuse."""
-    argv = []
-    for key in (*DATA_ARGS, 'num_classes', 'in_chans', 'gp'):
-        value = args.get(key)
-        if value not in (None, ''):
-            argv += [f'--{key.replace("_", "-")}', *map(str, value if isinstance(value, (list, tuple)) else [value])]
     try:
-        _RaisingParser(parents=[run_parser], add_help=False).parse_args(argv)
-        if not isinstance(args.get('model', ''), str) or not isinstance(args.get('model_kwargs') or {}, dict):
-            raise argparse.ArgumentError(None, 'model is no name, or model_kwargs no mapping (num_splits: 4)')
+        if not isinstance(args, dict) or not isinstance(args.get('model', ''), str) \
+                or not isinstance(args.get('model_kwargs') or {}, dict):
+            raise argparse.ArgumentError(None, 'no mapping, model no name, or model_kwargs no mapping (num_splits: 4)')
+        argv = []
+        for key in (*DATA_ARGS, 'num_classes', 'in_chans', 'gp'):
+            value = args.get(key)
+            if value not in (None, ''):
+                values = value if isinstance(value, (list, tuple)) else [value]
+                argv += [f'--{key.replace("_", "-")}', *map(str, values)]
+        argparse.ArgumentParser(parents=[run_parser], add_help=False, exit_on_error=False).parse_args(argv)
     except argparse.ArgumentError as e:
         raise RunError(f'{source} holds a value train.py would not write ({e}): fix or delete that line.') from e
 
 
 def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """The entries of a checkpoint, loaded with `weights_only=True` (train.py's `args` Namespace allowed), {} for a
-    `.safetensors` file; a RunError for whatever torch's or safetensors' readers fail on."""
+    `.safetensors` file (read by `load_checkpoint`); a RunError for whatever torch's reader fails on."""
     path = Path(path)
-    damaged = ('if it was copied or is still being written, copy it again or wait for it; else give the file train.py '
-               'saved (model_best.pth.tar, last.pth.tar) or its run folder')
     if path.name.endswith('.safetensors'):
-        try:
-            with safe_open(str(path), framework='pt') as f:
-                for key in f.keys():
-                    f.get_slice(key).get_shape()  # header entries that point outside the file fail here
-        except Exception as e:  # noqa  SafetensorError and whatever the header parser raises
-            raise RunError(f'Cannot read {path}: it is truncated or not a safetensors file ({e}); {damaged}.') from e
         return {}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa  the weights-only unpickler raises many kinds of exception on bad bytes
-        if 'weights_only' in str(e) and 'Unsupported global' in str(e):
-            raise RunError(f'{path} holds pickled Python objects besides tensors and train.py arguments, which are '
-                           f'not loaded (weights_only=True): save its weights alone with '
-                           f'torch.save(model.state_dict(), PATH).') from e
-        raise RunError(f'Cannot read checkpoint {path}: it is truncated, damaged or not a PyTorch checkpoint '
-                       f'({type(e).__name__}: {str(e)[:200]}); {damaged}.') from e
-    if not isinstance(checkpoint, dict):
-        raise RunError(f'{path} is not a model checkpoint: it holds a {type(checkpoint).__name__}, not a dict.')
+        if not isinstance(checkpoint, dict):
+            raise TypeError(f'it holds a {type(checkpoint).__name__}, not a dict')
+    except Exception as e:  # noqa  the unpickler raises many kinds of exception on damaged bytes
+        reason = str(e).rpartition('WeightsUnpickler error: ')[2].split('. ')[0][:200]  # torch's: the refused global
+        raise RunError(f'Cannot read {path} as a checkpoint of tensors loaded with weights_only=True '
+                       f'({type(e).__name__}: {reason}): give a whole copy of the file train.py saved '
+                       f'(model_best.pth.tar, last.pth.tar), or its weights alone saved with '
+                       f'torch.save(model.state_dict(), PATH).') from e
     return checkpoint
 
 
@@ -170,9 +155,8 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
         try:
             run.args, run.args_source = yaml.safe_load(args_file.read_text()), str(args_file)
         except yaml.YAMLError as e:
-            raise RunError(f'Cannot read {args_file}: it is not the args.yaml that train.py wrote ({e}).') from e
-        if not isinstance(run.args, dict):
-            raise RunError(f'{args_file} is not the args.yaml of a train.py run (no mapping of arguments).')
+            raise RunError(f'Cannot read {args_file}, which is not the args.yaml train.py wrote ({e}): fix or delete '
+                           f'it.') from e
     elif isinstance(raw.get('args'), argparse.Namespace):
         run.args, run.args_source = dict(vars(raw['args'])), f'the train.py arguments saved in {path}'
     _check_run_args(run.args, run.args_source)
@@ -201,9 +185,8 @@ def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool =
     input_size = args.get('input_size') or [None]  # train.py's channels: --in-chans, else those of --input-size
     kwargs = dict(num_classes=args.get('num_classes'), in_chans=args.get('in_chans') or input_size[0],
                   global_pool=args.get('gp'), bn_momentum=args.get('bn_momentum'), bn_eps=args.get('bn_eps'))
-    for more in (args.get('model_kwargs') or {}, overrides or {}):
-        kwargs.update({k: v for k, v in more.items() if v is not None})
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = {k: v for more in (kwargs, args.get('model_kwargs') or {}, overrides or {}) for k, v in more.items()
+              if v is not None}
     what = f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())}) from {run.args_source}'
     try:
         model = create_model(name, pretrained=run.checkpoint is None, **kwargs)
@@ -213,9 +196,10 @@ def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool =
     if run.checkpoint is not None:
         try:
             load_checkpoint(model, str(run.checkpoint), use_ema=use_ema, filter_fn=_without_aux_bn)
-        except Exception as e:  # noqa  a state dict of another model, or entries that are no state dict
-            raise RunError(f'The weights in {run.checkpoint} do not fit {what}: give the --model, --num-classes, '
-                           f'--in-chans and --model-kwargs it was trained with.\n{e}') from e
+        except Exception as e:  # noqa  a state dict of another model, entries that are no state dict, damaged bytes
+            raise RunError(f'The weights in {run.checkpoint} do not fit {what}, or the file is damaged: give the '
+                           f'--model, --num-classes, --in-chans and --model-kwargs it was trained with, or a whole '
+                           f'copy of the file.\n{type(e).__name__}: {e}') from e
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise RunError(f'{run.checkpoint or name} holds non-finite weights (NaN or inf) in {", ".join(bad[:3])}'
@@ -225,10 +209,10 @@ def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool =
 
 
 def run_data_config(run: Run, model: nn.Module, overrides: Optional[Dict[str, Any]] = None,
-                    use_test_size: Optional[bool] = None, verbose: bool = False) -> Dict[str, Any]:
+                    verbose: bool = False) -> Dict[str, Any]:
     """timm's `resolve_data_config` on the run's `DATA_ARGS` under `overrides` (unset values ignored; an input size
-    replaces the run's whole), for the model's input channels. `use_test_size` defaults to no for a trained run (as
-    train.py evaluates), yes for a model name (as validate.py)."""
+    replaces the run's whole), for the model's input channels; the test size for a model name (as validate.py), not
+    for a trained run (as train.py evaluates)."""
     overrides = {k: v for k, v in (overrides or {}).items() if k in DATA_ARGS and v not in (None, '', [])}
     args = {k: run.args.get(k) for k in DATA_ARGS}
     if 'input_size' in overrides or 'img_size' in overrides:
@@ -240,8 +224,7 @@ def run_data_config(run: Run, model: nn.Module, overrides: Optional[Dict[str, An
             where = f'--{key}' if key in overrides else f'{key} in {run.args_source}'
             raise RunError(f'{where} has {len(args[key])} values, but the model sees {chans} channel(s): give --{key} '
                            f'with one value, or one per channel.')
-    use_test_size = not run.trained if use_test_size is None else use_test_size
-    config = resolve_data_config(args, model=model, use_test_size=use_test_size, verbose=verbose)
+    config = resolve_data_config(args, model=model, use_test_size=not run.trained, verbose=verbose)
     config['input_size'] = (chans, *config['input_size'][1:])
     for key in ('mean', 'std'):  # a pretrained 3-channel mean for 1-channel images: their average, as the prefetcher
         if len(config[key]) != chans:
@@ -392,15 +375,12 @@ def create_run_dataset(root: Optional[Union[str, Path]], model: nn.Module, run: 
     comes back as a `ReadCheckedDataset`. Its `folder` is the folder read (None for other data sets), its `names` the
     data's class names."""
     folder = split_folder(root, split, dataset)
-    if class_map and not os.path.isfile(class_map):
-        raise RunError(f'--class-map {class_map} does not exist: give a class map file (one class name per line, in '
-                       f'index order).')
     try:
         data = create_dataset(dataset, root=str(folder or root) if folder or root else None, split=split or '',
                               search_split=folder is None, class_map=class_map, download=download, **kwargs)
     except Exception as e:  # noqa  timm's readers assert, raise RuntimeError on no images, ...
-        raise RunError(f'Cannot read the data set {dataset or "(image folder)"} at {folder or root} (--split '
-                       f'{split}): {type(e).__name__}: {e}; check --data-dir, --dataset and --split.') from e
+        raise RunError(f'Cannot read the data set {dataset or "(image folder)"} at {folder or root} (--split {split}): '
+                       f'{type(e).__name__}: {e}; check --data-dir, --dataset, --split and --class-map.') from e
     names = check_classes(data, model, run, class_map, str(folder or root), labelled=labelled)
     if isinstance(data, ImageDataset):
         data = ReadCheckedDataset(data)
@@ -487,7 +467,7 @@ group.add_argument('--num-classes', type=_positive, default=None, help='number o
 group.add_argument('--in-chans', type=_positive, default=None, metavar='N', help='image input channels')
 group.add_argument('--gp', default=None, choices=POOL_TYPES, metavar='POOL',
                    help=f'global pool type ({", ".join(POOL_TYPES[:-1])})')
-group.add_argument('--model-kwargs', nargs='*', default={}, type=_name_value, action=ParseKwargs,
+group.add_argument('--model-kwargs', nargs='*', default={}, type=name_value, action=ParseKwargs,
                    help='model arguments (num_splits=2 ...) over the run\'s')
 group.add_argument('--device', default=None, help='device (default: cuda when available, else cpu)')
 
