@@ -521,6 +521,12 @@ def test_bad_repo_id(repo_id, fix, tmp_path, capsys):
     _fails([str(tmp_path / 'nowhere'), '--repo-id', repo_id, '--dry-run'], capsys, f'not ORG/NAME.*{re.escape(fix)}')
 
 
+def test_model_kwargs_are_name_value_pairs(capsys):
+    with pytest.raises(SystemExit):
+        main(['RUN', '--repo-id', 'a/b', '--model-kwargs', 'num_splits'])  # was a ValueError traceback
+    assert "argument --model-kwargs: 'num_splits' is no NAME=VALUE pair" in capsys.readouterr().err
+
+
 def test_no_token(train_run, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv('HF_TOKEN', raising=False)
     monkeypatch.setattr(constants, 'HF_TOKEN_PATH', str(tmp_path / 'no-token'))

@@ -104,7 +104,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(RunError, match='No model_best.pth.tar or last.pth.tar in .*: give a train.py output folder'):
         load_run(tmp_path / 'empty')
     (tmp_path / 'cut.pth.tar').write_bytes(b'PK\x03\x04broken')
-    with pytest.raises(RunError, match='Cannot read .*cut.pth.tar as a checkpoint of tensors .*: give a whole copy'):
+    with pytest.raises(RunError, match='Cannot read .*cut.pth.tar as a checkpoint of tensors.*: give a whole copy'):
         load_run(tmp_path / 'cut.pth.tar')
     torch.save({'state_dict': {}, 'thing': Path('x')}, tmp_path / 'pickled.pth.tar')
     with pytest.raises(RunError, match='weights_only=True \\(UnpicklingError: Unsupported global: GLOBAL pathlib'):

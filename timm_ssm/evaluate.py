@@ -3,12 +3,10 @@
 Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
 (Lee et al., Electronics 2022)
 
-`python -m timm_ssm.evaluate --checkpoint RUN --data-dir DIR` takes timm validate.py's road (`timm_ssm.runs`) and
-measures with its `accuracy` and `AverageMeter`, in one pass: the averaged output (Table 1; validate.py's top-1),
-each sub-classifier FC1..FCn (Table 2), the oracle (right when any sub-classifier is; Discussion), label-free rules
-that pick or combine sub-classifiers per sample, parameters and multiply-adds (Table 4) and the ensemble of several
-checkpoints (mean of logits, Table 3), for plain timm models too. A pass in which an image could not be read, or a
-logit is not finite, reports no number.
+`python -m timm_ssm.evaluate --checkpoint RUN --data-dir DIR` measures on timm validate.py's road, in one pass: the
+averaged output (Table 1), each sub-classifier FC1..FCn (Table 2), the oracle (right when any sub-classifier is),
+label-free rules that pick or combine sub-classifiers, parameters and multiply-adds (Table 4) and the ensemble of
+several checkpoints (Table 3), for plain timm models too.
 """
 import argparse
 import csv
@@ -64,9 +62,8 @@ def split_outputs(splits: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.
 def evaluate(models: Sequence[nn.Module], loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              channels_last: bool = False, progress: Optional[bool] = None,
              warmup: Optional[torch.Tensor] = None) -> Dict[str, Any]:
-    """One pass of a loader of (images, class indices) through models in eval mode on `device` (with several, their
-    ensemble too; in autocast to `amp_dtype` if given), as timm's validate.py measures it; `warmup` images go through
-    the models before the timed pass.
+    """One pass of a loader of (images, class indices) through models in eval mode, and their ensemble, as timm's
+    validate.py measures it (in autocast to `amp_dtype` if given), after the models saw the `warmup` images.
 
     Returns:
         `models`: the accuracy part of each model's entry of the JSON schema (docs/analyses.md); `ensemble`,
@@ -95,9 +92,8 @@ def evaluate(models: Sequence[nn.Module], loader, device: torch.device, amp_dtyp
         _forward(model, head, warmup.to(device))
     start = time.perf_counter()
     for images, target in tqdm(loader, desc='eval', unit='batch', disable=None if progress is None else not progress):
-        images, target = images.to(device), target.to(device)  # no-ops after timm's prefetcher
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        target = target.to(device)  # no-op after timm's prefetcher
         averaged = []
         for i, (model, head) in enumerate(zip(models, heads)):
             logits, splits = _forward(model, head, images)
@@ -145,39 +141,35 @@ parser = argparse.ArgumentParser(
     description='Evaluate timm models with Split-and-Share heads: every sub-classifier, the oracle, label-free '
                 'head selection, parameters and multiply-adds, and ensembles of several checkpoints.')
 group = parser.add_argument_group('Data loading (as timm validate.py)')
-group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
-group.add_argument('--num-samples', default=None, type=number_in(int, 1), metavar='N',
-                   help='number of samples of the split, for iterable datasets')
-group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
-group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
-group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
-group.add_argument('-b', '--batch-size', default=256, type=number_in(int, 1), metavar='N',
-                   help='mini-batch size (default: 256)')
+group.add_argument('data', nargs='?', metavar='DIR', help='path to dataset (deprecated, use --data-dir)')
+group.add_argument('--num-samples', type=number_in(int, 1), metavar='N', help='number of samples (iterable datasets)')
+group.add_argument('--input-key', help='dataset key for input images')
+group.add_argument('--input-img-mode', help='dataset image conversion mode for input images')
+group.add_argument('--target-key', help='dataset key for target labels')
+group.add_argument('-b', '--batch-size', default=256, type=number_in(int, 1), metavar='N', help='mini-batch size (256)')
 group.add_argument('-j', '--workers', default=min(4, os.cpu_count() or 1), type=number_in(int, 0), metavar='N',
                    help='number of data loading workers (default: 4, at most the CPU count)')
-group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
-group.add_argument('--pin-mem', action='store_true', default=False, help='pin CPU memory in DataLoader')
+group.add_argument('--no-prefetcher', action='store_true', help='disable fast prefetcher')
+group.add_argument('--pin-mem', action='store_true', help='pin CPU memory in DataLoader')
 
 group = parser.add_argument_group('Evaluation')
-group.add_argument('--model', '-m', metavar='NAME', nargs='+', default=None,
+group.add_argument('--model', '-m', metavar='NAME', nargs='+',
                    help='model name(s): hf-hub:ORG/NAME, local-dir:DIR or a registered name with pretrained weights '
                         '(default: the run\'s); with --checkpoint, one name for all checkpoints or one per checkpoint')
 group.add_argument('--checkpoint', nargs='+', default=[], metavar='RUN', help='train.py output folder(s) '
                    '(model_best.pth.tar, else last.pth.tar) or checkpoint(s); several form an ensemble')
-group.add_argument('--pretrained', action='store_true', default=False,
-                   help='accepted for validate.py\'s spelling: a --model without --checkpoint has pretrained weights')
-group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
+group.add_argument('--pretrained', action='store_true', help='as validate.py (a --model alone is pretrained)')
+group.add_argument('--amp', action='store_true', help='use native AMP for mixed precision')
 group.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'), help='AMP dtype')
-group.add_argument('--channels-last', action='store_true', default=False, help='use channels_last memory layout')
+group.add_argument('--channels-last', action='store_true', help='use channels_last memory layout')
 group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
 
 group = parser.add_argument_group('Output')
 group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON')
 group.add_argument('--csv', default='', metavar='FILE', help='write one row per model and output as CSV')
-group.add_argument('--plot', default='', metavar='FILE', help='PNG bar chart of the sub-classifiers and the averaged '
-                   'and oracle outputs')
-group.add_argument('--overwrite', action='store_true', default=False, help='replace existing output files')
-group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
+group.add_argument('--plot', default='', metavar='FILE', help='PNG bar chart: sub-classifiers, averaged, oracle')
+group.add_argument('--overwrite', action='store_true', help='replace existing output files')
+group.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
 def _rows(m: Dict[str, Any]) -> List[tuple]:
@@ -225,9 +217,8 @@ def plot_results(result: Dict[str, Any], path: str):
     fig = Figure(figsize=((1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)) * cols, 4 * rows))
     for i, m in enumerate(models):
         ax = fig.add_subplot(rows, cols, i + 1)
-        oracle = [('oracle', m['oracle']['top1'], 'tab:green')] if m['oracle'] is not None else []
-        bars = [(h['name'], h['top1'], 'tab:blue') for h in m['heads']] + [('avg', m['top1'], 'tab:orange')] + oracle
-        names, values, colors = zip(*bars)
+        names, values = zip(*[(o, top1) for o, _, top1, _, _ in _rows(m) if not o.startswith('select:')])
+        colors = [dict(averaged='tab:orange', oracle='tab:green').get(name, 'tab:blue') for name in names]
         ax.bar_label(ax.bar(names, values, color=colors), fmt='%.1f', fontsize=8)
         ax.set_ylim(0, min(105, max(values) * 1.12 + 1))  # room for the labels above the bars
         ax.set_ylabel('top-1 accuracy (%)')
@@ -273,12 +264,11 @@ def run(args) -> Dict[str, Any]:
             _logger.warning(f'{run_.source} has another data config: all models see the first one\'s ({data_config}).')
     complexity = [model_complexity(m, data_config['input_size']) for m in models]
 
+    img_mode = args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
     dataset = create_run_dataset(
-        args.data or args.data_dir, models[0], runs[0], dataset=args.dataset, split=args.split,
-        download=args.dataset_download, class_map=args.class_map, num_samples=args.num_samples,
-        input_key=args.input_key, target_key=args.target_key, seed=args.seed,
-        input_img_mode=args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L'),
-    )
+        args.data or args.data_dir, models[0], runs[0], dataset=args.dataset, split=args.split, seed=args.seed,
+        class_map=args.class_map, download=args.dataset_download, num_samples=args.num_samples,
+        input_key=args.input_key, target_key=args.target_key, input_img_mode=img_mode)
     loader = create_loader(dataset, batch_size=args.batch_size, use_prefetcher=not args.no_prefetcher,
                            num_workers=args.workers, pin_memory=args.pin_mem, device=device, **data_config)
     if args.channels_last:
@@ -299,19 +289,16 @@ def run(args) -> Dict[str, Any]:
     data = dict(data_dir=args.data or args.data_dir, dataset=args.dataset, split=args.split,
                 split_folder=str(dataset.folder) if dataset.folder else None, num_samples=results['num_samples'],
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()})
-    out = dict(data=data, models=[], ensemble=results['ensemble'], throughput=results['throughput'],
-               seconds=results['seconds'])
-    for run_, model, digest, cost, accuracy_ in zip(runs, models, digests, complexity, results['models']):
-        out['models'].append(dict(
-            model=run_.args['model'], checkpoint=str(run_.checkpoint) if run_.checkpoint else None, epoch=run_.epoch,
-            use_ema=args.use_ema, weights_sha256=digest, num_classes=model.num_classes,
-            num_splits=len(accuracy_['heads']) or None, **cost, **accuracy_))
-    return out
+    entries = [dict(model=run_.args['model'], checkpoint=str(run_.checkpoint) if run_.checkpoint else None,
+                    epoch=run_.epoch, use_ema=args.use_ema, weights_sha256=digest, num_classes=model.num_classes,
+                    num_splits=len(accuracy_['heads']) or None, **cost, **accuracy_)
+               for run_, model, digest, cost, accuracy_ in zip(runs, models, digests, complexity, results['models'])]
+    return dict(data=data, models=entries, ensemble=results['ensemble'], throughput=results['throughput'],
+                seconds=results['seconds'])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Run the command line `python -m timm_ssm.evaluate ARGS`: print the table, write the files asked for and
-    return the results (JSON schema: docs/analyses.md)."""
+    """Run `python -m timm_ssm.evaluate ARGS`: print the table, write the files asked for, return the results."""
     args = parser.parse_args(argv)
     try:
         result = run(args)
