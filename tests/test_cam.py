@@ -123,8 +123,8 @@ def test_bad_inputs_and_outputs_leave_nothing_behind(class_folders, tmp_path, ca
     checkpoint = _checkpoint(tmp_path / 'r.pth.tar')
     common = ['--checkpoint', checkpoint, '--img-size', '64', '--panel', '32', '--device', 'cpu']
     (tmp_path / 'afile').write_text('x')
-    _fails([str(class_folders), '--out', str(tmp_path / 'afile')] + common, capsys,
-           '--out .*afile cannot be used as a folder')
+    _fails([str(class_folders), '--out', str(tmp_path / 'afile'), '--class-map', str(tmp_path / 'classes.txt')]
+           + common, capsys, '--out .*afile cannot be used as a folder')
     (tmp_path / 'notes.png').write_text('not an image')
     _fails([str(tmp_path / 'notes.png'), '--out', str(tmp_path / 'o')] + common, capsys,
            'notes.png is not an image that Pillow can read')

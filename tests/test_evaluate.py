@@ -218,7 +218,7 @@ def test_non_finite_weights_and_logits_are_refused(image_folder, tmp_path, capsy
     model.load_state_dict(state)
     common = ['--data-dir', str(image_folder), '-j', '0', '--device', 'cpu', '--img-size', str(IMG_SIZE)]
     _fails(['--checkpoint', str(_run_folder(tmp_path / 'nan', model))] + common, capsys,
-           'holds non-finite weights \\(NaN or inf\\) in head.weight: its training diverged')
+           'holds non-finite weights \\(NaN or inf\\) in \\[head.weight\\]: its training diverged')
     state['head.weight'].fill_(1e38)  # finite weights whose logits overflow
     model.load_state_dict(state)
     _fails(['--checkpoint', str(_run_folder(tmp_path / 'inf', model))] + common, capsys,

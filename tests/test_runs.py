@@ -104,10 +104,10 @@ def test_clear_errors(tmp_path):
     with pytest.raises(RunError, match='No model_best.pth.tar or last.pth.tar in .*: give a train.py output folder'):
         load_run(tmp_path / 'empty')
     (tmp_path / 'cut.pth.tar').write_bytes(b'PK\x03\x04broken')
-    with pytest.raises(RunError, match='it is truncated, damaged or not a PyTorch checkpoint'):
+    with pytest.raises(RunError, match='Cannot read .*cut.pth.tar as a checkpoint of tensors.*: give a whole copy'):
         load_run(tmp_path / 'cut.pth.tar')
     torch.save({'state_dict': {}, 'thing': Path('x')}, tmp_path / 'pickled.pth.tar')
-    with pytest.raises(RunError, match='pickled Python objects'):
+    with pytest.raises(RunError, match='weights_only=True \\(UnpicklingError: Unsupported global: GLOBAL pathlib'):
         load_run(tmp_path / 'pickled.pth.tar')
     _checkpoint(tmp_path / 'c.pth.tar')
     run = load_run(tmp_path / 'c.pth.tar')
@@ -118,30 +118,33 @@ def test_clear_errors(tmp_path):
     torch.save(timm.create_model('test_resnet_ssm').state_dict(), tmp_path / 'bare.pth')
     with pytest.raises(RunError, match='no train.py arguments.*give its model name'):
         create_run_model(load_run(tmp_path / 'bare.pth'))
+    safetensors.torch.save_file(timm.create_model('test_resnet_ssm').state_dict(), tmp_path / 'cut.safetensors')
+    (tmp_path / 'cut.safetensors').write_bytes((tmp_path / 'cut.safetensors').read_bytes()[:5000])
+    with pytest.raises(RunError, match='cut.safetensors do not fit .*, or the file is damaged: .*a whole copy'):
+        create_run_model(load_run(tmp_path / 'cut.safetensors'), model_name='test_resnet_ssm')
 
 
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 def test_checkpoint_reader_fuzz(tmp_path):
-    """Random bytes, truncations and byte flips of a train.py-style `.pth.tar` (zip and legacy format) and a
-    `.safetensors` file: the reader returns the checkpoint or raises RunError, never another exception."""
+    """Random bytes, truncations and byte flips of a train.py-style `.pth.tar` (zip and legacy format): the reader
+    returns the checkpoint or raises RunError, never another exception (a `.safetensors` file: test_clear_errors)."""
     rng = np.random.default_rng(16)
     state = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).state_dict()
     checkpoint = {'epoch': 3, 'state_dict': state, 'args': argparse.Namespace(model='m', mean=[0.5] * 3)}
     torch.save(checkpoint, tmp_path / 'zip.pth.tar')
     torch.save(checkpoint, tmp_path / 'legacy.pth.tar', _use_new_zipfile_serialization=False)
-    safetensors.torch.save_file(state, tmp_path / 'w.safetensors')
-    cases = [('.pth.tar', magic + rng.bytes(int(rng.integers(0, 2000))))
+    cases = [magic + rng.bytes(int(rng.integers(0, 2000)))
              for magic in (b'', b'PK\x03\x04', b'\x80\x02', b'\x80\x04\x95') for _ in range(25)]
-    for name in ('zip.pth.tar', 'legacy.pth.tar', 'w.safetensors'):
+    for name in ('zip.pth.tar', 'legacy.pth.tar'):
         data = (tmp_path / name).read_bytes()
         for _ in range(40):
             cut, flipped = data[:int(rng.integers(0, len(data)))], bytearray(data)
             for i in rng.integers(0, len(data), int(rng.integers(1, 5))):
                 flipped[i] ^= int(rng.integers(1, 256))
-            cases += [(name[name.index('.'):], cut), (name[name.index('.'):], bytes(flipped))]
+            cases += [cut, bytes(flipped)]
     refused = 0
-    for i, (suffix, data) in enumerate(cases):
-        path = tmp_path / f'case{i}{suffix}'
+    for i, data in enumerate(cases):
+        path = tmp_path / f'case{i}.pth.tar'
         path.write_bytes(data)
         try:
             read_checkpoint(path)
@@ -149,7 +152,7 @@ def test_checkpoint_reader_fuzz(tmp_path):
             assert str(path) in str(e)
             refused += 1
         path.unlink()
-    assert len(cases) == 340 and refused > len(cases) // 2
+    assert len(cases) == 260 and refused > len(cases) // 2
 
 
 def test_split_names_resolve_to_the_folder_timm_reads(tmp_path):

@@ -111,7 +111,7 @@ def test_launch_option_errors_and_help_offline(cwd, capsys, monkeypatch):
     it downloads nothing, and a run without the source and network says how to fix it."""
     with pytest.raises(SystemExit) as e:
         train_timm.main(['--nproc', 'two'])
-    assert e.value.code == 2 and "--nproc_per_node: 'two' is not an integer" in capsys.readouterr().err
+    assert e.value.code == 2 and '--nproc_per_node: two is not an integer' in capsys.readouterr().err
     monkeypatch.delenv('TIMM_ROOT', raising=False)
     monkeypatch.setattr(timm_source, 'ARCHIVE_URL', 'http://127.0.0.1:9/v{version}.tar.gz')  # nothing listens
     assert train_timm.main(['--help']) == 0

@@ -4,10 +4,7 @@ Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.33
 (Lee et al., Electronics 2022), section 5, Figures 2 and 3.
 
 For sub-classifier j of n, the Grad-CAM (Selvaraju et al., ICCV 2017) of the trunk's last feature map restricted to
-channel group j with respect to sub-classifier j's logit of the target class (the ground truth when known, else the
-prediction, or `--target-class`); then that of all channels with respect to the averaged output, one PNG grid per
-image. A few lines of torch: the `grad-cam` package would add OpenCV, SciPy, scikit-learn and ttach to the install,
-and still need a channel mask per sub-classifier.
+channel group j for sub-classifier j's logit of the target class, then that of all channels for the averaged output.
 """
 import argparse
 import logging
@@ -22,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from timm.data import create_transform, get_img_extensions
 from timm.utils import setup_default_logging
 
-from .files import RunError, atomic_write, check_output_folder, write_error
+from .files import RunError, atomic_write, write_error
 from .runs import check_outputs, check_read, class_names, create_run_dataset, models_from_args, number_in, \
     resolve_device, run_data_config, run_parser, split_head
 
@@ -34,40 +31,38 @@ PANEL_PAD = 8  # pixels between and around the panels of a grid
 
 
 def _spatial_features(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, bool]:
-    """The trunk's last feature map and whether it is channels-last (NHWC), or a RunError."""
+    """The trunk's last feature map (B, C, h, w) and whether the trunk gives it channels-last (NHWC), or a RunError."""
     feat = model.forward_features(x)
     trunk = getattr(model, 'trunk', model)
     if not isinstance(feat, torch.Tensor) or feat.ndim != 4:
-        raise RunError(f'Grad-CAM needs a spatial feature map (batch, channels, height, width), but the trunk '
-                       f'{type(trunk).__name__} gives {tuple(getattr(feat, "shape", ()))} (tokens, no map): use a '
-                       f'convolutional trunk such as resnet50_ssm, convnext_tiny_ssm or efficientnet_b0_ssm.')
-    return feat, getattr(trunk, 'output_fmt', 'NCHW') == 'NHWC'
+        raise RunError(f'Grad-CAM needs a spatial feature map, but the trunk {type(trunk).__name__} gives shape '
+                       f'{tuple(getattr(feat, "shape", ()))} (no map): use a convolutional trunk such as resnet50_ssm.')
+    nhwc = getattr(trunk, 'output_fmt', 'NCHW') == 'NHWC'
+    return feat.permute(0, 3, 1, 2) if nhwc else feat, nhwc
 
 
 def feature_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """The trunk's last feature map (B, C, h, w) of images `x` (B, C_in, H, W), the gradients (B, n + 1, C, h, w)
-    of the `target` class's (B,) logit of sub-classifier j (j < n) and of the averaged output (last; n = 0 for a
-    plain timm classifier) with respect to it, and the averaged output's logits (B, K)."""
+    """The trunk's last feature map (B, C, h, w) of images `x`, the gradients (B, n + 1, C, h, w) of the `target`
+    class's logit of each sub-classifier and then of the averaged output with respect to it, and the averaged logits."""
     with torch.no_grad():
         feat, nhwc = _spatial_features(model, x)
     feat = feat.detach().requires_grad_()
     head = split_head(model)
     with torch.enable_grad():
+        trunk_feat = feat.permute(0, 2, 3, 1) if nhwc else feat  # as the trunk gives it
         if head is not None:
-            pooled = model.trunk.forward_head(feat, pre_logits=True)
-            if pooled.shape[-1] != feat.shape[-1 if nhwc else 1]:
+            pooled = model.trunk.forward_head(trunk_feat, pre_logits=True)
+            if pooled.shape[-1] != feat.shape[1]:
                 raise RunError(f'The head sees {pooled.shape[-1]} pooled features, but the last feature map has '
-                               f'{feat.shape[-1 if nhwc else 1]} channels (layers between them): per-group Grad-CAM '
-                               f'is not defined for this trunk; use one such as resnet50_ssm.')
+                               f'{feat.shape[1]} channels (layers between them): per-group Grad-CAM is not defined '
+                               f'for this trunk; use one such as resnet50_ssm.')
             splits = head.forward_splits(pooled)  # (B, n, K)
             outputs = list(splits.unbind(1)) + [splits.mean(1)]
         else:
-            outputs = [model.forward_head(feat)]
+            outputs = [model.forward_head(trunk_feat)]
         rows = torch.arange(x.shape[0], device=x.device)
         grads = torch.stack([torch.autograd.grad(out[rows, target].sum(), feat, retain_graph=True)[0]
                              for out in outputs], 1)
-    if nhwc:
-        return feat.detach().permute(0, 3, 1, 2), grads.permute(0, 1, 4, 2, 3), outputs[-1].detach()
     return feat.detach(), grads, outputs[-1].detach()
 
 
@@ -94,23 +89,15 @@ def grad_cams(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Tuple[
     return cams, ranges, logits
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def cam_grid(image: torch.Tensor, cams: torch.Tensor, titles: Sequence[Tuple[str, str]], header: str = '',
              panel: int = 224, alpha: float = 0.5) -> Image.Image:
-    """One row of square panels of `panel` pixels: the image as the model saw it ((C, H, W) in [0, 1]), then each
-    heat map ((m, H, W) in [0, 1]) overlaid on it with weight `alpha`, each under its two `titles` lines (m + 1 of
-    them), with a `header` line above; (m + 1) * (panel + PANEL_PAD) + PANEL_PAD pixels wide."""
+    """One row of square panels of `panel` pixels, PANEL_PAD apart: the image as the model saw it ((C, H, W) in
+    [0, 1]), then each heat map ((m, H, W) in [0, 1]) overlaid with weight `alpha`; each under its two `titles`."""
     from matplotlib import colormaps  # imported here: matplotlib takes a while to import
     image = image.float().cpu().clamp(0, 1)
     image = (image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]).permute(1, 2, 0).numpy()
     panels = [image] + [(1 - alpha) * image + alpha * colormaps['jet'](c.float().cpu().numpy())[..., :3] for c in cams]
-    font, small = _font(max(10, panel // 14)), _font(max(9, panel // 18))
+    font, small = ImageFont.load_default(size=max(10, panel // 14)), ImageFont.load_default(size=max(9, panel // 18))
     line = max(12, panel // 12)
     top = PANEL_PAD + (line if header else 0) + 2 * line
     grid = Image.new('RGB', (len(panels) * (panel + PANEL_PAD) + PANEL_PAD, top + panel + PANEL_PAD), 'white')
@@ -136,8 +123,6 @@ def _inputs(args, model: nn.Module, run) -> Tuple[List[Tuple[str, Image.Image, O
             raise RunError(f'{args.input} is not an image that Pillow can read ({e}): give an image file '
                            f'({", ".join(get_img_extensions())}) or a folder of them.') from e
         return [(os.path.splitext(os.path.basename(args.input))[0], img, None)], None
-    if args.input is None and not args.data_dir:
-        raise RunError('Give an image file or folder, or a data set with --data-dir DIR (and --dataset, --split).')
     if args.input is not None and not os.path.isdir(args.input):
         raise RunError(f'{args.input} is neither an image file nor a folder: give an image file or a folder.')
     folder = args.input is not None  # a folder of images, read as it is; class folders give the ground truth
@@ -153,63 +138,47 @@ def _inputs(args, model: nn.Module, run) -> Tuple[List[Tuple[str, Image.Image, O
 
 
 def grid_stems(paths: Sequence[str]) -> List[str]:
-    """One distinct output name per input image: its path relative to the input folder with the folders joined by
-    '_' (`cat/a.png` -> `cat_a`), and, where two paths give one name (`a/b_c.png`, `a_b/c.png`, `a/b_c.jpg`), the
-    extension and then a number until each name is unique."""
+    """One output name per input image: its path relative to the input folder with the folders joined by '_'
+    (`cat/a.png` -> `cat_a`), and, where two paths give one name (`a/b_c.png`, `a_b/c.png`, `a/b_c.jpg`), the extension
+    and then a number (`a_b_c_png`, `a_b_c_png_2`, `a_b_c_jpg`)."""
     stems = [os.path.splitext(p)[0].replace(os.sep, '_').replace('/', '_') for p in paths]
-    clashes = {s for s in stems if stems.count(s) > 1}
-    stems = [f'{s}_{os.path.splitext(p)[1].lstrip(".")}' if s in clashes else s for s, p in zip(stems, paths)]
-    taken, out = set(), []
-    for stem in stems:
-        name, i = stem, 2
-        while name in taken or (name != stem and name in stems):
-            name, i = f'{stem}_{i}', i + 1
-        taken.add(name)
-        out.append(name)
-    return out
+    stems = [f'{s}_{os.path.splitext(p)[1].lstrip(".")}' if stems.count(s) > 1 else s for s, p in zip(stems, paths)]
+    return [f'{s}_{stems[:i].count(s) + 1}' if s in stems[:i] else s for i, s in enumerate(stems)]
 
 
-def check_map_size(run, model: nn.Module, config) -> List[str]:
-    """Warnings when the maps are drawn at another image size than the run was trained at (a model explains its
-    predictions only where it makes them well) or on a last feature map below 4x4; a RunError when it is 1x1."""
+def check_map_size(run, model: nn.Module, config):
+    """Warn when the maps are drawn at another image size than the run was trained at (a model explains its predictions
+    only where it makes them well) or on a last feature map below 4x4; a RunError when it is 1x1."""
     with torch.no_grad():
         x = torch.zeros(1, *config['input_size'], device=next(model.parameters()).device)
-        feat, nhwc = _spatial_features(model, x)
-    (h, w), size = (feat.shape[1:3] if nhwc else feat.shape[2:4]), config['input_size'][1]
+        (h, w), size = _spatial_features(model, x)[0].shape[2:], config['input_size'][1]
     fix = ('train the model at a size whose last map is at least 4x4 (the default run on 28 px images: with '
-           '--model-kwargs output_stride=8, a 4x4 map), or draw the maps at a larger --img-size of a model trained '
-           'at that size')
+           '--model-kwargs output_stride=8), or draw the maps at a larger --img-size of a model trained at that size')
     if h == w == 1:
         raise RunError(f'The last feature map of the model is 1x1 at {size} px, so every heat map would be one flat '
                        f'colour: {fix}.')
+    if min(h, w) < 4:
+        _logger.warning(f'the last feature map is {h}x{w} at {size} px, so the maps are coarse: {fix}.')
     own = run_data_config(run, model)['input_size'][1:]
-    warnings = [f'the last feature map is {h}x{w} at {size} px, so the maps are coarse: {fix}.'] * (min(h, w) < 4)
     if tuple(own) != tuple(config['input_size'][1:]):
-        warnings.append(f'the maps are drawn at {size} px, but {run.args.get("model", "the model")} was '
+        _logger.warning(f'the maps are drawn at {size} px, but {run.args.get("model", "the model")} was '
                         f'{"trained and evaluated" if run.trained else "pretrained"} at {own[0]} px: its predictions, '
                         f'and so its maps, may be wrong at this size (see its top-1 with python -m timm_ssm.evaluate '
                         f'--img-size {size}); leave out --img-size and --input-size.')
-    return warnings
 
 
 parser = argparse.ArgumentParser(
     prog='python -m timm_ssm.cam', parents=[run_parser],
     description='Grad-CAM per channel group of a Split-and-Share model (paper section 5): one PNG grid per image.')
-parser.add_argument('input', nargs='?', default=None,
-                    help='an image, or a folder of images (class folders give the ground truth)')
+parser.add_argument('input', nargs='?', help='an image, or a folder of images (class folders give the ground truth)')
 parser.add_argument('--out', default='cam', metavar='DIR', help='output folder (default: cam)')
-parser.add_argument('--overwrite', action='store_true', default=False, help='replace grids already in --out')
-parser.add_argument('--model', '-m', nargs=1, default=None, metavar='NAME',
-                    help='model name, hf-hub:ORG/NAME or local-dir:DIR (default: from the checkpoint)')
+parser.add_argument('--overwrite', action='store_true', help='replace grids already in --out')
+parser.add_argument('--model', '-m', nargs=1, metavar='NAME', help='model name, hf-hub:ORG/NAME or local-dir:DIR')
 parser.add_argument('--checkpoint', nargs=1, default=[], metavar='RUN', help='train.py output folder or checkpoint')
-parser.add_argument('--target-class', type=number_in(int, 0), default=None,
-                    help='class of the heat maps (default: the ground truth when known, else the prediction)')
-parser.add_argument('--num-images', type=number_in(int, 1), default=16, metavar='N',
-                    help='at most this many images of a folder or data set (default: 16)')
-parser.add_argument('--panel', type=number_in(int, 16, 2048), default=224, metavar='PX',
-                    help='side of each panel in pixels, 16..2048 (default: 224)')
-parser.add_argument('--alpha', type=number_in(float, 0, 1), default=0.5,
-                    help='weight of the heat map in the overlay, in [0, 1] (default: 0.5)')
+parser.add_argument('--target-class', type=number_in(int, 0), help='class of the maps (ground truth, else prediction)')
+parser.add_argument('--num-images', type=number_in(int, 1), default=16, metavar='N', help='at most N images (16)')
+parser.add_argument('--panel', type=number_in(int, 16, 2048), default=224, metavar='PX', help='panel side (224 px)')
+parser.add_argument('--alpha', type=number_in(float, 0, 1), default=0.5, help='heat map weight in the overlay (0.5)')
 
 
 class _WriteError(RunError):
@@ -219,7 +188,6 @@ class _WriteError(RunError):
 def run(args) -> List[Tuple[str, int, int]]:
     """Write the grids the command line asks for; (path, target class, predicted class) of each."""
     device = resolve_device(args.device)
-    check_output_folder(args.out, '--out')
     ((run_, model),) = models_from_args(args, device)
     k = model.num_classes
     if args.target_class is not None and args.target_class >= k:
@@ -228,8 +196,7 @@ def run(args) -> List[Tuple[str, int, int]]:
     if head is None:
         _logger.warning(f'{run_.args["model"]} has no Split-and-Share head: only the full-feature Grad-CAM is drawn.')
     config = run_data_config(run_, model, vars(args))
-    for warning in check_map_size(run_, model, config):
-        _logger.warning(warning)
+    check_map_size(run_, model, config)
     items, data_names = _inputs(args, model, run_)
     names = class_names(run_, model) or data_names
     paths = [os.path.join(args.out, f'{stem}_cam.png') for stem, _, _ in items]
@@ -250,8 +217,6 @@ def run(args) -> List[Tuple[str, int, int]]:
                            f'overflow on this image).')
         pred = int(logits.argmax(-1))
         target = args.target_class if args.target_class is not None else label if label is not None else pred
-        if target >= k:
-            raise RunError(f'{stem}: its class {target} is outside the model\'s {k} classes: give --class-map FILE.')
         cams, ranges, _ = grad_cams(model, x, torch.tensor([target], device=device))
         source = 'given' if args.target_class is not None else 'ground truth' if label is not None else 'prediction'
         titles = [('input', _name(target)[:28])] + [(f'{a}-{b}', f'FC{j + 1}') for j, (a, b) in enumerate(ranges[:-1])]

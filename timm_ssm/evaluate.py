@@ -3,12 +3,10 @@
 Paper: `Exploiting Features with Split-and-Share Module` - https://doi.org/10.3390/electronics11020235
 (Lee et al., Electronics 2022)
 
-`python -m timm_ssm.evaluate --checkpoint RUN --data-dir DIR` takes timm validate.py's road (`timm_ssm.runs`) and
-measures with its `accuracy` and `AverageMeter`, in one pass: the averaged output (Table 1; validate.py's top-1),
-each sub-classifier FC1..FCn (Table 2), the oracle (right when any sub-classifier is; Discussion), label-free rules
-that pick or combine sub-classifiers per sample, parameters and multiply-adds (Table 4) and the ensemble of several
-checkpoints (mean of logits, Table 3), for plain timm models too. A pass in which an image could not be read, or a
-logit is not finite, reports no number.
+`python -m timm_ssm.evaluate --checkpoint RUN --data-dir DIR` measures on timm validate.py's road, in one pass: the
+averaged output (Table 1), each sub-classifier FC1..FCn (Table 2), the oracle (right when any sub-classifier is),
+label-free rules that pick or combine sub-classifiers, parameters and multiply-adds (Table 4) and the ensemble of
+several checkpoints (Table 3), for plain timm models too.
 """
 import argparse
 import csv
@@ -17,8 +15,6 @@ import logging
 import os
 import time
 from collections import defaultdict
-from contextlib import suppress
-from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -63,16 +59,16 @@ def split_outputs(splits: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], torch.
 
 
 @torch.inference_mode()
-def evaluate(models: Sequence[nn.Module], loader, device=None, amp_autocast=suppress, channels_last: bool = False,
-             progress: Optional[bool] = None, warmup: Optional[torch.Tensor] = None) -> Dict[str, Any]:
-    """One pass of a loader of (images, class indices) through models in eval mode on `device` (with several, their
-    ensemble too), as timm's validate.py measures it; `warmup` images go through the models before the timed pass.
+def evaluate(models: Sequence[nn.Module], loader, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False, progress: Optional[bool] = None,
+             warmup: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """One pass of a loader of (images, class indices) through models in eval mode, and their ensemble, as timm's
+    validate.py measures it (in autocast to `amp_dtype` if given), after the models saw the `warmup` images.
 
     Returns:
         `models`: the accuracy part of each model's entry of the JSON schema (docs/analyses.md); `ensemble`,
         `num_samples`, `nonfinite` (images with a logit that is not finite), `throughput` and `seconds`.
     """
-    device = device or next(models[0].parameters()).device
     heads = [split_head(m) for m in models]
     k = min(5, models[0].num_classes)
     meters = [defaultdict(lambda: (AverageMeter(), AverageMeter())) for _ in range(len(models) + 1)]
@@ -80,7 +76,7 @@ def evaluate(models: Sequence[nn.Module], loader, device=None, amp_autocast=supp
     nonfinite, count = torch.zeros((), dtype=torch.long, device=device), 0
 
     def _forward(model, head, images):
-        with amp_autocast():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             if head is None:
                 return model(images).float(), None
             pooled = model.forward_head(model.forward_features(images), pre_logits=True)
@@ -96,9 +92,8 @@ def evaluate(models: Sequence[nn.Module], loader, device=None, amp_autocast=supp
         _forward(model, head, warmup.to(device))
     start = time.perf_counter()
     for images, target in tqdm(loader, desc='eval', unit='batch', disable=None if progress is None else not progress):
-        images, target = images.to(device), target.to(device)  # no-ops after timm's prefetcher
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        target = target.to(device)  # no-op after timm's prefetcher
         averaged = []
         for i, (model, head) in enumerate(zip(models, heads)):
             logits, splits = _forward(model, head, images)
@@ -146,39 +141,35 @@ parser = argparse.ArgumentParser(
     description='Evaluate timm models with Split-and-Share heads: every sub-classifier, the oracle, label-free '
                 'head selection, parameters and multiply-adds, and ensembles of several checkpoints.')
 group = parser.add_argument_group('Data loading (as timm validate.py)')
-group.add_argument('data', nargs='?', metavar='DIR', const=None, help='path to dataset (deprecated, use --data-dir)')
-group.add_argument('--num-samples', default=None, type=number_in(int, 1), metavar='N',
-                   help='number of samples of the split, for iterable datasets')
-group.add_argument('--input-key', default=None, type=str, help='dataset key for input images')
-group.add_argument('--input-img-mode', default=None, type=str, help='dataset image conversion mode for input images')
-group.add_argument('--target-key', default=None, type=str, help='dataset key for target labels')
-group.add_argument('-b', '--batch-size', default=256, type=number_in(int, 1), metavar='N',
-                   help='mini-batch size (default: 256)')
+group.add_argument('data', nargs='?', metavar='DIR', help='path to dataset (deprecated, use --data-dir)')
+group.add_argument('--num-samples', type=number_in(int, 1), metavar='N', help='number of samples (iterable datasets)')
+group.add_argument('--input-key', help='dataset key for input images')
+group.add_argument('--input-img-mode', help='dataset image conversion mode for input images')
+group.add_argument('--target-key', help='dataset key for target labels')
+group.add_argument('-b', '--batch-size', default=256, type=number_in(int, 1), metavar='N', help='mini-batch size (256)')
 group.add_argument('-j', '--workers', default=min(4, os.cpu_count() or 1), type=number_in(int, 0), metavar='N',
                    help='number of data loading workers (default: 4, at most the CPU count)')
-group.add_argument('--no-prefetcher', action='store_true', default=False, help='disable fast prefetcher')
-group.add_argument('--pin-mem', action='store_true', default=False, help='pin CPU memory in DataLoader')
+group.add_argument('--no-prefetcher', action='store_true', help='disable fast prefetcher')
+group.add_argument('--pin-mem', action='store_true', help='pin CPU memory in DataLoader')
 
 group = parser.add_argument_group('Evaluation')
-group.add_argument('--model', '-m', metavar='NAME', nargs='+', default=None,
+group.add_argument('--model', '-m', metavar='NAME', nargs='+',
                    help='model name(s): hf-hub:ORG/NAME, local-dir:DIR or a registered name with pretrained weights '
                         '(default: the run\'s); with --checkpoint, one name for all checkpoints or one per checkpoint')
 group.add_argument('--checkpoint', nargs='+', default=[], metavar='RUN', help='train.py output folder(s) '
                    '(model_best.pth.tar, else last.pth.tar) or checkpoint(s); several form an ensemble')
-group.add_argument('--pretrained', action='store_true', default=False,
-                   help='accepted for validate.py\'s spelling: a --model without --checkpoint has pretrained weights')
-group.add_argument('--amp', action='store_true', default=False, help='use native AMP for mixed precision')
+group.add_argument('--pretrained', action='store_true', help='as validate.py (a --model alone is pretrained)')
+group.add_argument('--amp', action='store_true', help='use native AMP for mixed precision')
 group.add_argument('--amp-dtype', default='float16', choices=('float16', 'bfloat16'), help='AMP dtype')
-group.add_argument('--channels-last', action='store_true', default=False, help='use channels_last memory layout')
+group.add_argument('--channels-last', action='store_true', help='use channels_last memory layout')
 group.add_argument('--seed', type=int, default=42, metavar='S', help='random seed (default: 42)')
 
 group = parser.add_argument_group('Output')
 group.add_argument('--json', default='', metavar='FILE', help='write the results as JSON')
 group.add_argument('--csv', default='', metavar='FILE', help='write one row per model and output as CSV')
-group.add_argument('--plot', default='', metavar='FILE', help='PNG bar chart of the sub-classifiers and the averaged '
-                   'and oracle outputs')
-group.add_argument('--overwrite', action='store_true', default=False, help='replace existing output files')
-group.add_argument('--no-progress', action='store_true', default=False, help='no progress bar')
+group.add_argument('--plot', default='', metavar='FILE', help='PNG bar chart: sub-classifiers, averaged, oracle')
+group.add_argument('--overwrite', action='store_true', help='replace existing output files')
+group.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
 def _rows(m: Dict[str, Any]) -> List[tuple]:
@@ -222,16 +213,12 @@ def plot_results(result: Dict[str, Any], path: str):
     """PNG bar chart: per model, the sub-classifiers' top-1, the averaged output's and the oracle's."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     models = result['models']
-    cols = min(3, len(models))
-    width = 1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)
-    fig = Figure(figsize=(width * cols, 4 * -(-len(models) // cols)))
-    axes = fig.subplots(-(-len(models) // cols), cols, squeeze=False).flat
-    for ax in axes[len(models):]:
-        ax.set_visible(False)
-    for ax, m in zip(axes, models):
-        oracle = [('oracle', m['oracle']['top1'], 'tab:green')] if m['oracle'] is not None else []
-        bars = [(h['name'], h['top1'], 'tab:blue') for h in m['heads']] + [('avg', m['top1'], 'tab:orange')] + oracle
-        names, values, colors = zip(*bars)
+    rows, cols = -(-len(models) // 3), min(3, len(models))
+    fig = Figure(figsize=((1.6 + 0.9 * max(len(m['heads']) + 2 for m in models)) * cols, 4 * rows))
+    for i, m in enumerate(models):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        names, values = zip(*[(o, top1) for o, _, top1, _, _ in _rows(m) if not o.startswith('select:')])
+        colors = [dict(averaged='tab:orange', oracle='tab:green').get(name, 'tab:blue') for name in names]
         ax.bar_label(ax.bar(names, values, color=colors), fmt='%.1f', fontsize=8)
         ax.set_ylim(0, min(105, max(values) * 1.12 + 1))  # room for the labels above the bars
         ax.set_ylabel('top-1 accuracy (%)')
@@ -247,17 +234,13 @@ def _write_json(result: Dict[str, Any], path: str):
 
 
 def _write_csv(result: Dict[str, Any], path: str):
-    rows = [dict(model=m['model'], checkpoint=m['checkpoint'] or '', output=output, top1=top1, top5=top5)
-            for m in result['models'] for output, _, top1, top5, _ in _rows(m)]
+    rows = [('model', 'checkpoint', 'output', 'top1', 'top5')]
+    rows += [(m['model'], m['checkpoint'], output, top1, top5)
+             for m in result['models'] for output, _, top1, top5, _ in _rows(m)]
     if result['ensemble'] is not None:
-        rows.append(dict(model='+'.join(m['model'] for m in result['models']), output='ensemble',
-                         top1=result['ensemble']['top1'], top5=result['ensemble']['top5']))
-
-    def _write(f):
-        writer = csv.DictWriter(f, fieldnames=['model', 'checkpoint', 'output', 'top1', 'top5'])
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write(path, _write, mode='w')
+        members, ensemble = '+'.join(m['model'] for m in result['models']), result['ensemble']
+        rows.append((members, '', 'ensemble', ensemble['top1'], ensemble['top5']))
+    atomic_write(path, lambda f: csv.writer(f).writerows(rows), mode='w')
 
 
 def run(args) -> Dict[str, Any]:
@@ -267,10 +250,10 @@ def run(args) -> Dict[str, Any]:
     outputs = [(f'--{o}', getattr(args, o)) for o in ('json', 'csv', 'plot') if getattr(args, o)]
     check_outputs(outputs, runs, args.class_map, args.overwrite)
     digests = [weights_digest(m) for m in models]
-    for i, j in ((i, j) for j in range(len(runs)) for i in range(j) if digests[i] == digests[j]):
-        raise RunError(f'{runs[i].checkpoint or runs[i].source} and {runs[j].checkpoint or runs[j].source} hold '
-                       f'identical weights, so an ensemble of them measures nothing: give checkpoints of different '
-                       f'runs or epochs.')
+    twins = [str(r.checkpoint or r.source) for r, digest in zip(runs, digests) if digests.count(digest) > 1]
+    if twins:
+        raise RunError(f'{" and ".join(twins)} hold identical weights, so an ensemble of them measures nothing: give '
+                       f'checkpoints of different runs or epochs.')
     num_classes = sorted({m.num_classes for m in models})
     if len(num_classes) > 1 or num_classes[0] < 2:
         raise RunError(f'Evaluation needs models of one number of classes, two or more, but they have num_classes '
@@ -281,23 +264,20 @@ def run(args) -> Dict[str, Any]:
             _logger.warning(f'{run_.source} has another data config: all models see the first one\'s ({data_config}).')
     complexity = [model_complexity(m, data_config['input_size']) for m in models]
 
+    img_mode = args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L')
     dataset = create_run_dataset(
-        args.data or args.data_dir, models[0], runs[0], dataset=args.dataset, split=args.split,
-        download=args.dataset_download, class_map=args.class_map, num_samples=args.num_samples,
-        input_key=args.input_key, target_key=args.target_key, seed=args.seed,
-        input_img_mode=args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L'),
-    )
+        args.data or args.data_dir, models[0], runs[0], dataset=args.dataset, split=args.split, seed=args.seed,
+        class_map=args.class_map, download=args.dataset_download, num_samples=args.num_samples,
+        input_key=args.input_key, target_key=args.target_key, input_img_mode=img_mode)
     loader = create_loader(dataset, batch_size=args.batch_size, use_prefetcher=not args.no_prefetcher,
                            num_workers=args.workers, pin_memory=args.pin_mem, device=device, **data_config)
     if args.channels_last:
         models = [m.to(memory_format=torch.channels_last) for m in models]
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype)) \
-        if args.amp else suppress
     torch.manual_seed(args.seed)
     warmup = torch.randn((max(1, min(args.batch_size, len(dataset))),) + tuple(data_config['input_size']))
     try:
-        results = evaluate(models, loader, device=device, amp_autocast=amp_autocast, channels_last=args.channels_last,
-                           progress=False if args.no_progress else None, warmup=warmup)
+        results = evaluate(models, loader, device, getattr(torch, args.amp_dtype) if args.amp else None,
+                           args.channels_last, progress=False if args.no_progress else None, warmup=warmup)
     finally:  # timm's reader gives up after 10 unreadable images in a row: those before are named
         check_read(dataset)
     if results['nonfinite']:
@@ -309,19 +289,16 @@ def run(args) -> Dict[str, Any]:
     data = dict(data_dir=args.data or args.data_dir, dataset=args.dataset, split=args.split,
                 split_folder=str(dataset.folder) if dataset.folder else None, num_samples=results['num_samples'],
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()})
-    out = dict(data=data, models=[], ensemble=results['ensemble'], throughput=results['throughput'],
-               seconds=results['seconds'])
-    for run_, model, digest, cost, accuracy_ in zip(runs, models, digests, complexity, results['models']):
-        out['models'].append(dict(
-            model=run_.args['model'], checkpoint=str(run_.checkpoint) if run_.checkpoint else None, epoch=run_.epoch,
-            use_ema=args.use_ema, weights_sha256=digest, num_classes=model.num_classes,
-            num_splits=len(accuracy_['heads']) or None, **cost, **accuracy_))
-    return out
+    entries = [dict(model=run_.args['model'], checkpoint=str(run_.checkpoint) if run_.checkpoint else None,
+                    epoch=run_.epoch, use_ema=args.use_ema, weights_sha256=digest, num_classes=model.num_classes,
+                    num_splits=len(accuracy_['heads']) or None, **cost, **accuracy_)
+               for run_, model, digest, cost, accuracy_ in zip(runs, models, digests, complexity, results['models'])]
+    return dict(data=data, models=entries, ensemble=results['ensemble'], throughput=results['throughput'],
+                seconds=results['seconds'])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Run the command line `python -m timm_ssm.evaluate ARGS`: print the table, write the files asked for and
-    return the results (JSON schema: docs/analyses.md)."""
+    """Run `python -m timm_ssm.evaluate ARGS`: print the table, write the files asked for, return the results."""
     args = parser.parse_args(argv)
     try:
         result = run(args)

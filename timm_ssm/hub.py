@@ -1,11 +1,7 @@
 """ Publish an SSM model trained with timm's train.py on the Hugging Face Hub, in timm's format
 
-    python -m timm_ssm.hub RUN --repo-id ORG/NAME [--dry-run] [--out DIR] ...
-
-timm's `save_for_hf` writes the run's model; huggingface_hub's `ModelCard.from_template` fills `model_card.md` with
-the run's summary.csv and the evaluation of exactly these weights (`--eval-json`, default RUN/eval_test.json), its split
-named by the folder timm read; `create_repo` + `upload_folder` upload it, as timm's `push_to_hf_hub` does. The token
-is never printed.
+`python -m timm_ssm.hub RUN --repo-id ORG/NAME [--dry-run]`: timm's `save_for_hf` writes the run's model,
+huggingface_hub's `ModelCard.from_template` fills `model_card.md`, and `create_repo` + `upload_folder` upload it.
 """
 import argparse
 import csv
@@ -23,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch.nn as nn
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError
 
@@ -34,7 +30,7 @@ from timm.utils import ParseKwargs
 from .complexity import model_complexity
 from .files import RunError, check_output_folder
 from .runs import (
-    SPLIT_SYNONYMS, Run, class_names, create_run_model, load_run, run_data_config, split_folder, split_head,
+    SPLIT_SYNONYMS, Run, class_names, create_run_model, load_run, name_value, run_data_config, split_folder, split_head,
     weights_digest)
 
 __all__ = ['main', 'export', 'model_card', 'write_export', 'read_evaluation', 'HubError']
@@ -54,8 +50,7 @@ _SOURCE_FIELDS = ('tag', 'hf_hub_id', 'url', 'file', 'source', 'description', 'o
 _EVALUATED = {
     'held-out': "the held-out split `{}` of the run's data set",
     'train': '**the training images** (`{}`), not held-out data',
-    'other': "**data not known to be held out** (`{}`: not the run's data set, or the run names none)",
-}
+    'other': "**data not known to be held out** (`{}`: not the run's data set, or the run names none)"}
 
 
 class HubError(Exception):
@@ -104,9 +99,8 @@ def _evaluated_split(run: Run, data: Dict[str, Any]) -> Tuple[str, str]:
 
 
 def read_evaluation(run: Run, digest: str, path: Path, named: bool, use_ema: bool) -> Tuple[Optional[dict], str]:
-    """The entry of the `python -m timm_ssm.evaluate --json` file `path` that evaluated the weights of `digest`,
-    with its split (`kind`, `label`, `what`), and a line that says which it is or why there is none. A file `named`
-    by --eval-json that cannot be shown is an error, the default one is left out."""
+    """The entry of the `python -m timm_ssm.evaluate --json` file `path` that evaluated the weights of `digest`, with
+    its split (`kind`, `label`, `what`), and a line saying which it is or why there is none (an error if `named`)."""
     data_dir = run.args.get('data_dir') or run.args.get('data')
     fix = (f'python -m timm_ssm.evaluate --checkpoint {run.checkpoint}' + ' --use-ema' * use_ema
            + (f' --data-dir {data_dir}' if data_dir else '') + f' --split test --json {path}')
@@ -153,10 +147,9 @@ def _summary(run: Run) -> Dict[str, Any]:
     for label, row in (('Final', rows[-1]), ('Published weights', published), (f'Best by {metric}', best)):
         if row is not None:
             shown.setdefault(id(row), (row, []))[1].append(label)
+    columns = (('Top-1 (%)', 'eval_top1'), ('Top-5 (%)', 'eval_top5'), ('Eval loss', 'eval_loss'))
     return dict(rows=[(labels, row) for row, labels in shown.values()], epochs=len(rows), published=bool(published),
-                columns=[c for c in (('Top-1 (%)', 'eval_top1'), ('Top-5 (%)', 'eval_top5'),
-                                     ('Eval loss', 'eval_loss')) if c[1] in rows[0]],
-                split=run.args.get('val_split') or 'validation',
+                columns=[c for c in columns if c[1] in rows[0]], split=run.args.get('val_split') or 'validation',
                 ema_note=run.args.get('model_ema') and not run.args.get('model_ema_force_cpu'))
 
 
@@ -246,25 +239,19 @@ def model_card(run: Run, model: nn.Module, args: argparse.Namespace, data_config
 
 
 def check_out(out: Path, overwrite: bool):
-    """Raise a RunError, before any work, unless `out` can take the export: a new folder in a writable place, or
-    an earlier export (a folder of export files only) with `overwrite`."""
-    if out.exists() or out.is_symlink():
-        if out.is_symlink() or not out.is_dir() or not {p.name for p in out.iterdir()} <= set(EXPORT_FILES):
-            raise RunError(f'--out {out} exists and is not an export of this tool: give a new folder, such as --out '
-                           f'{out}-2.')
-        if not overwrite:
-            raise RunError(f'--out {out} already holds an export: pass --overwrite to replace it.')
+    """A RunError unless `out` can take the export: a new writable folder, or an earlier export with `overwrite`."""
+    if out.is_symlink() or out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= set(EXPORT_FILES)):
+        raise RunError(f'--out {out} is not an export of this tool: give a new folder, such as --out {out}-2.')
+    if out.exists() and not overwrite:
+        raise RunError(f'--out {out} already holds an export: pass --overwrite to replace it.')
     check_output_folder(out.parent if out.exists() else out, '--out')
 
 
 def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card: ModelCard,
                  names: Optional[List[str]] = None):
-    """Write model.safetensors, config.json (timm's `save_for_hf`) and README.md into a folder beside `out`, then
-    rename it in (over an earlier export that `check_out` allowed); a failure leaves nothing, not even the folders
-    made for `out`."""
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    tmp, old = (out.parent / f'.{out.name}.{os.getpid()}.{end}' for end in ('partial', 'old'))
-    head = model.head
+    """Write model.safetensors, config.json (timm's `save_for_hf`) and README.md into a hidden folder beside `out`,
+    then put it in place of `out` (an earlier export that `check_out` allowed): a failure leaves no partial file."""
+    tmp, head = out.parent / f'.{out.name}.{os.getpid()}.partial', model.head
     try:
         tmp.mkdir(parents=True)
         save_for_hf(model, tmp, safe_serialization=True, data_config=data_config,
@@ -275,30 +262,20 @@ def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card:
         (tmp / 'config.json').write_text(json.dumps(config, indent=2))
         card.save(tmp / 'README.md')
         (tmp / 'model.safetensors').chmod(stat.S_IMODE((tmp / 'README.md').stat().st_mode))  # as open() (not 0o600)
-        if out.exists():
-            out.rename(old)
+        shutil.rmtree(out, ignore_errors=True)  # the earlier export, once the new one is whole
         tmp.rename(out)
-    except BaseException as e:
+    except (OSError, SafetensorError) as e:
+        raise RunError(f'Cannot write the export to {out} ({e}); nothing was written: free some space, or give '
+                       f'--out DIR on another disk.') from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)  # the earlier export, as it was
-        with suppress(OSError):  # deepest first; one that something else wrote to stays, and those above it
-            for folder in made:
-                folder.rmdir()
-        if isinstance(e, (OSError, SafetensorError)):
-            raise RunError(f'Cannot write the export to {out} ({e}); nothing was written: free some space, or give '
-                           f'--out DIR on another disk.') from None
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export(args: argparse.Namespace, run: Run, out: Path) -> nn.Module:
     """Export the run as the parsed command line asks into `out` (checked by `check_out`); the exported model."""
-    print(f'Checkpoint: {run.checkpoint}' + (f' (epoch {run.epoch})' if run.epoch is not None else '')
-          + (', EMA weights' if args.use_ema else ''))
-    if run.has_ema and not args.use_ema:
-        print('  It also has EMA weights: pass --use-ema to publish those instead.')
-    print(f'Arguments: {run.args_source}')
+    epoch = f' (epoch {run.epoch})' if run.epoch is not None else ''
+    ema = ', EMA weights' if args.use_ema else '; it has EMA weights too: pass --use-ema to publish those' * run.has_ema
+    print(f'Checkpoint: {run.checkpoint}{epoch}{ema}\nArguments: {run.args_source}')
     model = create_run_model(run, args.model, use_ema=args.use_ema, overrides=args.model_kwargs)
     if split_head(model) is None:
         raise RunError(f'{args.model or run.args.get("model")} is not an SSM model (<arch>_ssm), which this tool '
@@ -314,9 +291,7 @@ def export(args: argparse.Namespace, run: Run, out: Path) -> nn.Module:
                                 license=license)
     card = model_card(run, model, args, data_config, license, base_model, names, evaluation, papers)
     write_export(model, out, data_config, card, names)
-    print(f'Wrote {out}:')
-    for p in sorted(out.iterdir()):
-        print(f'  {p.name:<20} {p.stat().st_size / 1e6:>9.3f} MB')
+    print(f'Wrote {out}: ' + ', '.join(f'{p.name} ({p.stat().st_size / 1e6:.3f} MB)' for p in sorted(out.iterdir())))
     return model
 
 
@@ -353,10 +328,7 @@ def upload(args: argparse.Namespace, run: Run, out: Optional[Path], where: str):
     api, repo_id = HfApi(token=token, library_name='timm', library_version=timm.__version__), args.repo_id
     with _hub_errors('check the token and repository'):
         user = api.whoami()['name']
-        try:
-            public = args.private and not api.repo_info(repo_id).private
-        except RepositoryNotFoundError:
-            public = False
+        public = args.private and api.repo_exists(repo_id) and not api.repo_info(repo_id).private
     if public:
         raise RunError(f'--private: {repo_id} exists and is public, and uploading does not change that: make it '
                        f'private in its settings on the Hub first, or upload without --private.')
@@ -394,7 +366,7 @@ group.add_argument('--checkpoint', metavar='NAME', help='file in RUN (default: m
 group.add_argument('--use-ema', action='store_true', help='export the checkpoint\'s EMA weights')
 group.add_argument('--ema', action='store_true', dest='use_ema', help=argparse.SUPPRESS)  # the earlier spelling
 group.add_argument('--model', metavar='NAME', help='model name (<arch>_ssm) over the run\'s')
-group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+group.add_argument('--model-kwargs', nargs='*', default={}, type=name_value, action=ParseKwargs, metavar='KEY=VALUE',
                    help='model arguments over the run\'s, as train.py\'s --model-kwargs')
 group = parser.add_argument_group('Model card')
 group.add_argument('--eval-json', metavar='FILE', help='python -m timm_ssm.evaluate --json output of the exported '

@@ -1,10 +1,7 @@
 """ One road from a timm train.py run to its model and its data, as timm's validate.py walks it
 
 A run is a train.py output folder, a checkpoint (`.pth.tar`, `.pth`, `.safetensors`) or a model name (`hf-hub:`,
-`local-dir:`, a registered name with pretrained weights). `create_run_model` is `create_model` + `load_checkpoint` with
-the run's own arguments under the command line's, `run_data_config` is `resolve_data_config` on them, and
-`create_run_dataset` is `create_dataset` on the split folder, checked against the run's classes, recording each image
-it could not read (timm's `ImageDataset` returns the next one instead) so that a tool refuses a number not about it.
+`local-dir:`, a registered name with pretrained weights); the command line's options go over the run's own arguments.
 """
 import argparse
 import hashlib
@@ -17,7 +14,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import yaml
-from safetensors import safe_open
 
 from timm.data import ImageDataset, create_dataset, resolve_data_config
 from timm.data.readers.class_map import load_class_map
@@ -29,9 +25,8 @@ from .head import SplitShareHead
 
 __all__ = [
     'Run', 'load_run', 'read_checkpoint', 'create_run_model', 'run_data_config', 'split_folder', 'create_run_dataset',
-    'check_classes', 'check_read', 'check_outputs', 'class_names', 'ReadCheckedDataset', 'weights_digest',
-    'split_head', 'resolve_device', 'number_in', 'run_parser', 'models_from_args', 'CHECKPOINT_NAMES', 'DATA_ARGS',
-]
+    'check_classes', 'check_read', 'check_outputs', 'class_names', 'ReadCheckedDataset', 'weights_digest', 'split_head',
+    'resolve_device', 'number_in', 'name_value', 'run_parser', 'models_from_args', 'CHECKPOINT_NAMES', 'DATA_ARGS']
 
 CHECKPOINT_NAMES = ('model_best.pth.tar', 'last.pth.tar')  # looked for in a run folder, in this order
 DATA_ARGS = ('input_size', 'img_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation')
@@ -58,60 +53,44 @@ def number_in(kind: type, low: float = -math.inf, high: float = math.inf, low_op
     return _parse
 
 
-def _name_value(text: str) -> str:  # an item of timm's ParseKwargs
+def name_value(text: str) -> str:  # an argparse type: an item of timm's ParseKwargs
     if '=' not in text:
         raise argparse.ArgumentTypeError(f'{text!r} is no NAME=VALUE pair (such as num_splits=2)')
     return text
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise argparse.ArgumentError(None, message)
-
-
-def _check_run_args(args: Dict[str, Any], source: str):
+def _check_run_args(args, source: str):
     """A RunError naming a value of the run's arguments that the command line's options would refuse."""
-    argv = []
-    for key in (*DATA_ARGS, 'num_classes', 'in_chans', 'gp'):
-        value = args.get(key)
-        if value not in (None, ''):
-            argv += [f'--{key.replace("_", "-")}', *map(str, value if isinstance(value, (list, tuple)) else [value])]
     try:
-        _RaisingParser(parents=[run_parser], add_help=False).parse_args(argv)
-        if not isinstance(args.get('model', ''), str) or not isinstance(args.get('model_kwargs') or {}, dict):
-            raise argparse.ArgumentError(None, 'model is no name, or model_kwargs no mapping (num_splits: 4)')
+        if not isinstance(args, dict) or not isinstance(args.get('model', ''), str) \
+                or not isinstance(args.get('model_kwargs') or {}, dict):
+            raise argparse.ArgumentError(None, 'no mapping, model no name, or model_kwargs no mapping (num_splits: 4)')
+        argv = []
+        for key in (*DATA_ARGS, 'num_classes', 'in_chans', 'gp'):
+            value = args.get(key)
+            if value not in (None, ''):
+                argv += [f'--{key.replace("_", "-")}', *map(str, value if isinstance(value, list) else [value])]
+        argparse.ArgumentParser(parents=[run_parser], add_help=False, exit_on_error=False).parse_args(argv)
     except argparse.ArgumentError as e:
         raise RunError(f'{source} holds a value train.py would not write ({e}): fix or delete that line.') from e
 
 
 def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     """The entries of a checkpoint, loaded with `weights_only=True` (train.py's `args` Namespace allowed), {} for a
-    `.safetensors` file; a RunError for whatever torch's or safetensors' readers fail on."""
+    `.safetensors` file (read by `load_checkpoint`); a RunError for whatever torch's reader fails on."""
     path = Path(path)
-    damaged = ('if it was copied or is still being written, copy it again or wait for it; else give the file train.py '
-               'saved (model_best.pth.tar, last.pth.tar) or its run folder')
     if path.name.endswith('.safetensors'):
-        try:
-            with safe_open(str(path), framework='pt') as f:
-                for key in f.keys():
-                    f.get_slice(key).get_shape()  # header entries that point outside the file fail here
-        except Exception as e:  # noqa  SafetensorError and whatever the header parser raises
-            raise RunError(f'Cannot read {path}: it is truncated or not a safetensors file ({e}); {damaged}.') from e
         return {}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa  the weights-only unpickler raises many kinds of exception on bad bytes
-        if 'weights_only' in str(e) and 'Unsupported global' in str(e):
-            raise RunError(f'{path} holds pickled Python objects besides tensors and train.py arguments, which are '
-                           f'not loaded (weights_only=True): save its weights alone with '
-                           f'torch.save(model.state_dict(), PATH).') from e
-        raise RunError(f'Cannot read checkpoint {path}: it is truncated, damaged or not a PyTorch checkpoint '
-                       f'({type(e).__name__}: {str(e)[:200]}); {damaged}.') from e
-    if not isinstance(checkpoint, dict):
-        raise RunError(f'{path} is not a model checkpoint: it holds a {type(checkpoint).__name__}, not a dict.')
+        if not isinstance(checkpoint, dict):
+            raise TypeError(f'it holds a {type(checkpoint).__name__}, not a dict')
+    except Exception as e:  # noqa  the unpickler raises many kinds of exception on damaged bytes
+        reason = str(e).rpartition('WeightsUnpickler error: ')[2].split('. ')[0][:200]  # torch's: the refused global
+        raise RunError(f'Cannot read {path} as a checkpoint of tensors, weights_only=True ({type(e).__name__}: '
+                       f'{reason}): give a whole copy of the file train.py saved (model_best.pth.tar, last.pth.tar), '
+                       f'or its weights alone saved with torch.save(model.state_dict(), PATH).') from e
     return checkpoint
 
 
@@ -170,9 +149,8 @@ def load_run(source: Union[str, Path], checkpoint: Optional[str] = None) -> Run:
         try:
             run.args, run.args_source = yaml.safe_load(args_file.read_text()), str(args_file)
         except yaml.YAMLError as e:
-            raise RunError(f'Cannot read {args_file}: it is not the args.yaml that train.py wrote ({e}).') from e
-        if not isinstance(run.args, dict):
-            raise RunError(f'{args_file} is not the args.yaml of a train.py run (no mapping of arguments).')
+            raise RunError(f'Cannot read {args_file}, which is not the args.yaml train.py wrote ({e}): fix or delete '
+                           f'it.') from e
     elif isinstance(raw.get('args'), argparse.Namespace):
         run.args, run.args_source = dict(vars(raw['args'])), f'the train.py arguments saved in {path}'
     _check_run_args(run.args, run.args_source)
@@ -187,9 +165,8 @@ def _without_aux_bn(state_dict: Dict[str, Any], model: nn.Module) -> Dict[str, A
 
 def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool = False,
                      overrides: Optional[Dict[str, Any]] = None, device=None) -> nn.Module:
-    """The run's model as train.py built it (`model_name` instead of the run's), with the run's (EMA) weights, in eval
-    mode; `overrides` are `create_model` arguments over the run's (None values ignored). Non-finite weights are
-    refused."""
+    """The run's model as train.py built it (`model_name` over the run's), with its (EMA) weights, in eval mode;
+    `overrides` are `create_model` arguments over the run's (None ignored). Non-finite weights are refused."""
     args = run.args
     name = model_name or args.get('model')
     if not name:
@@ -201,9 +178,8 @@ def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool =
     input_size = args.get('input_size') or [None]  # train.py's channels: --in-chans, else those of --input-size
     kwargs = dict(num_classes=args.get('num_classes'), in_chans=args.get('in_chans') or input_size[0],
                   global_pool=args.get('gp'), bn_momentum=args.get('bn_momentum'), bn_eps=args.get('bn_eps'))
-    for more in (args.get('model_kwargs') or {}, overrides or {}):
-        kwargs.update({k: v for k, v in more.items() if v is not None})
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs = {k: v for more in (kwargs, args.get('model_kwargs') or {}, overrides or {}) for k, v in more.items()
+              if v is not None}
     what = f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())}) from {run.args_source}'
     try:
         model = create_model(name, pretrained=run.checkpoint is None, **kwargs)
@@ -213,22 +189,21 @@ def create_run_model(run: Run, model_name: Optional[str] = None, use_ema: bool =
     if run.checkpoint is not None:
         try:
             load_checkpoint(model, str(run.checkpoint), use_ema=use_ema, filter_fn=_without_aux_bn)
-        except Exception as e:  # noqa  a state dict of another model, or entries that are no state dict
-            raise RunError(f'The weights in {run.checkpoint} do not fit {what}: give the --model, --num-classes, '
-                           f'--in-chans and --model-kwargs it was trained with.\n{e}') from e
+        except Exception as e:  # noqa  a state dict of another model, entries that are no state dict, damaged bytes
+            raise RunError(f'The weights in {run.checkpoint} do not fit {what}, or the file is damaged: give the '
+                           f'--model, --num-classes, --in-chans and --model-kwargs it was trained with, or a whole '
+                           f'copy of the file.\n{type(e).__name__}: {e}') from e
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise RunError(f'{run.checkpoint or name} holds non-finite weights (NaN or inf) in {", ".join(bad[:3])}'
-                       f'{", ..." if len(bad) > 3 else ""}: its training diverged; give a checkpoint of an earlier '
-                       f'epoch, or train again with a lower --lr.')
+        raise RunError(f'{run.checkpoint or name} holds non-finite weights (NaN or inf) in {_listed(bad, 3)}: its '
+                       f'training diverged; give a checkpoint of an earlier epoch, or train again with a lower --lr.')
     return model.to(device).eval()
 
 
 def run_data_config(run: Run, model: nn.Module, overrides: Optional[Dict[str, Any]] = None,
-                    use_test_size: Optional[bool] = None, verbose: bool = False) -> Dict[str, Any]:
-    """timm's `resolve_data_config` on the run's `DATA_ARGS` under `overrides` (unset values ignored; an input size
-    replaces the run's whole), for the model's input channels. `use_test_size` defaults to no for a trained run (as
-    train.py evaluates), yes for a model name (as validate.py)."""
+                    verbose: bool = False) -> Dict[str, Any]:
+    """timm's `resolve_data_config` on the run's `DATA_ARGS` under `overrides` (unset ones ignored; an input size
+    replaces the run's whole) for the model's channels; the test size only for a model name (as validate.py)."""
     overrides = {k: v for k, v in (overrides or {}).items() if k in DATA_ARGS and v not in (None, '', [])}
     args = {k: run.args.get(k) for k in DATA_ARGS}
     if 'input_size' in overrides or 'img_size' in overrides:
@@ -240,8 +215,7 @@ def run_data_config(run: Run, model: nn.Module, overrides: Optional[Dict[str, An
             where = f'--{key}' if key in overrides else f'{key} in {run.args_source}'
             raise RunError(f'{where} has {len(args[key])} values, but the model sees {chans} channel(s): give --{key} '
                            f'with one value, or one per channel.')
-    use_test_size = not run.trained if use_test_size is None else use_test_size
-    config = resolve_data_config(args, model=model, use_test_size=use_test_size, verbose=verbose)
+    config = resolve_data_config(args, model=model, use_test_size=not run.trained, verbose=verbose)
     config['input_size'] = (chans, *config['input_size'][1:])
     for key in ('mean', 'std'):  # a pretrained 3-channel mean for 1-channel images: their average, as the prefetcher
         if len(config[key]) != chans:
@@ -300,12 +274,10 @@ def _listed(names: Sequence[str], at_most: int = 12) -> str:
 
 def check_classes(dataset, model: nn.Module, run: Optional[Run] = None, class_map: str = '', where: str = '',
                   labelled: bool = True) -> Optional[List[str]]:
-    """The data's class names, or a RunError before a pass when a timm data set's labels are not the model's classes.
-
-    The data's classes must be the run's (`class_names`), or as many as the model's when those are unknown; a
-    `class_map` must keep every training class at its index. Images beside the class folders (timm makes them a class
-    '' at index 0, shifting every label), a folder read twice through a symbolic link, and, when `labelled`, a flat
-    folder of images are refused."""
+    """The data's class names, or a RunError before a pass when a timm data set's labels are not the model's classes:
+    not the run's (`class_names`; not as many as the model's when those are unknown), a `class_map` that moves a
+    training class, images beside the class folders (timm makes them a class '' at index 0, shifting every label), a
+    folder read twice through a symbolic link, and, when `labelled`, a flat folder of images."""
     k, trained = model.num_classes, class_names(run, model)
     reader = getattr(dataset, 'reader', None)
     samples, class_to_idx = getattr(reader, 'samples', None) or [], getattr(reader, 'class_to_idx', None) or {}
@@ -317,9 +289,8 @@ def check_classes(dataset, model: nn.Module, run: Optional[Run] = None, class_ma
     if '' in class_to_idx:
         loose = [f for f, t in samples if t == class_to_idx['']]
         if len(class_to_idx) > 1:
-            raise RunError(f'{len(loose)} image(s) lie beside the class folders of {where} (such as {loose[0]}): '
-                           f'timm would make them a class of their own and shift every label; move them into their '
-                           f'class folder, or out of {where}.')
+            raise RunError(f'{len(loose)} image(s) lie beside the class folders of {where} (such as {loose[0]}), which '
+                           f'timm would make a class that shifts every label: move them into their class folder.')
         if labelled:
             raise RunError(f'{where} has no class folders, so its images have no labels: give the folder that holds '
                            f'one folder per class.')
@@ -370,10 +341,8 @@ class ReadCheckedDataset(ImageDataset):
     with the loader's workers; `check_read` names them."""
 
     def __init__(self, dataset: ImageDataset):
-        super().__init__(
-            None, reader=_Recorder(dataset.reader), load_bytes=dataset.load_bytes,
-            input_img_mode=dataset.input_img_mode, transform=dataset.transform,
-            target_transform=dataset.target_transform, additional_features=dataset.additional_features)
+        self.__dict__.update(vars(dataset))  # the data set as timm made it, its reader recorded
+        self.reader = _Recorder(dataset.reader)
         self.unread = torch.zeros(len(self), dtype=torch.bool).share_memory_()
 
     def __getitem__(self, index):
@@ -388,19 +357,15 @@ class ReadCheckedDataset(ImageDataset):
 def create_run_dataset(root: Optional[Union[str, Path]], model: nn.Module, run: Optional[Run] = None, dataset: str = '',
                        split: Optional[str] = 'validation', class_map: str = '', download: bool = False,
                        labelled: bool = True, **kwargs):
-    """timm's `create_dataset` (`kwargs`) on the folder of `split_folder`, checked by `check_classes`; an image folder
-    comes back as a `ReadCheckedDataset`. Its `folder` is the folder read (None for other data sets), its `names` the
-    data's class names."""
+    """timm's `create_dataset` (`kwargs`) on the `split_folder`, checked by `check_classes`, an image folder as a
+    `ReadCheckedDataset`; its `folder` is the folder read (None for other data sets), `names` the data's classes."""
     folder = split_folder(root, split, dataset)
-    if class_map and not os.path.isfile(class_map):
-        raise RunError(f'--class-map {class_map} does not exist: give a class map file (one class name per line, in '
-                       f'index order).')
     try:
         data = create_dataset(dataset, root=str(folder or root) if folder or root else None, split=split or '',
                               search_split=folder is None, class_map=class_map, download=download, **kwargs)
     except Exception as e:  # noqa  timm's readers assert, raise RuntimeError on no images, ...
-        raise RunError(f'Cannot read the data set {dataset or "(image folder)"} at {folder or root} (--split '
-                       f'{split}): {type(e).__name__}: {e}; check --data-dir, --dataset and --split.') from e
+        raise RunError(f'Cannot read the data set {dataset or "(image folder)"} at {folder or root} (--split {split}): '
+                       f'{type(e).__name__}: {e}; check --data-dir, --dataset, --split and --class-map.') from e
     names = check_classes(data, model, run, class_map, str(folder or root), labelled=labelled)
     if isinstance(data, ImageDataset):
         data = ReadCheckedDataset(data)
@@ -438,8 +403,7 @@ def weights_digest(model: nn.Module) -> str:
     """SHA-256 of a model's state dict (names and tensor bytes): the same for the same weights in any file."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -468,28 +432,25 @@ group = run_parser.add_argument_group('Data (as timm validate.py)', 'Unset optio
 group.add_argument('--data-dir', metavar='DIR', help='path to dataset (root dir)')
 group.add_argument('--dataset', metavar='NAME', default='', help='dataset type + name ("<type>/<name>")')
 group.add_argument('--split', metavar='NAME', default='validation', help='dataset split (default: validation)')
-group.add_argument('--dataset-download', action='store_true', default=False, help='allow download of the dataset')
+group.add_argument('--dataset-download', action='store_true', help='allow download of the dataset')
 group.add_argument('--class-map', default='', metavar='FILENAME', help='class map file of the data\'s class folders')
-group.add_argument('--img-size', default=None, type=_positive, metavar='N', help='input image dimension')
-group.add_argument('--input-size', default=None, nargs=3, type=_positive, metavar='N', help='input dims (d h w)')
-group.add_argument('--crop-pct', default=None, type=number_in(float, 0, 1, low_open=True), metavar='N',
-                   help='input image center crop pct')
-group.add_argument('--crop-mode', default=None, choices=('center', 'squash', 'border'), help='input image crop mode')
-group.add_argument('--mean', type=number_in(float), nargs='+', default=None, metavar='MEAN',
-                   help='mean (one, or per channel)')
-group.add_argument('--std', type=number_in(float, 0, low_open=True), nargs='+', default=None, metavar='STD',
+group.add_argument('--img-size', type=_positive, metavar='N', help='input image dimension')
+group.add_argument('--input-size', nargs=3, type=_positive, metavar='N', help='input dims (d h w)')
+group.add_argument('--crop-pct', type=number_in(float, 0, 1, low_open=True), metavar='N', help='center crop pct')
+group.add_argument('--crop-mode', choices=('center', 'squash', 'border'), help='input image crop mode')
+group.add_argument('--mean', type=number_in(float), nargs='+', metavar='MEAN', help='mean (one, or per channel)')
+group.add_argument('--std', type=number_in(float, 0, low_open=True), nargs='+', metavar='STD',
                    help='std deviation (one, or per channel)')
 group.add_argument('--interpolation', default='', choices=INTERPOLATIONS + ('',), metavar='NAME',
                    help=f'image resize interpolation type ({", ".join(INTERPOLATIONS)})')
 group = run_parser.add_argument_group('Model', 'Unset options take the values of the run\'s train.py arguments.')
-group.add_argument('--use-ema', action='store_true', default=False, help='use the EMA weights of the checkpoint')
-group.add_argument('--num-classes', type=_positive, default=None, help='number of classes')
-group.add_argument('--in-chans', type=_positive, default=None, metavar='N', help='image input channels')
-group.add_argument('--gp', default=None, choices=POOL_TYPES, metavar='POOL',
-                   help=f'global pool type ({", ".join(POOL_TYPES[:-1])})')
-group.add_argument('--model-kwargs', nargs='*', default={}, type=_name_value, action=ParseKwargs,
+group.add_argument('--use-ema', action='store_true', help='use the EMA weights of the checkpoint')
+group.add_argument('--num-classes', type=_positive, help='number of classes')
+group.add_argument('--in-chans', type=_positive, metavar='N', help='image input channels')
+group.add_argument('--gp', choices=POOL_TYPES, metavar='POOL', help=f'global pool type ({", ".join(POOL_TYPES[:-1])})')
+group.add_argument('--model-kwargs', nargs='*', default={}, type=name_value, action=ParseKwargs,
                    help='model arguments (num_splits=2 ...) over the run\'s')
-group.add_argument('--device', default=None, help='device (default: cuda when available, else cpu)')
+group.add_argument('--device', help='device (default: cuda when available, else cpu)')
 
 
 def models_from_args(args, device=None) -> List[tuple]:
