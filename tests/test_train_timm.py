@@ -16,7 +16,7 @@ from timm_ssm import timm_source, train_timm
 from timm_ssm.train_timm import CONFIG_DIR, DEFAULT_RECIPE
 
 REPO = Path(__file__).resolve().parent.parent
-TIMM_ROOT = os.environ.get('TIMM_ROOT')
+TIMM_ROOT = os.environ.get('TIMM_ROOT') and Path(os.environ['TIMM_ROOT']).resolve()  # as timm_source resolves it
 needs_train_py = pytest.mark.skipif(not TIMM_ROOT, reason='needs timm\'s train.py: set TIMM_ROOT to a '
                                                           'pytorch-image-models checkout')
 
