@@ -9,6 +9,7 @@ channel group j for sub-classifier j's logit of the target class, then that of a
 import argparse
 import logging
 import os
+from itertools import chain, count
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -143,7 +144,11 @@ def grid_stems(paths: Sequence[str]) -> List[str]:
     and then a number (`a_b_c_png`, `a_b_c_png_2`, `a_b_c_jpg`)."""
     stems = [os.path.splitext(p)[0].replace(os.sep, '_').replace('/', '_') for p in paths]
     stems = [f'{s}_{os.path.splitext(p)[1].lstrip(".")}' if stems.count(s) > 1 else s for s, p in zip(stems, paths)]
-    return [f'{s}_{stems[:i].count(s) + 1}' if s in stems[:i] else s for i, s in enumerate(stems)]
+    names, given = [], set(stems)
+    for stem in stems:  # numbered from 2, with a number that makes no other image's name
+        candidates = chain([stem], (f'{stem}_{i}' for i in count(2)))
+        names.append(next(n for n in candidates if n not in names and (n == stem or n not in given)))
+    return names
 
 
 def check_map_size(run, model: nn.Module, config):

@@ -251,24 +251,28 @@ def write_export(model: nn.Module, out: Path, data_config: Dict[str, Any], card:
                  names: Optional[List[str]] = None):
     """Write model.safetensors, config.json (timm's `save_for_hf`) and README.md into a hidden folder beside `out`,
     then put it in place of `out` (an earlier export that `check_out` allowed): a failure leaves no partial file."""
-    tmp, head = out.parent / f'.{out.name}.{os.getpid()}.partial', model.head
+    tmp, old = (out.parent / f'.{out.name}.{os.getpid()}.{end}' for end in ('partial', 'old'))
     try:
         tmp.mkdir(parents=True)
         save_for_hf(model, tmp, safe_serialization=True, data_config=data_config,
-                    model_args=dict(num_splits=head.num_splits, norm_all=head.norm_all, split=head.split),
+                    model_args={k: getattr(model.head, k) for k in ('num_splits', 'norm_all', 'split')},
                     model_config=dict(label_names=names, global_pool=get_model_args(model.trunk).get('global_pool')))
         config = json.loads((tmp / 'config.json').read_text())
         del config['model_args']['num_classes']  # transformers' timm wrapper passes its own: twice is a TypeError
         (tmp / 'config.json').write_text(json.dumps(config, indent=2))
         card.save(tmp / 'README.md')
         (tmp / 'model.safetensors').chmod(stat.S_IMODE((tmp / 'README.md').stat().st_mode))  # as open() (not 0o600)
-        shutil.rmtree(out, ignore_errors=True)  # the earlier export, once the new one is whole
+        if out.exists():
+            out.rename(old)  # the earlier export, deleted once the new one is in its place
         tmp.rename(out)
     except (OSError, SafetensorError) as e:
+        if old.exists() and not out.exists():
+            old.rename(out)
         raise RunError(f'Cannot write the export to {out} ({e}); nothing was written: free some space, or give '
                        f'--out DIR on another disk.') from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export(args: argparse.Namespace, run: Run, out: Path) -> nn.Module:

@@ -403,7 +403,8 @@ def weights_digest(model: nn.Module) -> str:
     """SHA-256 of a model's state dict (names and tensor bytes): the same for the same weights in any file."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy of the bytes
     return digest.hexdigest()
 
 

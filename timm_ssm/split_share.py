@@ -34,7 +34,7 @@ from timm.models import (
     split_model_name_tag,
 )
 
-from .head import SplitShareHead, check_bool_arg, check_int_arg
+from .head import SplitShareHead, check_int_arg
 
 __all__ = ['SplitShareNet', 'SUFFIX', 'PAPER_MODELS', 'PAPER_ALIASES', 'base_model_name']
 
